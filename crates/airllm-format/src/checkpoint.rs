@@ -1,0 +1,345 @@
+//! Hugging Face checkpoints: `config.json` plus a single `model.safetensors` or
+//! shards listed in `model.safetensors.index.json`. Files are memory-mapped;
+//! nothing is read into RAM until a tensor's bytes are asked for.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::Value;
+
+use crate::dtype::{DType, StorageFormat};
+use crate::error::{FormatError, IoContext, Result};
+use crate::roles::{Role, Unit, classify_hf, hf_ignored};
+use crate::source::{SourceFile, SourceTensor, TensorSource};
+use crate::spec::ModelSpec;
+
+/// Tokenizer-related files copied next to the manifest when present.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// The parsed header of one safetensors file.
+#[derive(Clone, Debug)]
+pub struct SafetensorsHeader {
+    /// Byte offset where tensor data begins (8 + header length).
+    pub data_start: usize,
+    /// Tensors: name -> (dtype name, shape, [begin, end) relative to data_start).
+    pub tensors: BTreeMap<String, (safetensors::Dtype, Vec<usize>, (usize, usize))>,
+}
+
+/// Parse a safetensors header from the file's bytes (validated: offsets in bounds,
+/// contiguous, sizes consistent with shapes). Never panics on garbage.
+pub fn parse_safetensors_header(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
+    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| FormatError::Safetensors {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, (info.dtype, info.shape.clone(), info.data_offsets)))
+        .collect();
+    Ok(SafetensorsHeader { data_start: 8 + n, tensors })
+}
+
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// A Hugging Face checkpoint opened for reading.
+pub struct Checkpoint {
+    dir: PathBuf,
+    spec: ModelSpec,
+    files: Vec<SourceFile>,
+    maps: Vec<MappedFile>,
+    tensors: Vec<SourceTensor>,
+    /// (file index, absolute byte range) per tensor, parallel to `tensors`.
+    ranges: Vec<(usize, usize, usize)>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("dir", &self.dir).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+impl Checkpoint {
+    /// Open a checkpoint directory: parse config.json, map every weight file and
+    /// check every tensor the spec needs is present with the right shape.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let spec = ModelSpec::from_config_file(&dir.join("config.json"))?;
+        let weight_files = weight_files(dir)?;
+        let mut files = Vec::new();
+        let mut maps = Vec::new();
+        let mut tensors = Vec::new();
+        let mut ranges = Vec::new();
+        for (fi, path) in weight_files.iter().enumerate() {
+            let file = File::open(path).at("opening", path)?;
+            let size = file.metadata().at("reading metadata of", path)?.len();
+            // SAFETY: the map is read-only; the file must not be truncated while we
+            // hold it (a documented requirement of the shard tool, as for every mmap user).
+            let map = unsafe { Mmap::map(&file) }.at("memory-mapping", path)?;
+            let header = parse_safetensors_header(&map, path)?;
+            for (name, (dtype, shape, (b, e))) in header.tensors {
+                if hf_ignored(&name) {
+                    continue;
+                }
+                let Some((unit, role)) = classify_hf(&name) else {
+                    return Err(FormatError::UnknownTensor {
+                        path: path.clone(),
+                        tensor: name,
+                        family: spec.family.to_string(),
+                    });
+                };
+                let dt = DType::from_safetensors(dtype).ok_or_else(|| FormatError::UnsupportedDtype {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    dtype: format!("{dtype:?}"),
+                })?;
+                tensors.push(SourceTensor {
+                    name,
+                    unit,
+                    role,
+                    format: StorageFormat::Dense(dt),
+                    shape,
+                    file: Some(fi),
+                    row_perm: None,
+                    index: 0,
+                });
+                ranges.push((fi, header.data_start + b, header.data_start + e));
+            }
+            files.push(SourceFile { path: path.clone(), size });
+            maps.push(MappedFile { path: path.clone(), map });
+        }
+        let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges };
+        ck.sort_and_check()?;
+        Ok(ck)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sort_and_check(&mut self) -> Result<()> {
+        // Forward order: unit, then role, so shard contents are deterministic.
+        let tied = self.spec.tie_word_embeddings;
+        let mut pairs: Vec<(SourceTensor, (usize, usize, usize))> = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .zip(std::mem::take(&mut self.ranges))
+            // Some tied checkpoints still store lm_head.weight; it duplicates the embedding.
+            .filter(|(t, _)| !(tied && t.role == Role::LmHead))
+            .collect();
+        pairs.sort_by_key(|(t, _)| (t.unit, t.role));
+        for (i, (t, r)) in pairs.into_iter().enumerate() {
+            self.tensors.push(SourceTensor { index: i, ..t });
+            self.ranges.push(r);
+        }
+        check_tensors(&self.spec, &self.tensors, &self.dir)
+    }
+}
+
+/// Check that every tensor the spec needs exists with the expected shape.
+pub fn check_tensors(spec: &ModelSpec, tensors: &[SourceTensor], origin: &Path) -> Result<()> {
+    let have: BTreeMap<(Unit, Role), &SourceTensor> = tensors.iter().map(|t| ((t.unit, t.role), t)).collect();
+    for (unit, role, shape) in expected_tensors(spec) {
+        match have.get(&(unit, role)) {
+            None => {
+                return Err(FormatError::MissingTensor {
+                    path: origin.to_owned(),
+                    tensor: format!("{unit} {role}"),
+                    why: format!("a {} model needs it", spec.family),
+                });
+            }
+            Some(t) if t.shape != shape => {
+                return Err(FormatError::Shape {
+                    path: origin.to_owned(),
+                    tensor: t.name.clone(),
+                    found: t.shape.clone(),
+                    expected: shape,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let layers: BTreeSet<u32> = tensors
+        .iter()
+        .filter_map(|t| if let Unit::Layer(i) = t.unit { Some(i) } else { None })
+        .collect();
+    if let Some(&max) = layers.iter().next_back() {
+        if max as usize >= spec.num_layers {
+            return Err(FormatError::Config {
+                path: origin.to_owned(),
+                message: format!(
+                    "tensors exist for layer {max} but num_hidden_layers is {}",
+                    spec.num_layers
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every (unit, role, shape) the spec requires, in forward order.
+pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
+    let h = spec.hidden_size;
+    let (q, kv, i) = (spec.q_dim(), spec.kv_dim(), spec.intermediate_size);
+    let mut out = vec![(Unit::Embedding, Role::Embedding, vec![spec.vocab_size, h])];
+    for l in 0..spec.num_layers as u32 {
+        let u = Unit::Layer(l);
+        out.push((u, Role::AttnNorm, vec![h]));
+        if spec.family == crate::spec::Family::Phi3 {
+            out.push((u, Role::Qkv, vec![q + 2 * kv, h]));
+        } else {
+            out.push((u, Role::Q, vec![q, h]));
+            out.push((u, Role::K, vec![kv, h]));
+            out.push((u, Role::V, vec![kv, h]));
+            if spec.qkv_bias {
+                out.push((u, Role::QBias, vec![q]));
+                out.push((u, Role::KBias, vec![kv]));
+                out.push((u, Role::VBias, vec![kv]));
+            }
+        }
+        out.push((u, Role::O, vec![h, q]));
+        if spec.o_bias {
+            out.push((u, Role::OBias, vec![h]));
+        }
+        if spec.qk_norm {
+            out.push((u, Role::QNorm, vec![spec.head_dim]));
+            out.push((u, Role::KNorm, vec![spec.head_dim]));
+        }
+        out.push((u, Role::MlpNorm, vec![h]));
+        if let Some(m) = spec.moe {
+            out.push((u, Role::Router, vec![m.num_experts, h]));
+            for e in 0..m.num_experts as u32 {
+                out.push((u, Role::ExpertGate(e), vec![i, h]));
+                out.push((u, Role::ExpertUp(e), vec![i, h]));
+                out.push((u, Role::ExpertDown(e), vec![h, i]));
+            }
+        } else if matches!(spec.family, crate::spec::Family::Phi3 | crate::spec::Family::Glm) {
+            out.push((u, Role::GateUp, vec![2 * i, h]));
+            out.push((u, Role::Down, vec![h, i]));
+        } else {
+            out.push((u, Role::Gate, vec![i, h]));
+            out.push((u, Role::Up, vec![i, h]));
+            out.push((u, Role::Down, vec![h, i]));
+        }
+    }
+    out.push((Unit::FinalNorm, Role::FinalNorm, vec![h]));
+    if !spec.tie_word_embeddings {
+        out.push((Unit::LmHead, Role::LmHead, vec![spec.vocab_size, h]));
+    }
+    out
+}
+
+/// The weight files of a checkpoint directory: those named by the index, or
+/// `model.safetensors`, or every `*.safetensors` file.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).at("reading", &index)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| FormatError::Config {
+            path: index.clone(),
+            message: format!("not valid JSON ({e})"),
+        })?;
+        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| FormatError::Config {
+            path: index.clone(),
+            message: "field `weight_map` (tensor name -> file) is missing".into(),
+        })?;
+        let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+        let mut out = Vec::new();
+        for n in names {
+            if n.contains('/') || n.contains('\\') || n.contains("..") {
+                return Err(FormatError::Config {
+                    path: index.clone(),
+                    message: format!("weight_map names file {n:?} outside the checkpoint directory"),
+                });
+            }
+            let p = dir.join(n);
+            if !p.is_file() {
+                return Err(FormatError::ModelNotFound {
+                    model: dir.display().to_string(),
+                    message: format!(
+                        "{} lists {n} but {} does not exist; the download is incomplete",
+                        index.display(),
+                        p.display()
+                    ),
+                });
+            }
+            out.push(p);
+        }
+        return Ok(out);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at("listing", dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    all.sort();
+    if all.is_empty() {
+        let has_bin = dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists();
+        return Err(FormatError::ModelNotFound {
+            model: dir.display().to_string(),
+            message: if has_bin {
+                "only PyTorch .bin weights found; convert them to safetensors first".into()
+            } else {
+                "no model.safetensors, model.safetensors.index.json or *.safetensors file".into()
+            },
+        });
+    }
+    Ok(all)
+}
+
+impl TensorSource for Checkpoint {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    fn tensors(&self) -> &[SourceTensor] {
+        &self.tensors
+    }
+    fn files(&self) -> &[SourceFile] {
+        &self.files
+    }
+    fn read(&self, tensor: &SourceTensor) -> Result<Cow<'_, [u8]>> {
+        let &(fi, b, e) = self
+            .ranges
+            .get(tensor.index)
+            .filter(|_| self.tensors.get(tensor.index).is_some_and(|t| t.name == tensor.name))
+            .ok_or_else(|| FormatError::MissingTensor {
+                path: self.dir.clone(),
+                tensor: tensor.name.clone(),
+                why: "not in this checkpoint".into(),
+            })?;
+        let m = &self.maps[fi];
+        m.map.get(b..e).map(Cow::Borrowed).ok_or_else(|| FormatError::Safetensors {
+            path: m.path.clone(),
+            reason: format!("tensor {} lies outside the file", tensor.name),
+        })
+    }
+    fn describe(&self) -> String {
+        format!("safetensors checkpoint {}", self.dir.display())
+    }
+    fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for name in TOKENIZER_FILES {
+            let p = self.dir.join(name);
+            if p.is_file() {
+                out.push((name.to_string(), std::fs::read(&p).at("reading", &p)?));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,262 @@
+//! `manifest.json`: the table of contents of a shard directory.
+//!
+//! ```text
+//! manifest.json
+//! {
+//!   "format_version": 1,
+//!   "source": "safetensors checkpoint /models/llama",
+//!   "compression": "none" | "8bit" | "4bit" | codec name,
+//!   "checksum_algorithm": "xxh3-64",
+//!   "spec": { ...ModelSpec... },
+//!   "tokenizer_files": ["tokenizer.json", ...],
+//!   "shards": [
+//!     { "unit": {"kind": "embedding"}, "file": "embedding.shard", "bytes": 65792,
+//!       "checksum": "0f1e...", "plan_hash": "a1b2...",
+//!       "tensors": [ { "name": "model.embed_tokens.weight", "role": "embedding",
+//!                      "format": "bf16", "shape": [512, 64], "offset": 256, "bytes": 65536 } ] },
+//!     { "unit": {"kind": "layer", "index": 0}, "file": "layer.00.shard", ... },
+//!     ...
+//!   ]
+//! }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::expected_tensors;
+use crate::dtype::StorageFormat;
+use crate::error::{FormatError, IoContext, Result};
+use crate::roles::{Role, Unit};
+use crate::spec::ModelSpec;
+
+/// File name of the manifest inside a shard directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Version of the shard directory layout this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Alignment of every tensor inside a shard file, so a whole layer can be
+/// uploaded with one copy and each tensor bound by offset (wgpu requires 256).
+pub const TENSOR_ALIGN: u64 = 256;
+/// Shard files are padded to this size so O_DIRECT can read them whole.
+pub const FILE_ALIGN: u64 = 4096;
+/// The checksum algorithm named in manifests.
+pub const CHECKSUM_ALGORITHM: &str = "xxh3-64";
+
+/// One tensor inside a shard file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// Name in the source checkpoint.
+    pub name: String,
+    /// Role in the unit.
+    pub role: Role,
+    /// Storage format (dtype or codec).
+    pub format: StorageFormat,
+    /// Logical shape (`[out, in]` for matrices).
+    pub shape: Vec<usize>,
+    /// Byte offset in the shard file (a multiple of 256).
+    pub offset: u64,
+    /// Byte length.
+    pub bytes: u64,
+}
+
+/// One shard file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// The execution unit it holds.
+    pub unit: Unit,
+    /// File name relative to the shard directory.
+    pub file: String,
+    /// File length in bytes (a multiple of 4096).
+    pub bytes: u64,
+    /// xxh3-64 of the whole file, 16 hex digits.
+    pub checksum: String,
+    /// Hash of the planned layout and its sources, 16 hex digits (also in the file header).
+    pub plan_hash: String,
+    /// Tensor table, in file order.
+    pub tensors: Vec<TensorEntry>,
+}
+
+impl ShardEntry {
+    /// The tensor with a role, if present.
+    pub fn tensor(&self, role: Role) -> Option<&TensorEntry> {
+        self.tensors.iter().find(|t| t.role == role)
+    }
+    /// Checksum as a number.
+    pub fn checksum_u64(&self) -> Option<u64> {
+        u64::from_str_radix(&self.checksum, 16).ok()
+    }
+    /// Plan hash as a number.
+    pub fn plan_hash_u64(&self) -> Option<u64> {
+        u64::from_str_radix(&self.plan_hash, 16).ok()
+    }
+}
+
+/// The whole manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// What the shards were made from.
+    pub source: String,
+    /// The tool that wrote them.
+    pub created_by: String,
+    /// The `--compression` setting used.
+    pub compression: String,
+    /// Always [`CHECKSUM_ALGORITHM`].
+    pub checksum_algorithm: String,
+    /// The model description.
+    pub spec: ModelSpec,
+    /// Tokenizer files copied next to the manifest.
+    pub tokenizer_files: Vec<String>,
+    /// Shards in forward order.
+    pub shards: Vec<ShardEntry>,
+}
+
+impl Manifest {
+    /// Read and validate `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).at("reading", &path)?;
+        Manifest::parse(&bytes, &path)
+    }
+
+    /// Parse and validate manifest bytes; `path` is used in errors. Never panics.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest {
+            path: path.to_owned(),
+            message: format!("cannot parse ({e}); re-run `airllm shard` to rewrite the directory"),
+        })?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    fn bad(path: &Path, message: String) -> FormatError {
+        FormatError::Manifest { path: path.to_owned(), message }
+    }
+
+    /// Structural checks: version, units in order, every needed tensor present with its
+    /// shape, offsets aligned and in bounds, lengths consistent with formats.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(Self::bad(
+                path,
+                format!(
+                    "format version {} but this build reads version {FORMAT_VERSION}; re-run `airllm shard`",
+                    self.format_version
+                ),
+            ));
+        }
+        self.spec.validate().map_err(|m| Self::bad(path, format!("spec: {m}")))?;
+        let mut files = BTreeSet::new();
+        for s in &self.shards {
+            if s.file.is_empty() || s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+                return Err(Self::bad(path, format!("shard file name {:?} is not a plain file name", s.file)));
+            }
+            if !files.insert(&s.file) {
+                return Err(Self::bad(path, format!("shard file {:?} is listed twice", s.file)));
+            }
+            if s.checksum_u64().is_none() || s.plan_hash_u64().is_none() {
+                return Err(Self::bad(path, format!("shard {:?}: checksum and plan_hash must be 16 hex digits", s.file)));
+            }
+            let mut prev_end = crate::shard_file::HEADER_LEN as u64;
+            for t in &s.tensors {
+                let want = t.format.byte_len(&t.shape) as u64;
+                let end = t.offset.checked_add(t.bytes);
+                if t.bytes != want {
+                    return Err(Self::bad(
+                        path,
+                        format!("shard {:?} tensor {:?}: {} bytes recorded, its shape and format need {want}", s.file, t.name, t.bytes),
+                    ));
+                }
+                if t.offset % TENSOR_ALIGN != 0 || t.offset < prev_end || end.is_none_or(|e| e > s.bytes) {
+                    return Err(Self::bad(
+                        path,
+                        format!("shard {:?} tensor {:?}: offset {} is misaligned, overlapping or out of the file", s.file, t.name, t.offset),
+                    ));
+                }
+                prev_end = end.unwrap_or(u64::MAX);
+            }
+        }
+        // Every tensor the spec needs, exactly once, in the right unit and shape.
+        let mut have: BTreeMap<(Unit, Role), &TensorEntry> = BTreeMap::new();
+        for s in &self.shards {
+            for t in &s.tensors {
+                if have.insert((s.unit, t.role), t).is_some() {
+                    return Err(Self::bad(path, format!("{} {} appears twice", s.unit, t.role)));
+                }
+            }
+        }
+        for (unit, role, shape) in expected_tensors(&self.spec) {
+            match have.get(&(unit, role)) {
+                None => {
+                    return Err(Self::bad(
+                        path,
+                        format!("no entry for {unit} {role}; the directory is incomplete, re-run `airllm shard`"),
+                    ));
+                }
+                Some(t) if t.shape != shape => {
+                    return Err(Self::bad(
+                        path,
+                        format!("{unit} {role} has shape {:?}, the spec needs {shape:?}", t.shape),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let units: Vec<Unit> = self.shards.iter().map(|s| s.unit).collect();
+        if units != expected_units(&self.spec) {
+            return Err(Self::bad(path, "shards are not one per unit in forward order".into()));
+        }
+        Ok(())
+    }
+
+    /// Index of the shard holding a unit.
+    pub fn shard_index(&self, unit: Unit) -> Option<usize> {
+        self.shards.iter().position(|s| s.unit == unit)
+    }
+
+    /// Where a tensor lives: (shard index, entry). For a tied model the lm_head
+    /// is the embedding matrix.
+    pub fn find(&self, unit: Unit, role: Role) -> Option<(usize, &TensorEntry)> {
+        let (unit, role) = if role == Role::LmHead && self.spec.tie_word_embeddings {
+            (Unit::Embedding, Role::Embedding)
+        } else {
+            (unit, role)
+        };
+        let i = self.shard_index(unit)?;
+        self.shards[i].tensor(role).map(|t| (i, t))
+    }
+
+    /// Total bytes of all shard files.
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Serialize (pretty JSON).
+    pub fn to_json(&self) -> String {
+        // Serializing plain data structures cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Path of a shard file.
+    pub fn shard_path(&self, dir: &Path, i: usize) -> PathBuf {
+        dir.join(&self.shards[i].file)
+    }
+}
+
+/// The units of a model in forward order (lm_head only when untied).
+pub fn expected_units(spec: &ModelSpec) -> Vec<Unit> {
+    let mut v = vec![Unit::Embedding];
+    v.extend((0..spec.num_layers as u32).map(Unit::Layer));
+    v.push(Unit::FinalNorm);
+    if !spec.tie_word_embeddings {
+        v.push(Unit::LmHead);
+    }
+    v
+}
+
+/// Format a u64 as 16 hex digits.
+pub fn hex64(x: u64) -> String {
+    format!("{x:016x}")
+}

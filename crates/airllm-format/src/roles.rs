@@ -1,0 +1,299 @@
+//! What each tensor is for. Source names (Hugging Face, GGUF) map onto one
+//! architecture-neutral vocabulary of execution units and roles, so the engine
+//! never matches on checkpoint-specific names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One execution unit: the shards are written, read and run in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "index", rename_all = "snake_case")]
+pub enum Unit {
+    /// The token embedding table (gathered row by row on the host).
+    Embedding,
+    /// Decoder layer `i`.
+    Layer(u32),
+    /// The final norm.
+    FinalNorm,
+    /// The output projection (absent when tied to the embedding).
+    LmHead,
+}
+
+impl Unit {
+    /// The shard file name for this unit; `width` is the number of digits for layer indices.
+    pub fn file_name(self, width: usize) -> String {
+        match self {
+            Unit::Embedding => "embedding.shard".into(),
+            Unit::Layer(i) => format!("layer.{i:0width$}.shard"),
+            Unit::FinalNorm => "final_norm.shard".into(),
+            Unit::LmHead => "lm_head.shard".into(),
+        }
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unit::Embedding => f.write_str("embedding"),
+            Unit::Layer(i) => write!(f, "layer {i}"),
+            Unit::FinalNorm => f.write_str("final norm"),
+            Unit::LmHead => f.write_str("lm_head"),
+        }
+    }
+}
+
+/// The role of a tensor inside its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Token embedding `[vocab, hidden]`.
+    Embedding,
+    /// Norm before attention.
+    AttnNorm,
+    /// Query projection `[q_dim, hidden]`.
+    Q,
+    /// Key projection `[kv_dim, hidden]`.
+    K,
+    /// Value projection `[kv_dim, hidden]`.
+    V,
+    /// Fused q|k|v projection (Phi-3).
+    Qkv,
+    /// Output projection `[hidden, q_dim]`.
+    O,
+    /// Query bias.
+    QBias,
+    /// Key bias.
+    KBias,
+    /// Value bias.
+    VBias,
+    /// Fused q|k|v bias.
+    QkvBias,
+    /// Output-projection bias.
+    OBias,
+    /// Per-head query RMSNorm (Qwen3).
+    QNorm,
+    /// Per-head key RMSNorm (Qwen3).
+    KNorm,
+    /// Norm before the MLP.
+    MlpNorm,
+    /// MLP gate projection `[inter, hidden]`.
+    Gate,
+    /// MLP up projection `[inter, hidden]`.
+    Up,
+    /// Fused gate|up projection (Phi-3, GLM).
+    GateUp,
+    /// MLP down projection `[hidden, inter]`.
+    Down,
+    /// Gate bias.
+    GateBias,
+    /// Up bias.
+    UpBias,
+    /// Down bias.
+    DownBias,
+    /// MoE router `[experts, hidden]`.
+    Router,
+    /// Expert `e`'s gate projection (Mixtral `w1`).
+    ExpertGate(u32),
+    /// Expert `e`'s up projection (Mixtral `w3`).
+    ExpertUp(u32),
+    /// Expert `e`'s down projection (Mixtral `w2`).
+    ExpertDown(u32),
+    /// Final norm.
+    FinalNorm,
+    /// Output projection `[vocab, hidden]`.
+    LmHead,
+}
+
+impl Role {
+    /// Weight matrices that a codec may compress (attention, MLP, experts, lm_head).
+    /// Norms, biases, the router and the embedding keep their source dtype.
+    pub fn is_compressible_matrix(self) -> bool {
+        matches!(
+            self,
+            Role::Q
+                | Role::K
+                | Role::V
+                | Role::Qkv
+                | Role::O
+                | Role::Gate
+                | Role::Up
+                | Role::GateUp
+                | Role::Down
+                | Role::ExpertGate(_)
+                | Role::ExpertUp(_)
+                | Role::ExpertDown(_)
+                | Role::LmHead
+        )
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Role::Embedding => "embedding",
+            Role::AttnNorm => "attn_norm",
+            Role::Q => "q",
+            Role::K => "k",
+            Role::V => "v",
+            Role::Qkv => "qkv",
+            Role::O => "o",
+            Role::QBias => "q_bias",
+            Role::KBias => "k_bias",
+            Role::VBias => "v_bias",
+            Role::QkvBias => "qkv_bias",
+            Role::OBias => "o_bias",
+            Role::QNorm => "q_norm",
+            Role::KNorm => "k_norm",
+            Role::MlpNorm => "mlp_norm",
+            Role::Gate => "gate",
+            Role::Up => "up",
+            Role::GateUp => "gate_up",
+            Role::Down => "down",
+            Role::GateBias => "gate_bias",
+            Role::UpBias => "up_bias",
+            Role::DownBias => "down_bias",
+            Role::Router => "router",
+            Role::ExpertGate(e) => return write!(f, "expert.{e}.gate"),
+            Role::ExpertUp(e) => return write!(f, "expert.{e}.up"),
+            Role::ExpertDown(e) => return write!(f, "expert.{e}.down"),
+            Role::FinalNorm => "final_norm",
+            Role::LmHead => "lm_head",
+        };
+        f.write_str(s)
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("expert.") {
+            let (e, what) = rest.split_once('.').ok_or_else(|| format!("bad role {s:?}"))?;
+            let e: u32 = e.parse().map_err(|_| format!("bad expert index in role {s:?}"))?;
+            return match what {
+                "gate" => Ok(Role::ExpertGate(e)),
+                "up" => Ok(Role::ExpertUp(e)),
+                "down" => Ok(Role::ExpertDown(e)),
+                _ => Err(format!("bad role {s:?}")),
+            };
+        }
+        let r = match s {
+            "embedding" => Role::Embedding,
+            "attn_norm" => Role::AttnNorm,
+            "q" => Role::Q,
+            "k" => Role::K,
+            "v" => Role::V,
+            "qkv" => Role::Qkv,
+            "o" => Role::O,
+            "q_bias" => Role::QBias,
+            "k_bias" => Role::KBias,
+            "v_bias" => Role::VBias,
+            "qkv_bias" => Role::QkvBias,
+            "o_bias" => Role::OBias,
+            "q_norm" => Role::QNorm,
+            "k_norm" => Role::KNorm,
+            "mlp_norm" => Role::MlpNorm,
+            "gate" => Role::Gate,
+            "up" => Role::Up,
+            "gate_up" => Role::GateUp,
+            "down" => Role::Down,
+            "gate_bias" => Role::GateBias,
+            "up_bias" => Role::UpBias,
+            "down_bias" => Role::DownBias,
+            "router" => Role::Router,
+            "final_norm" => Role::FinalNorm,
+            "lm_head" => Role::LmHead,
+            _ => return Err(format!("unknown role {s:?}")),
+        };
+        Ok(r)
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a Hugging Face tensor is known to be unused by inference (and can be skipped).
+pub fn hf_ignored(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attn.bias")
+}
+
+/// Map a Hugging Face tensor name to its unit and role.
+pub fn classify_hf(name: &str) -> Option<(Unit, Role)> {
+    match name {
+        "model.embed_tokens.weight" => return Some((Unit::Embedding, Role::Embedding)),
+        "model.norm.weight" => return Some((Unit::FinalNorm, Role::FinalNorm)),
+        "lm_head.weight" => return Some((Unit::LmHead, Role::LmHead)),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let layer: u32 = idx.parse().ok()?;
+    let unit = Unit::Layer(layer);
+    let role = match rest {
+        "input_layernorm.weight" => Role::AttnNorm,
+        "post_attention_layernorm.weight" => Role::MlpNorm,
+        "self_attn.q_proj.weight" => Role::Q,
+        "self_attn.k_proj.weight" => Role::K,
+        "self_attn.v_proj.weight" => Role::V,
+        "self_attn.qkv_proj.weight" => Role::Qkv,
+        "self_attn.o_proj.weight" => Role::O,
+        "self_attn.q_proj.bias" => Role::QBias,
+        "self_attn.k_proj.bias" => Role::KBias,
+        "self_attn.v_proj.bias" => Role::VBias,
+        "self_attn.qkv_proj.bias" => Role::QkvBias,
+        "self_attn.o_proj.bias" => Role::OBias,
+        "self_attn.q_norm.weight" => Role::QNorm,
+        "self_attn.k_norm.weight" => Role::KNorm,
+        "mlp.gate_proj.weight" => Role::Gate,
+        "mlp.up_proj.weight" => Role::Up,
+        "mlp.gate_up_proj.weight" => Role::GateUp,
+        "mlp.down_proj.weight" => Role::Down,
+        "mlp.gate_proj.bias" => Role::GateBias,
+        "mlp.up_proj.bias" => Role::UpBias,
+        "mlp.down_proj.bias" => Role::DownBias,
+        "block_sparse_moe.gate.weight" => Role::Router,
+        other => {
+            let e = other.strip_prefix("block_sparse_moe.experts.")?;
+            let (e, w) = e.split_once('.')?;
+            let e: u32 = e.parse().ok()?;
+            match w {
+                "w1.weight" => Role::ExpertGate(e),
+                "w2.weight" => Role::ExpertDown(e),
+                "w3.weight" => Role::ExpertUp(e),
+                _ => return None,
+            }
+        }
+    };
+    Some((unit, role))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_round_trip() {
+        for r in [Role::Q, Role::GateUp, Role::ExpertDown(7), Role::LmHead, Role::KNorm] {
+            assert_eq!(r.to_string().parse::<Role>().unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn classify_examples() {
+        assert_eq!(classify_hf("model.layers.12.mlp.down_proj.weight"), Some((Unit::Layer(12), Role::Down)));
+        assert_eq!(
+            classify_hf("model.layers.0.block_sparse_moe.experts.3.w3.weight"),
+            Some((Unit::Layer(0), Role::ExpertUp(3)))
+        );
+        assert_eq!(classify_hf("model.layers.0.mlp.weird.weight"), None);
+    }
+}

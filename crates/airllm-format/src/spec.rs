@@ -1,0 +1,659 @@
+//! The architecture-neutral model description: everything a forward pass needs,
+//! parsed once from a Hugging Face `config.json` (both the transformers 4 and 5
+//! key layouts) or from GGUF metadata.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{FormatError, IoContext, Result};
+
+/// Model families with a graph in the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// `LlamaForCausalLM` (Llama 2/3, SmolLM, ...).
+    Llama,
+    /// `MistralForCausalLM`.
+    Mistral,
+    /// `Qwen2ForCausalLM` (q/k/v biases).
+    Qwen2,
+    /// `Qwen3ForCausalLM` (per-head q/k RMSNorm, explicit head_dim).
+    Qwen3,
+    /// `MixtralForCausalLM` (sparse MoE).
+    Mixtral,
+    /// `Phi3ForCausalLM` (fused qkv and gate_up).
+    Phi3,
+    /// `GemmaForCausalLM` (`1 + w` norms, GELU-tanh, scaled embeddings).
+    Gemma,
+    /// `GlmForCausalLM` (partial interleaved rotary, fused gate_up).
+    Glm,
+}
+
+impl Family {
+    /// Every family, in documentation order.
+    pub const ALL: [Family; 8] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Mixtral,
+        Family::Phi3,
+        Family::Gemma,
+        Family::Glm,
+    ];
+
+    /// The transformers class name in `architectures`.
+    pub const fn hf_class(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Mixtral => "MixtralForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
+            Family::Gemma => "GemmaForCausalLM",
+            Family::Glm => "GlmForCausalLM",
+        }
+    }
+
+    /// Lower-case name (`model_type`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Mixtral => "mixtral",
+            Family::Phi3 => "phi3",
+            Family::Gemma => "gemma",
+            Family::Glm => "glm",
+        }
+    }
+
+    /// Look up by class name or model_type.
+    pub fn from_name(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.hf_class() == s || f.name() == s)
+    }
+
+    /// Comma-separated class names, for error messages.
+    pub fn supported_list() -> String {
+        Family::ALL.iter().map(|f| f.hf_class()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How RMSNorm applies its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `x / rms * w`.
+    Rms,
+    /// Gemma: `x / rms * (1 + w)`.
+    RmsOnePlus,
+}
+
+/// The gate activation of the gated MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `gelu(x, approximate="tanh")`.
+    GeluTanh,
+}
+
+/// Which dimension pairs RoPE rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// Hugging Face `rotate_half`: pairs (i, i + rotary_dim/2).
+    HalfRotation,
+    /// Adjacent pairs (2i, 2i+1): GLM, and ggml's llama layout.
+    Interleaved,
+}
+
+/// Rotary frequency scaling.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Plain `theta^(-2i/d)`.
+    None,
+    /// Position interpolation: frequencies divided by `factor`.
+    Linear {
+        /// Scale factor.
+        factor: f32,
+    },
+    /// Llama 3.1's piecewise scaling.
+    Llama3 {
+        /// Scale factor.
+        factor: f32,
+        /// Wavelengths longer than `orig_max / low_freq_factor` are scaled fully.
+        low_freq_factor: f32,
+        /// Wavelengths shorter than `orig_max / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// Context length of the original training.
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// Rotary position embedding parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeSpec {
+    /// Base `theta`.
+    pub theta: f32,
+    /// Frequency scaling.
+    pub scaling: RopeScaling,
+    /// Number of leading head dims that rotate (`head_dim * partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// Pairing of rotated dimensions.
+    pub style: RopeStyle,
+}
+
+impl RopeSpec {
+    /// Inverse frequencies (`rotary_dim / 2` of them), scaled, computed as transformers does
+    /// (`1 / theta^(arange(0, d, 2) / d)` in f32, then the scaling rule).
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.rotary_dim;
+        let base: Vec<f32> = (0..d / 2)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / d as f32;
+                1.0 / self.theta.powf(exponent)
+            })
+            .collect();
+        match self.scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let low_wavelen = original_max_position_embeddings / low_freq_factor;
+                let high_wavelen = original_max_position_embeddings / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen > low_wavelen {
+                            f / factor
+                        } else if wavelen < high_wavelen {
+                            f
+                        } else {
+                            let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Sparse mixture-of-experts parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeSpec {
+    /// Experts per layer.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Renormalise the kept routing weights to sum to one (Mixtral: yes).
+    pub renormalize: bool,
+}
+
+/// Everything a forward pass needs, independent of the checkpoint format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Model family.
+    pub family: Family,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA/MQA when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// MLP inner width (per expert for MoE).
+    pub intermediate_size: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Norm flavour.
+    pub norm: NormKind,
+    /// Norm epsilon.
+    pub norm_eps: f32,
+    /// MLP gate activation.
+    pub activation: Activation,
+    /// Rotary embedding.
+    pub rope: RopeSpec,
+    /// q/k/v projections carry biases.
+    pub qkv_bias: bool,
+    /// o projection carries a bias.
+    pub o_bias: bool,
+    /// MLP projections carry biases.
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm on q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// lm_head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Sliding-window attention span in tokens, if any.
+    pub sliding_window: Option<usize>,
+    /// Mixture-of-experts parameters, if sparse.
+    pub moe: Option<MoeSpec>,
+    /// Multiplier applied to embedding rows (Gemma: sqrt(hidden)).
+    pub embedding_scale: Option<f32>,
+    /// Longest context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Beginning-of-sequence token.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens (any one ends generation).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding token.
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelSpec {
+    /// Read and parse `config.json` (plus `generation_config.json` beside it, if present,
+    /// for extra EOS ids).
+    pub fn from_config_file(path: &Path) -> Result<ModelSpec> {
+        let text = std::fs::read_to_string(path).at("reading", path)?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| FormatError::Config {
+            path: path.to_owned(),
+            message: format!("not valid JSON ({e}); is this a Hugging Face config.json?"),
+        })?;
+        let mut spec = ModelSpec::from_config_value(&value, path)?;
+        if let Some(dir) = path.parent() {
+            let gen_path = dir.join("generation_config.json");
+            if let Ok(text) = std::fs::read_to_string(&gen_path) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    for id in token_ids(v.get("eos_token_id")) {
+                        if !spec.eos_token_ids.contains(&id) {
+                            spec.eos_token_ids.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Parse an already-loaded `config.json` value; `path` is used in errors only.
+    pub fn from_config_value(v: &Value, path: &Path) -> Result<ModelSpec> {
+        let cfg = Cfg { v, path };
+        if !v.is_object() {
+            return Err(cfg.err("the top level must be a JSON object"));
+        }
+        let family = cfg.family()?;
+        let hidden_size = cfg.usize("hidden_size")?;
+        let num_layers = cfg.usize("num_hidden_layers")?;
+        let num_heads = cfg.usize("num_attention_heads")?;
+        let num_kv_heads = cfg.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(cfg.err(&format!(
+                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
+            )));
+        }
+        let head_dim = match cfg.opt_usize("head_dim")? {
+            Some(h) => h,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(cfg.err("head_dim is missing and hidden_size is not a multiple of num_attention_heads"));
+                }
+                hidden_size / num_heads
+            }
+        };
+        let intermediate_size = cfg.usize("intermediate_size")?;
+        let vocab_size = cfg.usize("vocab_size")?;
+        let norm_eps = cfg
+            .opt_f64("rms_norm_eps")?
+            .or(cfg.opt_f64("layer_norm_eps")?)
+            .unwrap_or(1e-6) as f32;
+        let act_name = cfg
+            .opt_str("hidden_activation")
+            .or_else(|| cfg.opt_str("hidden_act"))
+            .unwrap_or("silu");
+        let activation = match act_name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            // Gemma 1 checkpoints say "gelu" but transformers runs the tanh approximation.
+            "gelu" if family == Family::Gemma => Activation::GeluTanh,
+            other => {
+                return Err(cfg.err(&format!(
+                    "hidden_act {other:?} is not supported (silu, gelu_pytorch_tanh)"
+                )));
+            }
+        };
+
+        let rope = cfg.rope(family, head_dim)?;
+        let attention_bias = cfg.opt_bool("attention_bias")?;
+        let qkv_bias = match family {
+            Family::Qwen2 => true,
+            _ => attention_bias.unwrap_or(false),
+        };
+        // GLM's attention_bias covers q/k/v only; Llama's covers o as well.
+        let o_bias = match family {
+            Family::Llama | Family::Mistral | Family::Qwen3 | Family::Gemma => attention_bias.unwrap_or(false),
+            _ => false,
+        };
+        let mlp_bias = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
+        let tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(matches!(family, Family::Gemma));
+        let use_sliding = cfg.opt_bool("use_sliding_window")?.unwrap_or(true);
+        let sliding_window = if use_sliding { cfg.opt_usize("sliding_window")? } else { None };
+        let moe = match family {
+            Family::Mixtral => Some(MoeSpec {
+                num_experts: cfg.usize("num_local_experts")?,
+                top_k: cfg.usize("num_experts_per_tok")?,
+                renormalize: true,
+            }),
+            _ => None,
+        };
+        let embedding_scale = match family {
+            Family::Gemma => Some((hidden_size as f32).sqrt()),
+            _ => None,
+        };
+        let max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(4096);
+        let spec = ModelSpec {
+            family,
+            hidden_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate_size,
+            vocab_size,
+            norm: if family == Family::Gemma { NormKind::RmsOnePlus } else { NormKind::Rms },
+            norm_eps,
+            activation,
+            rope,
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            qk_norm: family == Family::Qwen3,
+            tie_word_embeddings,
+            sliding_window,
+            moe,
+            embedding_scale,
+            max_position_embeddings,
+            bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_ids: token_ids(v.get("eos_token_id")),
+            pad_token_id: token_ids(v.get("pad_token_id")).first().copied(),
+        };
+        spec.validate().map_err(|m| cfg.err(&m))?;
+        Ok(spec)
+    }
+
+    /// Internal consistency checks.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let nonzero = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (name, v) in nonzero {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.rope.rotary_dim > self.head_dim || self.rope.rotary_dim % 2 != 0 {
+            return Err(format!(
+                "rotary dimension {} must be even and at most head_dim {}",
+                self.rope.rotary_dim, self.head_dim
+            ));
+        }
+        if let Some(m) = self.moe {
+            if m.top_k == 0 || m.top_k > m.num_experts {
+                return Err(format!("num_experts_per_tok {} must be in 1..={}", m.top_k, m.num_experts));
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the q projection output.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    /// Width of the k (and v) projection output.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Total parameter count implied by the spec (embedding counted once when tied).
+    pub fn parameter_count(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let i = self.intermediate_size as u64;
+        let v = self.vocab_size as u64;
+        let q = self.q_dim() as u64;
+        let kv = self.kv_dim() as u64;
+        let mut attn = h * q + 2 * h * kv + q * h + 2 * h; // q,k,v,o + two norms
+        if self.qkv_bias {
+            attn += q + 2 * kv;
+        }
+        if self.o_bias {
+            attn += h;
+        }
+        if self.qk_norm {
+            attn += 2 * self.head_dim as u64;
+        }
+        let mlp_one = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        let mlp = match self.moe {
+            Some(m) => m.num_experts as u64 * mlp_one + m.num_experts as u64 * h,
+            None => mlp_one,
+        };
+        let per_layer = attn + mlp;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_layers as u64 * per_layer + h + head
+    }
+}
+
+/// Token ids from a JSON value that may be a number, a list or null.
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Typed field access with errors that name the file and field.
+struct Cfg<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Cfg<'_> {
+    fn err(&self, message: &str) -> FormatError {
+        FormatError::Config { path: self.path.to_owned(), message: message.to_owned() }
+    }
+
+    fn family(&self) -> Result<Family> {
+        let archs = self.v.get("architectures").and_then(Value::as_array);
+        let names: Vec<&str> = archs.map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if let Some(f) = names.iter().find_map(|n| Family::from_name(n)) {
+            return Ok(f);
+        }
+        if names.is_empty() {
+            // Some converted configs carry only model_type.
+            if let Some(f) = self.opt_str("model_type").and_then(Family::from_name) {
+                return Ok(f);
+            }
+            return Err(self.err(&format!(
+                "field `architectures` is missing; supported: {}",
+                Family::supported_list()
+            )));
+        }
+        Err(FormatError::UnsupportedArchitecture {
+            path: self.path.to_owned(),
+            found: names.join(", "),
+            supported: Family::supported_list(),
+        })
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| self.err(&format!("field `{key}` must be a non-negative integer, found {n}"))),
+            Some(other) => Err(self.err(&format!("field `{key}` must be an integer, found {other}"))),
+        }
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.err(&format!("required field `{key}` is missing")))
+    }
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.opt_f64_in(self.v, key)
+    }
+    fn opt_f64_in(&self, obj: &Value, key: &str) -> Result<Option<f64>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => Err(self.err(&format!("field `{key}` must be a number, found {other}"))),
+        }
+    }
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.err(&format!("field `{key}` must be true or false, found {other}"))),
+        }
+    }
+    fn opt_str(&self, key: &str) -> Option<&str> {
+        self.v.get(key).and_then(Value::as_str)
+    }
+
+    /// RoPE settings from either layout: transformers 5 `rope_parameters`, or
+    /// transformers 4 top-level `rope_theta` / `rope_scaling` / `partial_rotary_factor`.
+    fn rope(&self, family: Family, head_dim: usize) -> Result<RopeSpec> {
+        let params = self.v.get("rope_parameters").filter(|p| p.is_object());
+        let scaling_obj = match params {
+            Some(p) => Some(p),
+            None => self.v.get("rope_scaling").filter(|p| p.is_object()),
+        };
+        let theta = match params.map(|p| self.opt_f64_in(p, "rope_theta")).transpose()?.flatten() {
+            Some(t) => t,
+            None => self.opt_f64("rope_theta")?.unwrap_or(10000.0),
+        };
+        let partial = match params.map(|p| self.opt_f64_in(p, "partial_rotary_factor")).transpose()?.flatten() {
+            Some(p) => p,
+            None => self.opt_f64("partial_rotary_factor")?.unwrap_or(1.0),
+        };
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(self.err(&format!("partial_rotary_factor {partial} must be in (0, 1]")));
+        }
+        let scaling = match scaling_obj {
+            None => RopeScaling::None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let f = |k: &str| -> Result<f32> {
+                    self.opt_f64_in(s, k)?
+                        .map(|x| x as f32)
+                        .ok_or_else(|| self.err(&format!("rope scaling `{kind}` needs field `{k}`")))
+                };
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position_embeddings: f("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(self.err(&format!(
+                            "rope scaling type {other:?} is not supported (default, linear, llama3)"
+                        )));
+                    }
+                }
+            }
+        };
+        let rotary_dim = ((head_dim as f64) * partial) as usize;
+        let style = if family == Family::Glm { RopeStyle::Interleaved } else { RopeStyle::HalfRotation };
+        Ok(RopeSpec { theta: theta as f32, scaling, rotary_dim, style })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ModelSpec> {
+        ModelSpec::from_config_value(&v, Path::new("config.json"))
+    }
+
+    fn base() -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+            "vocab_size": 512, "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0
+        })
+    }
+
+    #[test]
+    fn unknown_architecture_lists_supported() {
+        let mut v = base();
+        v["architectures"] = json!(["FalconForCausalLM"]);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("FalconForCausalLM") && e.contains("MixtralForCausalLM"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("hidden_size") && e.contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let mut v = base();
+        v["num_attention_heads"] = json!("four");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("num_attention_heads"), "{e}");
+    }
+
+    #[test]
+    fn v5_rope_parameters() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5});
+        let s = parse(v).unwrap();
+        assert_eq!(s.rope.theta, 1e6);
+        assert_eq!(s.rope.rotary_dim, 8);
+    }
+
+    #[test]
+    fn llama3_inv_freq_matches_transformers_rule() {
+        let rope = RopeSpec {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64.0,
+            },
+            rotary_dim: 16,
+            style: RopeStyle::HalfRotation,
+        };
+        let f = rope.inv_freq();
+        assert_eq!(f.len(), 8);
+        // Highest frequency (wavelength 2*pi < 64/4) is unscaled.
+        assert_eq!(f[0], 1.0);
+        // Lowest frequency has a wavelength far above 64: divided by the factor.
+        let base = 1.0 / 500000f32.powf(14.0 / 16.0);
+        assert!((f[7] - base / 8.0).abs() < 1e-12);
+    }
+}
