@@ -60,7 +60,7 @@ pub struct Checkpoint {
     dir: PathBuf,
     spec: ModelSpec,
     files: Vec<SourceFile>,
-    maps: Vec<MappedFile>,
+    maps: Vec<Option<MappedFile>>,
     tensors: Vec<SourceTensor>,
     /// (file index, absolute byte range) per tensor, parallel to `tensors`.
     ranges: Vec<(usize, usize, usize)>,
@@ -76,13 +76,27 @@ impl Checkpoint {
     /// Open a checkpoint directory: parse config.json, map every weight file and
     /// check every tensor the spec needs is present with the right shape.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
+        Checkpoint::open_with(dir, false)
+    }
+
+    /// Like [`Checkpoint::open`], but with `allow_missing` weight files listed in the
+    /// index may be absent (removed by an interrupted `--delete-original` run); their
+    /// tensors are then simply not offered, and the completeness check is left to the
+    /// shard writer, which can keep the shards already made from them.
+    pub fn open_with(dir: &Path, allow_missing: bool) -> Result<Checkpoint> {
         let spec = ModelSpec::from_config_file(&dir.join("config.json"))?;
-        let weight_files = weight_files(dir)?;
+        let weight_files = weight_files(dir, allow_missing)?;
+        let partial = weight_files.iter().any(|p| !p.is_file());
         let mut files = Vec::new();
         let mut maps = Vec::new();
         let mut tensors = Vec::new();
         let mut ranges = Vec::new();
         for (fi, path) in weight_files.iter().enumerate() {
+            if !path.is_file() {
+                files.push(SourceFile { path: path.clone(), size: 0 });
+                maps.push(None);
+                continue;
+            }
             let file = File::open(path).at("opening", path)?;
             let size = file.metadata().at("reading metadata of", path)?.len();
             // SAFETY: the map is read-only; the file must not be truncated while we
@@ -118,10 +132,13 @@ impl Checkpoint {
                 ranges.push((fi, header.data_start + b, header.data_start + e));
             }
             files.push(SourceFile { path: path.clone(), size });
-            maps.push(MappedFile { path: path.clone(), map });
+            maps.push(Some(MappedFile { path: path.clone(), map }));
         }
         let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges };
-        ck.sort_and_check()?;
+        ck.sort()?;
+        if !partial {
+            check_tensors(&ck.spec, &ck.tensors, &ck.dir)?;
+        }
         Ok(ck)
     }
 
@@ -130,7 +147,7 @@ impl Checkpoint {
         &self.dir
     }
 
-    fn sort_and_check(&mut self) -> Result<()> {
+    fn sort(&mut self) -> Result<()> {
         // Forward order: unit, then role, so shard contents are deterministic.
         let tied = self.spec.tie_word_embeddings;
         let mut pairs: Vec<(SourceTensor, (usize, usize, usize))> = std::mem::take(&mut self.tensors)
@@ -144,7 +161,7 @@ impl Checkpoint {
             self.tensors.push(SourceTensor { index: i, ..t });
             self.ranges.push(r);
         }
-        check_tensors(&self.spec, &self.tensors, &self.dir)
+        Ok(())
     }
 }
 
@@ -243,7 +260,7 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
 
 /// The weight files of a checkpoint directory: those named by the index, or
 /// `model.safetensors`, or every `*.safetensors` file.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+fn weight_files(dir: &Path, allow_missing: bool) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).at("reading", &index)?;
@@ -265,7 +282,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 });
             }
             let p = dir.join(n);
-            if !p.is_file() {
+            if !p.is_file() && !allow_missing {
                 return Err(FormatError::ModelNotFound {
                     model: dir.display().to_string(),
                     message: format!(
@@ -323,7 +340,13 @@ impl TensorSource for Checkpoint {
                 tensor: tensor.name.clone(),
                 why: "not in this checkpoint".into(),
             })?;
-        let m = &self.maps[fi];
+        let Some(m) = &self.maps[fi] else {
+            return Err(FormatError::MissingTensor {
+                path: self.files[fi].path.clone(),
+                tensor: tensor.name.clone(),
+                why: "its file was deleted".into(),
+            });
+        };
         m.map.get(b..e).map(Cow::Borrowed).ok_or_else(|| FormatError::Safetensors {
             path: m.path.clone(),
             reason: format!("tensor {} lies outside the file", tensor.name),

@@ -36,6 +36,7 @@
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod hub;
 pub mod manifest;
 pub mod roles;
@@ -48,6 +49,7 @@ pub mod writer;
 pub use checkpoint::{Checkpoint, expected_tensors, parse_safetensors_header};
 pub use dtype::{DType, StorageFormat};
 pub use error::{FormatError, Result, human_bytes};
+pub use gguf::GgufSource;
 pub use hub::{ModelLocation, resolve_model};
 pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry, TensorEntry};
 pub use roles::{Role, Unit};

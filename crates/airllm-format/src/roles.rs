@@ -297,3 +297,57 @@ mod tests {
         assert_eq!(classify_hf("model.layers.0.mlp.weird.weight"), None);
     }
 }
+
+/// The Hugging Face tensor name of a (unit, role) — the inverse of [`classify_hf`]
+/// (used by `cargo xtask synth` to write checkpoints in Hugging Face layout).
+pub fn hf_name(unit: Unit, role: Role) -> String {
+    let layer = match unit {
+        Unit::Embedding => return "model.embed_tokens.weight".into(),
+        Unit::FinalNorm => return "model.norm.weight".into(),
+        Unit::LmHead => return "lm_head.weight".into(),
+        Unit::Layer(i) => i,
+    };
+    let rest = match role {
+        Role::AttnNorm => "input_layernorm.weight".to_string(),
+        Role::MlpNorm => "post_attention_layernorm.weight".into(),
+        Role::Q => "self_attn.q_proj.weight".into(),
+        Role::K => "self_attn.k_proj.weight".into(),
+        Role::V => "self_attn.v_proj.weight".into(),
+        Role::Qkv => "self_attn.qkv_proj.weight".into(),
+        Role::O => "self_attn.o_proj.weight".into(),
+        Role::QBias => "self_attn.q_proj.bias".into(),
+        Role::KBias => "self_attn.k_proj.bias".into(),
+        Role::VBias => "self_attn.v_proj.bias".into(),
+        Role::QkvBias => "self_attn.qkv_proj.bias".into(),
+        Role::OBias => "self_attn.o_proj.bias".into(),
+        Role::QNorm => "self_attn.q_norm.weight".into(),
+        Role::KNorm => "self_attn.k_norm.weight".into(),
+        Role::Gate => "mlp.gate_proj.weight".into(),
+        Role::Up => "mlp.up_proj.weight".into(),
+        Role::GateUp => "mlp.gate_up_proj.weight".into(),
+        Role::Down => "mlp.down_proj.weight".into(),
+        Role::GateBias => "mlp.gate_proj.bias".into(),
+        Role::UpBias => "mlp.up_proj.bias".into(),
+        Role::DownBias => "mlp.down_proj.bias".into(),
+        Role::Router => "block_sparse_moe.gate.weight".into(),
+        Role::ExpertGate(e) => format!("block_sparse_moe.experts.{e}.w1.weight"),
+        Role::ExpertUp(e) => format!("block_sparse_moe.experts.{e}.w3.weight"),
+        Role::ExpertDown(e) => format!("block_sparse_moe.experts.{e}.w2.weight"),
+        Role::Embedding | Role::FinalNorm | Role::LmHead => format!("{role}"),
+    };
+    format!("model.layers.{layer}.{rest}")
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn hf_name_inverts_classify() {
+        for role in [Role::Q, Role::QBias, Role::GateUp, Role::ExpertDown(2), Role::Router, Role::KNorm] {
+            let n = hf_name(Unit::Layer(3), role);
+            assert_eq!(classify_hf(&n), Some((Unit::Layer(3), role)), "{n}");
+        }
+        assert_eq!(classify_hf(&hf_name(Unit::LmHead, Role::LmHead)), Some((Unit::LmHead, Role::LmHead)));
+    }
+}

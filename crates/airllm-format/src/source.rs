@@ -22,8 +22,11 @@ pub struct SourceFile {
 /// A reordering of whole rows applied while copying (GGUF's q/k permutation undone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowPermutation {
-    /// llama.cpp stores each head's rows as (pair-interleaved) halves; this undoes it:
-    /// for `heads` heads of `rows/heads` rows, output row `h*d + i*2 + j` ... see `gguf.rs`.
+    /// Undo llama.cpp's q/k permutation (`LlamaModel.permute` in
+    /// `convert_hf_to_gguf.py`: `w.reshape(heads, 2, d/2, ...).swapaxes(1, 2)`), which
+    /// interleaves the two halves of each head's `d = rows/heads` rows for ggml's
+    /// adjacent-pair RoPE. Output (Hugging Face) row `h*d + j*(d/2) + i` is GGUF row
+    /// `h*d + 2*i + j` (`i < d/2`, `j < 2`); see [`crate::gguf`].
     UnpermuteGgufQk {
         /// Heads the rows are split into.
         heads: usize,

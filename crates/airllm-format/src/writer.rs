@@ -185,6 +185,65 @@ fn source_kind(source: &dyn TensorSource) -> String {
     source.describe().split_whitespace().next().unwrap_or("").to_owned()
 }
 
+/// The shards `write_shards` would write: (unit, file name, file bytes, tensor count),
+/// without writing anything (for `airllm inspect` and the disk-space estimate).
+pub fn dry_run(source: &dyn TensorSource, compression: Compression) -> Result<Vec<(Unit, String, u64, usize)>> {
+    Ok(plan(source, compression)?
+        .into_iter()
+        .map(|p| (p.unit, p.file, p.file_len, p.tensors.len()))
+        .collect())
+}
+
+/// Resolve a model argument (checkpoint directory, `.gguf` file, or cached repo id),
+/// open it and write its shards into `out`. A rerun after an interrupted
+/// `--delete-original` run accepts the source files that run already removed.
+pub fn shard_model(model: &str, out: &Path, opts: &ShardOptions) -> Result<ShardReport> {
+    use crate::hub::ModelLocation;
+    match crate::hub::resolve_model(model)? {
+        ModelLocation::HfDir(dir) => {
+            let resumed_delete = !load_journal(out).deleted.is_empty();
+            let ck = crate::Checkpoint::open_with(&dir, resumed_delete)?;
+            write_shards(&ck, out, opts)
+        }
+        ModelLocation::Gguf(path) => {
+            let src = crate::gguf::GgufSource::open(&path)?;
+            write_shards(&src, out, opts)
+        }
+        ModelLocation::ShardDir(dir) => Err(FormatError::ModelNotFound {
+            model: model.to_owned(),
+            message: format!("{} is already a shard directory; pass the original checkpoint", dir.display()),
+        }),
+    }
+}
+
+impl ShardReport {
+    /// A few lines for people: what was written, kept, deleted, how fast.
+    pub fn summary(&self, out: &Path) -> String {
+        let m = &self.manifest;
+        let mut s = format!(
+            "{} shards in {} ({} total, compression {}): {} written, {} kept from an earlier run",
+            m.shards.len(),
+            out.display(),
+            human_bytes(m.total_bytes()),
+            m.compression,
+            self.written,
+            self.kept
+        );
+        if self.written > 0 && self.seconds > 0.0 {
+            s += &format!(
+                "\nwrote {} in {:.1} s ({}/s)",
+                human_bytes(self.bytes_written),
+                self.seconds,
+                human_bytes((self.bytes_written as f64 / self.seconds) as u64)
+            );
+        }
+        for d in &self.deleted {
+            s += &format!("\ndeleted {}", d.display());
+        }
+        s
+    }
+}
+
 /// Write (or finish writing) a shard directory from `source`.
 pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) -> Result<ShardReport> {
     let start = Instant::now();

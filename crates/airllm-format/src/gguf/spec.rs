@@ -1,0 +1,266 @@
+//! [`ModelSpec`] from GGUF metadata (`{arch}.embedding_length`, ...).
+
+use crate::error::Result;
+use crate::gguf::parse::{GgufMetadata, GgufValue};
+use crate::spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
+
+/// GGUF architectures this reader maps, for error messages.
+pub const SUPPORTED_ARCHITECTURES: &str =
+    "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, phi3";
+
+/// How a GGUF architecture maps onto a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchInfo {
+    /// The family whose graph runs it.
+    pub family: Family,
+    /// llama.cpp's converter permuted the Q and K rows (llama, mixtral).
+    pub permuted_qk: bool,
+    /// `ffn_up` holds the fused gate|up projection (phi3).
+    pub fused_gate_up: bool,
+}
+
+/// The family of `general.architecture`, or a clear error.
+pub fn arch_info(meta: &GgufMetadata) -> Result<(String, ArchInfo)> {
+    let arch = meta
+        .architecture()
+        .ok_or_else(|| meta.err("metadata `general.architecture` is missing; is this a model file?"))?
+        .to_owned();
+    let info = |family, permuted_qk, fused_gate_up| ArchInfo { family, permuted_qk, fused_gate_up };
+    let a = match arch.as_str() {
+        "llama" => {
+            let experts = meta.get_u64("llama.expert_count").unwrap_or(0);
+            info(if experts > 0 { Family::Mixtral } else { Family::Llama }, true, false)
+        }
+        "qwen2" => info(Family::Qwen2, false, false),
+        "qwen3" => info(Family::Qwen3, false, false),
+        "gemma" => info(Family::Gemma, false, false),
+        "phi3" => info(Family::Phi3, false, true),
+        "chatglm" | "glm4" => {
+            return Err(meta.err(format!(
+                "GGUF architecture {arch:?} is not supported: llama.cpp's {arch} graph is not the one this engine \
+                 runs for GLM (GlmForCausalLM). Use the Hugging Face checkpoint instead. Supported GGUF \
+                 architectures: {SUPPORTED_ARCHITECTURES}"
+            )));
+        }
+        other => {
+            return Err(meta.err(format!(
+                "GGUF architecture {other:?} is not supported; supported: {SUPPORTED_ARCHITECTURES}"
+            )));
+        }
+    };
+    Ok((arch, a))
+}
+
+/// Read a count that may be stored per layer (an array); all layers must agree.
+fn count(meta: &GgufMetadata, key: &str) -> Result<Option<usize>> {
+    let Some(v) = meta.get(key) else { return Ok(None) };
+    let bad = || meta.err(format!("metadata {key:?} is {v}; expected a non-negative integer"));
+    match v {
+        GgufValue::Array { items, .. } => {
+            let vals: Vec<u64> = items.iter().map(|x| x.as_u64().ok_or_else(bad)).collect::<Result<_>>()?;
+            match vals.first() {
+                None => Err(bad()),
+                Some(&first) if vals.iter().all(|&x| x == first) => Ok(Some(first as usize)),
+                Some(_) => Err(meta.err(format!(
+                    "metadata {key:?} differs between layers ({v}); models with per-layer sizes are not supported"
+                ))),
+            }
+        }
+        _ => v.as_u64().map(|x| Some(x as usize)).ok_or_else(bad),
+    }
+}
+
+fn required(meta: &GgufMetadata, key: &str) -> Result<usize> {
+    count(meta, key)?.ok_or_else(|| meta.err(format!("required metadata {key:?} is missing")))
+}
+
+fn token_id(meta: &GgufMetadata, key: &str) -> Option<u32> {
+    meta.get_u64(key).and_then(|x| u32::try_from(x).ok())
+}
+
+/// Build the model description from GGUF metadata. `rope_freqs` is the
+/// content of the `rope_freqs.weight` tensor, if the file has one (llama.cpp
+/// stores Llama 3.1 rope scaling as per-frequency divisors there).
+pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelSpec> {
+    let (arch, info) = arch_info(meta)?;
+    let family = info.family;
+    let k = |s: &str| format!("{arch}.{s}");
+    let hidden_size = required(meta, &k("embedding_length"))?;
+    let num_layers = required(meta, &k("block_count"))?;
+    let num_heads = required(meta, &k("attention.head_count"))?;
+    let num_kv_heads = count(meta, &k("attention.head_count_kv"))?.unwrap_or(num_heads);
+    if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        return Err(meta.err(format!(
+            "attention.head_count ({num_heads}) must be a positive multiple of attention.head_count_kv ({num_kv_heads})"
+        )));
+    }
+    let head_dim = match count(meta, &k("attention.key_length"))? {
+        Some(h) => h,
+        None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+        None => {
+            return Err(meta.err(format!(
+                "{arch}.attention.key_length is missing and embedding_length {hidden_size} is not a multiple of \
+                 head_count {num_heads}"
+            )));
+        }
+    };
+    if let Some(v) = count(meta, &k("attention.value_length"))? {
+        if v != head_dim {
+            return Err(meta.err(format!(
+                "attention.value_length {v} differs from key_length {head_dim}; not supported"
+            )));
+        }
+    }
+    let intermediate_size = required(meta, &k("feed_forward_length"))?;
+    let vocab_size = match meta.tensor("token_embd.weight") {
+        Some(t) => t.shape().first().copied().unwrap_or(0),
+        None => match meta.get_array("tokenizer.ggml.tokens") {
+            Some(a) => a.len(),
+            None => required(meta, &k("vocab_size"))?,
+        },
+    };
+    let norm_eps = meta.get_f32(&k("attention.layer_norm_rms_epsilon")).ok_or_else(|| {
+        meta.err(format!("required metadata {:?} is missing", k("attention.layer_norm_rms_epsilon")))
+    })?;
+
+    let theta = meta.get_f32(&k("rope.freq_base")).unwrap_or(10000.0);
+    let rotary_dim = count(meta, &k("rope.dimension_count"))?.unwrap_or(head_dim);
+    let mut rope = RopeSpec { theta, scaling: RopeScaling::None, rotary_dim, style: RopeStyle::HalfRotation };
+    match meta.get_str(&k("rope.scaling.type")) {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = meta
+                .get_f32(&k("rope.scaling.factor"))
+                .ok_or_else(|| meta.err("rope.scaling.type is linear but rope.scaling.factor is missing"))?;
+            rope.scaling = RopeScaling::Linear { factor };
+        }
+        Some(other) => {
+            return Err(meta.err(format!(
+                "rope scaling {other:?} is not supported (none, linear, and Llama 3 scaling via rope_freqs)"
+            )));
+        }
+    }
+    if let Some(f) = meta.get_f32(&k("rope.scale_linear")) {
+        if f != 1.0 && rope.scaling == RopeScaling::None {
+            rope.scaling = RopeScaling::Linear { factor: f };
+        }
+    }
+    if let Some(freqs) = rope_freqs {
+        rope.scaling = llama3_scaling_from_freqs(meta, &rope, freqs)?;
+    }
+
+    let has = |name: &str| meta.tensor(name).is_some();
+    let moe = match family {
+        Family::Mixtral => Some(MoeSpec {
+            num_experts: required(meta, "llama.expert_count")?,
+            top_k: required(meta, "llama.expert_used_count")?,
+            renormalize: true,
+        }),
+        _ => None,
+    };
+    let mut eos_token_ids = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        if let Some(id) = token_id(meta, key) {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+    }
+    let spec = ModelSpec {
+        family,
+        hidden_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        intermediate_size,
+        vocab_size,
+        // llama.cpp's converter stores Gemma's norm weights as 1 + w, so a plain
+        // RMSNorm multiply is exact here (no NormKind::RmsOnePlus).
+        norm: NormKind::Rms,
+        norm_eps,
+        activation: if family == Family::Gemma { Activation::GeluTanh } else { Activation::Silu },
+        rope,
+        qkv_bias: family == Family::Qwen2 || has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
+        o_bias: has("blk.0.attn_output.bias"),
+        mlp_bias: has("blk.0.ffn_down.bias"),
+        qk_norm: family == Family::Qwen3,
+        tie_word_embeddings: !has("output.weight"),
+        sliding_window: count(meta, &k("attention.sliding_window"))?.filter(|&w| w > 0),
+        moe,
+        embedding_scale: (family == Family::Gemma).then(|| (hidden_size as f32).sqrt()),
+        max_position_embeddings: count(meta, &k("context_length"))?.unwrap_or(4096),
+        bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id"),
+        eos_token_ids,
+        pad_token_id: token_id(meta, "tokenizer.ggml.padding_token_id"),
+    };
+    spec.validate().map_err(|m| meta.err(m))?;
+    Ok(spec)
+}
+
+/// Recover Llama 3.1-style scaling parameters from llama.cpp's `rope_freqs`
+/// divisors (one per rotated frequency), checking that they reproduce them.
+fn llama3_scaling_from_freqs(meta: &GgufMetadata, rope: &RopeSpec, freqs: &[f32]) -> Result<RopeScaling> {
+    let base = RopeSpec { scaling: RopeScaling::None, ..*rope }.inv_freq();
+    if freqs.len() != base.len() {
+        return Err(meta.err(format!(
+            "rope_freqs.weight has {} values, expected rope.dimension_count / 2 = {}",
+            freqs.len(),
+            base.len()
+        )));
+    }
+    if freqs.iter().all(|&f| f == 1.0) {
+        return Ok(RopeScaling::None);
+    }
+    let factor = freqs.iter().copied().fold(f32::MIN, f32::max);
+    // Between the two wavelength limits the divisor is 1 / ((1 - s) / factor + s) with
+    // s = (orig / wavelen - low) / (high - low), linear in x = 1 / wavelen. Every Llama 3.x
+    // release uses low = 1, high = 4; orig varies (8192 for 3.1). Candidates, each checked below:
+    // the 3.1 values; low 1 / high 4 with orig solved from one point; low 1 with orig and
+    // high fitted through two points.
+    let two_pi = 2.0 * std::f64::consts::PI;
+    let smooth: Vec<(f64, f64)> = base
+        .iter()
+        .zip(freqs)
+        .filter(|&(_, &f)| f > 1.0 + 1e-4 && f < factor * (1.0 - 1e-4))
+        .map(|(&b, &f)| {
+            let s = (f64::from(factor) / f64::from(f) - 1.0) / (f64::from(factor) - 1.0);
+            (f64::from(b) / two_pi, s)
+        })
+        .collect();
+    let tidy = |x: f64| if (x - x.round()).abs() < 1e-3 * x.abs().max(1.0) { x.round() } else { x };
+    let mut candidates = vec![(1.0f64, 4.0f64, 8192.0f64)];
+    if let Some(&(x1, s1)) = smooth.first() {
+        candidates.push((1.0, 4.0, tidy((s1 * 3.0 + 1.0) / x1)));
+    }
+    if let (Some(&(x1, s1)), Some(&(x2, s2))) = (smooth.first(), smooth.last()) {
+        if x2 != x1 {
+            let a = (s2 - s1) / (x2 - x1);
+            let b = s1 - a * x1;
+            if b < 0.0 {
+                let high_minus_low = -1.0 / b;
+                candidates.push((1.0, tidy(1.0 + high_minus_low), tidy(a * high_minus_low)));
+            }
+        }
+    }
+    for (low, high, orig) in candidates {
+        let scaling = RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: low as f32,
+            high_freq_factor: high as f32,
+            original_max_position_embeddings: orig as f32,
+        };
+        let got = RopeSpec { scaling, ..*rope }.inv_freq();
+        let ok = got.iter().zip(&base).zip(freqs).all(|((&g, &b), &f)| {
+            let want = b / f;
+            (g - want).abs() <= 1e-4 * want.abs()
+        });
+        if ok {
+            return Ok(scaling);
+        }
+    }
+    Err(meta.err(
+        "rope_freqs.weight does not follow Llama 3 rope scaling (checked factor, low/high frequency factors); \
+         this rope scaling is not supported",
+    ))
+}

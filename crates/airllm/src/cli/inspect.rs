@@ -1,0 +1,95 @@
+//! `airllm inspect`: the model spec, parameter count, bytes per shard and, with
+//! `--max-vram`, the residency plan.
+
+use airllm_format::{ModelLocation, human_bytes};
+use anyhow::Context;
+
+/// Print a model's spec, parameter count, shard sizes and residency plan.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// Checkpoint directory, shard directory, .gguf file, or cached repo id.
+    pub model: String,
+    /// Show the residency plan for this VRAM budget (e.g. 4GiB, unlimited).
+    #[arg(long, value_parser = super::args::parse_size)]
+    pub max_vram: Option<u64>,
+    /// Resident layers override for the plan.
+    #[arg(long)]
+    pub resident_layers: Option<usize>,
+    /// Codec the shards would use (for checkpoints not yet sharded).
+    #[arg(long, default_value = "none")]
+    pub compression: airllm_quant::Compression,
+    /// Context length for the KV cache in the plan.
+    #[arg(long, default_value_t = 4096)]
+    pub max_context: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: InspectArgs) -> anyhow::Result<()> {
+    let loc = airllm_format::resolve_model(&a.model)?;
+    let (spec, units, source) = match &loc {
+        ModelLocation::ShardDir(dir) => {
+            let m = airllm_format::Manifest::load(dir)?;
+            let units: Vec<(airllm_format::Unit, String, u64, usize)> =
+                m.shards.iter().map(|s| (s.unit, s.file.clone(), s.bytes, s.tensors.len())).collect();
+            (m.spec.clone(), units, format!("shard directory ({}, compression {})", m.source, m.compression))
+        }
+        _ => {
+            let sizes = airllm::inspect::planned_shard_sizes(&loc, a.compression)
+                .with_context(|| format!("reading {}", a.model))?;
+            (sizes.0, sizes.1, format!("{} (sizes as sharded with --compression {})", loc.path().display(), a.compression))
+        }
+    };
+    let plan = airllm::inspect::plan_for(&spec, &units, a.max_vram, a.resident_layers, a.max_context)?;
+    if a.json {
+        let v = serde_json::json!({
+            "source": source, "spec": spec, "parameters": spec.parameter_count(),
+            "shards": units.iter().map(|(_, f, b, n)| serde_json::json!({"file": f, "bytes": b, "tensors": n})).collect::<Vec<_>>(),
+            "total_bytes": units.iter().map(|u| u.2).sum::<u64>(),
+            "plan": plan.as_ref().map(|p| serde_json::json!({
+                "budget": p.budget, "vram_bytes": p.vram_bytes(), "resident_bytes": p.resident_bytes(),
+                "streamed_bytes_per_pass": p.streamed_bytes(), "resident_layers": p.resident_layers(),
+                "ring_slots": p.ring_slots, "slot_bytes": p.slot_bytes, "kv_bytes": p.kv_bytes,
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model       {source}");
+    println!(
+        "family      {} (hidden {}, {} layers, heads {}/{} x {}, ffn {}, vocab {}{})",
+        spec.family,
+        spec.hidden_size,
+        spec.num_layers,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.intermediate_size,
+        spec.vocab_size,
+        spec.moe.map(|m| format!(", {} experts top-{}", m.num_experts, m.top_k)).unwrap_or_default()
+    );
+    println!("parameters  {} ({:.2} B)", spec.parameter_count(), spec.parameter_count() as f64 / 1e9);
+    println!(
+        "rope        theta {}, {:?}, rotary dims {} ({:?}); norm {:?} eps {:e}; act {:?}; tied {}",
+        spec.rope.theta, spec.rope.scaling, spec.rope.rotary_dim, spec.rope.style, spec.norm, spec.norm_eps,
+        spec.activation, spec.tie_word_embeddings
+    );
+    let total: u64 = units.iter().map(|u| u.2).sum();
+    println!("shards      {} files, {}", units.len(), human_bytes(total));
+    let show_all = units.len() <= 12;
+    for (i, (_, f, b, n)) in units.iter().enumerate() {
+        if show_all || i < 4 || i + 3 >= units.len() {
+            println!("  {f:<22} {:>12}  {n} tensors", human_bytes(*b));
+        } else if i == 4 {
+            println!("  ...");
+        }
+    }
+    if let Some(p) = plan {
+        println!("plan (max context {}, batch 1):", a.max_context);
+        for line in p.to_string().lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}

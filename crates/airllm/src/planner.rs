@@ -1,0 +1,289 @@
+//! The residency planner: given a VRAM budget, decide which execution units stay
+//! on the GPU for the whole run and how many slots the streaming ring gets.
+//!
+//! Fixed costs come first (KV cache, activations, the final norm, the ring and,
+//! on adapters whose mapped staging memory is VRAM, the staging buffers). What is
+//! left holds resident units. Every byte kept resident is a byte not streamed per
+//! forward pass, so the planner maximises resident bytes; the lm_head is the
+//! largest unit of most models and competes with layers on equal terms. Resident
+//! layers are spread evenly through the stack so the reader can run ahead while
+//! the GPU computes them.
+
+use airllm_format::{Unit, human_bytes};
+
+use crate::error::{EngineError, Result};
+
+/// What the planner needs to know.
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    /// Units run on the GPU per forward pass, in order, with their shard sizes
+    /// (decoder layers, the final norm, the lm_head).
+    pub units: Vec<(Unit, u64)>,
+    /// KV cache bytes for the requested context and batch.
+    pub kv_bytes: u64,
+    /// Activation buffer bytes.
+    pub activation_bytes: u64,
+    /// Whether mapped staging buffers occupy VRAM (discrete GPUs with a BAR mapping).
+    pub staging_in_vram: bool,
+    /// Shards read ahead (staging buffers in flight).
+    pub prefetch_depth: usize,
+    /// The budget in bytes (`u64::MAX` for unlimited).
+    pub budget: u64,
+    /// `--resident-layers`: keep exactly this many decoder layers resident.
+    pub resident_layers: Option<usize>,
+}
+
+/// The plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResidencyPlan {
+    /// Per unit of the input, whether it stays resident.
+    pub resident: Vec<bool>,
+    /// Units in the input order.
+    pub units: Vec<(Unit, u64)>,
+    /// Ring slots for streamed units (0 when everything is resident).
+    pub ring_slots: usize,
+    /// Bytes per ring slot (the largest streamed unit).
+    pub slot_bytes: u64,
+    /// Staging buffers (the prefetch depth) and their size each.
+    pub staging_buffers: usize,
+    /// Bytes of one staging buffer.
+    pub staging_bytes: u64,
+    /// Whether staging counts against VRAM.
+    pub staging_in_vram: bool,
+    /// KV cache bytes.
+    pub kv_bytes: u64,
+    /// Activation bytes.
+    pub activation_bytes: u64,
+    /// The budget.
+    pub budget: u64,
+}
+
+impl ResidencyPlan {
+    /// Bytes of resident units.
+    pub fn resident_bytes(&self) -> u64 {
+        self.units.iter().zip(&self.resident).filter(|(_, r)| **r).map(|((_, b), _)| b).sum()
+    }
+    /// Bytes streamed per forward pass.
+    pub fn streamed_bytes(&self) -> u64 {
+        self.units.iter().zip(&self.resident).filter(|(_, r)| !**r).map(|((_, b), _)| b).sum()
+    }
+    /// Total VRAM the plan uses.
+    pub fn vram_bytes(&self) -> u64 {
+        let staging = if self.staging_in_vram { self.staging_buffers as u64 * self.staging_bytes } else { 0 };
+        self.resident_bytes() + self.ring_slots as u64 * self.slot_bytes + staging + self.kv_bytes + self.activation_bytes
+    }
+    /// Decoder layers kept resident.
+    pub fn resident_layers(&self) -> usize {
+        self.units.iter().zip(&self.resident).filter(|((u, _), r)| **r && matches!(u, Unit::Layer(_))).count()
+    }
+    /// Whether a unit is resident.
+    pub fn is_resident(&self, unit: Unit) -> bool {
+        self.units.iter().zip(&self.resident).any(|((u, _), r)| *u == unit && *r)
+    }
+}
+
+impl std::fmt::Display for ResidencyPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let budget = if self.budget == u64::MAX { "unlimited".to_string() } else { human_bytes(self.budget) };
+        let layers = self.units.iter().filter(|(u, _)| matches!(u, Unit::Layer(_))).count();
+        writeln!(f, "budget          {budget}")?;
+        writeln!(f, "planned VRAM    {}", human_bytes(self.vram_bytes()))?;
+        writeln!(f, "resident        {} ({} of {layers} layers{})", human_bytes(self.resident_bytes()), self.resident_layers(),
+            if self.is_resident(Unit::LmHead) { ", lm_head" } else { "" })?;
+        writeln!(f, "streamed/pass   {}", human_bytes(self.streamed_bytes()))?;
+        writeln!(f, "ring            {} slots x {}", self.ring_slots, human_bytes(self.slot_bytes))?;
+        writeln!(
+            f,
+            "staging         {} x {} ({})",
+            self.staging_buffers,
+            human_bytes(self.staging_bytes),
+            if self.staging_in_vram { "in VRAM" } else { "host memory" }
+        )?;
+        writeln!(f, "KV cache        {}", human_bytes(self.kv_bytes))?;
+        write!(f, "activations     {}", human_bytes(self.activation_bytes))?;
+        let streamed: Vec<String> = self
+            .units
+            .iter()
+            .zip(&self.resident)
+            .filter(|(_, r)| !**r)
+            .map(|((u, _), _)| u.to_string())
+            .collect();
+        if !streamed.is_empty() && streamed.len() <= 12 {
+            write!(f, "\nstreamed units  {}", streamed.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Make the plan, or explain why the budget is too small.
+pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
+    let n = input.units.len();
+    let layer_idx: Vec<usize> =
+        (0..n).filter(|&i| matches!(input.units[i].0, Unit::Layer(_))).collect();
+    let base = ResidencyPlan {
+        resident: vec![true; n],
+        units: input.units.clone(),
+        ring_slots: 0,
+        slot_bytes: 0,
+        staging_buffers: 0,
+        staging_bytes: 0,
+        staging_in_vram: input.staging_in_vram,
+        kv_bytes: input.kv_bytes,
+        activation_bytes: input.activation_bytes,
+        budget: input.budget,
+    };
+    // Everything fits and nothing forces streaming: all resident.
+    if input.resident_layers.is_none_or(|r| r >= layer_idx.len()) && base.vram_bytes() <= input.budget {
+        return Ok(base);
+    }
+    let depth_max = input.prefetch_depth.max(1);
+    let mut best: Option<ResidencyPlan> = None;
+    let head = (0..n).find(|&i| input.units[i].0 == Unit::LmHead);
+    // Deeper prefetch first: with staging in VRAM a smaller depth may be what fits.
+    for depth in (1..=depth_max).rev() {
+    for head_resident in [true, false] {
+        if head.is_none() && !head_resident {
+            continue;
+        }
+        for ring in [2usize, 1] {
+            let mut resident = vec![false; n];
+            for (i, (u, _)) in input.units.iter().enumerate() {
+                if matches!(u, Unit::FinalNorm | Unit::Embedding) {
+                    resident[i] = true;
+                }
+            }
+            if let Some(h) = head {
+                resident[h] = head_resident;
+            }
+            // Number of resident layers: forced, or as many as fit.
+            let want = input.resident_layers.unwrap_or(layer_idx.len()).min(layer_idx.len());
+            let mut chosen = None;
+            for k in (0..=want).rev() {
+                let mut r = resident.clone();
+                for &i in &spread(&layer_idx, k) {
+                    r[i] = true;
+                }
+                let p = finish(&base, r, ring, depth);
+                if p.vram_bytes() <= input.budget {
+                    chosen = Some(p);
+                    break;
+                }
+                if input.resident_layers.is_some() {
+                    break; // a forced count either fits or this option fails
+                }
+            }
+            if let Some(p) = chosen {
+                let key = |q: &ResidencyPlan| (q.streamed_bytes(), std::cmp::Reverse(q.ring_slots), std::cmp::Reverse(q.staging_buffers));
+                if best.as_ref().is_none_or(|b| key(&p) < key(b)) {
+                    best = Some(p);
+                }
+            }
+        }
+    }
+        // Prefer the deepest prefetch that reaches the best streamed bytes.
+        if best.is_some() {
+            break;
+        }
+    }
+    let depth = 1;
+    best.ok_or_else(|| {
+        // The minimum: nothing resident but the norm, one slot.
+        let mut r = vec![false; n];
+        for (i, (u, _)) in input.units.iter().enumerate() {
+            r[i] = matches!(u, Unit::FinalNorm);
+        }
+        let want = input.resident_layers.unwrap_or(0).min(layer_idx.len());
+        for &i in &spread(&layer_idx, want) {
+            r[i] = true;
+        }
+        let min = finish(&base, r, 1, depth);
+        let staging = if min.staging_in_vram { min.staging_buffers as u64 * min.staging_bytes } else { 0 };
+        EngineError::BudgetTooSmall {
+            budget_h: human_bytes(input.budget),
+            minimum_h: human_bytes(min.vram_bytes()),
+            slot_h: human_bytes(min.slot_bytes),
+            kv_h: human_bytes(min.kv_bytes),
+            act_h: human_bytes(min.activation_bytes),
+            staging_h: human_bytes(staging),
+        }
+    })
+}
+
+fn finish(base: &ResidencyPlan, resident: Vec<bool>, ring: usize, depth: usize) -> ResidencyPlan {
+    let slot_bytes = base
+        .units
+        .iter()
+        .zip(&resident)
+        .filter(|(_, r)| !**r)
+        .map(|((_, b), _)| *b)
+        .max()
+        .unwrap_or(0);
+    let streaming = slot_bytes > 0;
+    ResidencyPlan {
+        resident,
+        ring_slots: if streaming { ring } else { 0 },
+        slot_bytes,
+        staging_buffers: if streaming { depth } else { 0 },
+        staging_bytes: slot_bytes,
+        ..base.clone()
+    }
+}
+
+/// `k` of `idx` spread evenly (first, ..., last-ish).
+fn spread(idx: &[usize], k: usize) -> Vec<usize> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let n = idx.len();
+    (0..k).map(|j| idx[j * n / k]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(budget: u64, resident_layers: Option<usize>) -> PlanInput {
+        let mut units: Vec<(Unit, u64)> = (0..8).map(|i| (Unit::Layer(i), 100)).collect();
+        units.push((Unit::FinalNorm, 1));
+        units.push((Unit::LmHead, 300));
+        PlanInput { units, kv_bytes: 50, activation_bytes: 20, staging_in_vram: true, prefetch_depth: 2, budget, resident_layers }
+    }
+
+    #[test]
+    fn unlimited_keeps_everything() {
+        let p = plan(&input(u64::MAX, None)).unwrap();
+        assert!(p.resident.iter().all(|r| *r));
+        assert_eq!(p.ring_slots, 0);
+        assert_eq!(p.streamed_bytes(), 0);
+    }
+
+    #[test]
+    fn budget_is_never_exceeded_and_resident_bytes_are_maximal() {
+        for budget in [500u64, 700, 900, 1100, 1300] {
+            let p = plan(&input(budget, None)).unwrap();
+            assert!(p.vram_bytes() <= budget, "{budget}: {p}");
+            assert!(p.ring_slots >= 1);
+        }
+    }
+
+    #[test]
+    fn too_small_names_the_minimum() {
+        let e = plan(&input(100, None)).unwrap_err().to_string();
+        assert!(e.contains("--max-vram") && e.contains("minimum"), "{e}");
+    }
+
+    #[test]
+    fn forced_zero_streams_every_layer() {
+        let p = plan(&input(u64::MAX, Some(0))).unwrap();
+        assert_eq!(p.resident_layers(), 0);
+        assert!(p.ring_slots >= 1);
+        assert!(p.is_resident(Unit::FinalNorm));
+    }
+
+    #[test]
+    fn forced_count_is_spread() {
+        let p = plan(&input(u64::MAX, Some(2))).unwrap();
+        assert_eq!(p.resident_layers(), 2);
+        assert!(p.is_resident(Unit::Layer(0)) && p.is_resident(Unit::Layer(4)));
+    }
+}

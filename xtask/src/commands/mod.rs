@@ -1,0 +1,4 @@
+pub mod demo;
+pub mod shaders;
+pub mod shard;
+pub mod synth;
