@@ -1,1 +1,61 @@
-fn main() {}
+//! The `airllm` command line. Run `airllm --help`.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Run large language models on small GPUs: weights stream layer by layer from
+/// disk through a VRAM budget, prefetched ahead of compute, optionally in 8 or
+/// 4 bits. Works on any GPU wgpu drives (Vulkan, Metal, DX12), and on Mesa's
+/// software Vulkan driver with no GPU.
+///
+/// Examples:
+///   airllm generate --model ./SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt "What is a GPU?"
+///   airllm generate --model ./Llama-3-8B --max-vram 1.5GiB --compression 4bit --prompt "Hi"
+///   airllm shard ./Llama-3-8B --out ./llama-shards --compression 8bit
+///   airllm inspect ./llama-shards --max-vram 4GiB
+///   airllm bench --model ./llama-shards --max-vram 1.5GiB --json
+#[derive(Parser)]
+#[command(name = "airllm", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(cli::generate::GenerateArgs),
+    /// Chat interactively (streamed replies, history kept).
+    Chat(cli::chat::ChatArgs),
+    /// Measure prefill, per-token time, streaming GB/s and peak VRAM (or the reader alone with --io-only).
+    Bench(cli::bench::BenchArgs),
+    /// Split a checkpoint into layer shards (atomic, resumable, optional compression).
+    Shard(cli::shard::ShardArgs),
+    /// Print a model's spec, parameter count, shard sizes and residency plan.
+    Inspect(cli::inspect::InspectArgs),
+    /// List GPU adapters with their features and limits.
+    Info(cli::info::InfoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AIRLLM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let result = match Cli::parse().command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Chat(a) => cli::chat::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Shard(a) => cli::shard::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Info(a) => cli::info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,146 @@
+//! `airllm bench`: prefill time, time per generated token, effective streaming
+//! GB/s, peak VRAM and where the time went; `--io-only` measures the shard reader
+//! against a plain sequential read of the same files.
+
+use airllm::{AutoModel, GenerateOptions, Prompt, Timings};
+use airllm_format::human_bytes;
+use anyhow::Context;
+
+use super::args::ModelArgs;
+
+/// Measure prefill and decode speed (or, with --io-only, the reader alone).
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length in tokens (synthetic ids).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens to generate (timed after the first).
+    #[arg(long, default_value_t = 16)]
+    pub new_tokens: usize,
+    /// Prompts decoded together as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Only measure reading the shards (model must be a shard directory).
+    #[arg(long)]
+    pub io_only: bool,
+    /// Passes over the shards for --io-only.
+    #[arg(long, default_value_t = 2)]
+    pub passes: usize,
+    /// Reader threads for --io-only (default: one per core, at most 16).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> serde_json::Value {
+    let e = model.engine();
+    let per_pass = e.plan().streamed_bytes();
+    let per_token = t.per_token();
+    serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "prefill_s": t.prefill.as_secs_f64(),
+        "decode_s": t.decode.as_secs_f64(),
+        "decode_steps": t.decode_steps,
+        "per_token_s": per_token,
+        "tokens_per_s": if per_token > 0.0 { 1.0 / per_token } else { 0.0 },
+        "streamed_bytes_per_pass": per_pass,
+        "stream_gbps": if per_token > 0.0 { per_pass as f64 / per_token / 1e9 } else { 0.0 },
+        "io_wait_s": t.engine.io_wait.as_secs_f64(),
+        "remap_wait_s": t.engine.remap_wait.as_secs_f64(),
+        "host_s": t.engine.host.as_secs_f64(),
+        "readback_s": t.engine.readback.as_secs_f64(),
+        "forward_s": t.engine.forward.as_secs_f64(),
+        "load_s": t.engine.load.as_secs_f64(),
+        "peak_vram_bytes": e.peak_vram(),
+        "budget_bytes": e.plan().budget,
+        "resident_layers": e.plan().resident_layers(),
+        "adapter": e.ctx().caps().adapter_name,
+    })
+}
+
+pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
+    let e = model.engine();
+    let mut s = format!(
+        "profile: forward {:.3} s = io wait {:.3} s + staging remap {:.3} s + host (embeddings, uploads) {:.3} s + \
+         readback {:.3} s + GPU/submit {:.3} s; streamed {} in {} passes",
+        t.engine.forward.as_secs_f64(),
+        t.engine.io_wait.as_secs_f64(),
+        t.engine.remap_wait.as_secs_f64(),
+        t.engine.host.as_secs_f64(),
+        t.engine.readback.as_secs_f64(),
+        (t.engine.forward.saturating_sub(t.engine.io_wait + t.engine.remap_wait + t.engine.host + t.engine.readback)).as_secs_f64(),
+        human_bytes(t.engine.streamed_bytes),
+        t.engine.passes
+    );
+    if let Some(r) = e.reader_stats() {
+        s += &format!("\nreader: {r}");
+    }
+    let p = e.ctx().take_profile();
+    let text = p.to_string();
+    if !text.trim().is_empty() {
+        s += &format!("\nGPU kernels:\n{text}");
+    }
+    s
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.io_only {
+        return io_only(&a);
+    }
+    let mut model = a.model.load(!a.json)?;
+    let vocab = model.spec().vocab_size as u64;
+    let prompts: Vec<Prompt> = (0..a.batch)
+        .map(|b| Prompt::Ids((0..a.prompt_len as u64).map(|i| ((i * 7919 + b as u64 * 104729 + 3) % vocab) as u32).collect()))
+        .collect();
+    let opts = GenerateOptions { max_new_tokens: a.new_tokens.max(1), stop_at_eos: false, ..Default::default() };
+    let (_, t) = model.generate(&prompts, &opts, |_| {})?;
+    let mut v = timings_json(&model, &t, a.prompt_len);
+    v["batch"] = serde_json::json!(a.batch);
+    v["tokens_per_s_total"] = serde_json::json!(if t.per_token() > 0.0 { a.batch as f64 / t.per_token() } else { 0.0 });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "prefill {} x {} tokens: {:.3} s\ndecode: {:.4} s/token ({:.2} tokens/s per sequence, {:.2} total), {:.2} GB/s streamed\npeak VRAM {} (budget {})",
+            a.batch,
+            a.prompt_len,
+            t.prefill.as_secs_f64(),
+            t.per_token(),
+            v["tokens_per_s"].as_f64().unwrap_or(0.0),
+            v["tokens_per_s_total"].as_f64().unwrap_or(0.0),
+            v["stream_gbps"].as_f64().unwrap_or(0.0),
+            human_bytes(model.engine().peak_vram()),
+            if model.engine().plan().budget == u64::MAX { "unlimited".into() } else { human_bytes(model.engine().plan().budget) },
+        );
+        println!("{}", profile_text(&model, &t));
+    }
+    Ok(())
+}
+
+fn io_only(a: &BenchArgs) -> anyhow::Result<()> {
+    let dir = match airllm_format::resolve_model(&a.model.model)? {
+        airllm_format::ModelLocation::ShardDir(d) => d,
+        _ => anyhow::bail!("--io-only needs a shard directory (run `airllm shard` first)"),
+    };
+    let sd = airllm_format::ShardDir::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let shards: Vec<airllm_io::ShardSpec> =
+        (0..sd.manifest().shards.len()).map(|i| airllm_io::ShardSpec::new(sd.shard_path(i), sd.entry(i).bytes)).collect();
+    let mut opts = airllm_io::ReaderOptions { depth: a.model.prefetch_depth.max(1), ..Default::default() };
+    if let Some(m) = a.model.read_mode {
+        opts.mode = m;
+    }
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let report = airllm_io::bench::run_io_bench(&shards, &opts, a.passes.max(1))?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
