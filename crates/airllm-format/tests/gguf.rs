@@ -196,6 +196,34 @@ fn smollm2_tokenizer_matches_transformers() {
         assert_eq!(tok.encode(text, true).unwrap().get_ids(), &want[..], "prompt {p}");
         assert_eq!(tok.encode(text, false).unwrap().get_ids(), &want[..], "prompt {p}, no specials");
     }
+    // Pseudo-random text. transformers' file uses the plain GPT-2 regex; the original
+    // SmolLM2 tokenizer.json and llama.cpp (pre `smollm`) split digits off first, which
+    // changes how whitespace before a digit groups. The export follows llama.cpp: it
+    // equals the reference with the Digits step put back, and the reference itself on
+    // text without digits.
+    let mut original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(testdata().join("tokenizer.json")).unwrap()).unwrap();
+    original["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
+    let original = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&original).unwrap()).unwrap();
+    let pieces = [
+        "a", "The", " ", "  ", "\n", "\t", "0", "42", "1999", ".", ",", "'s", "'ll", "é", "ß", "日本", "😀", "👨‍👩‍👧",
+        "<|im_end|>", "(", ")", "{", "}", "--", "...", "Ünïcödé", "\r\n", "x=1;", "   \n",
+    ];
+    let mut seed = 7u64;
+    for n in 0..200 {
+        let mut text = String::new();
+        for _ in 0..(n % 17 + 1) {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            text.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+        }
+        let a = tok.encode(text.as_str(), true).unwrap();
+        assert_eq!(a.get_ids(), original.encode(text.as_str(), true).unwrap().get_ids(), "{text:?}");
+        if !text.bytes().any(|c| c.is_ascii_digit()) {
+            assert_eq!(a.get_ids(), reference.encode(text.as_str(), true).unwrap().get_ids(), "{text:?}");
+        }
+    }
     // Digits: llama.cpp's `smollm` pre-tokenizer splits every digit; so does the export.
     let digits = tok.encode("In 2024 we sold 1234567 units", false).unwrap();
     let toks = digits.get_tokens();
@@ -587,6 +615,52 @@ fn unsupported_inputs_name_the_tensor_or_architecture() {
     assert!(e.contains("ffn_gate") && e.contains("[100, 64]"), "{e}");
 }
 
+/// GPT-2's byte -> printable character map (byte-level BPE vocabularies use it).
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(b) {
+        return char::from(b);
+    }
+    let n = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + n).unwrap()
+}
+
+#[test]
+fn byte_level_pre_tokenizers_split_digits_as_llama_cpp_does() {
+    let mut tokens: Vec<String> = vec!["<|end|>".into()];
+    tokens.extend((0..=255u8).map(|b| byte_char(b).to_string()));
+    let merges = ["3 4", "1 2", "12 3", "4 5", "45 6"];
+    tokens.extend(["34", "12", "123", "45", "456"].map(str::to_owned));
+    let mut types = vec![1i32; tokens.len()];
+    types[0] = 3;
+    for (pre, want) in [
+        ("llama-bpe", vec!["123", "456", "7"]), // \p{N}{1,3}
+        ("qwen2", vec!["1", "2", "3", "4", "5", "6", "7"]), // \p{N}
+        ("smollm", vec!["1", "2", "3", "4", "5", "6", "7"]), // Digits(individual)
+        ("gpt2", vec!["12", "34", "5", "6", "7"]), // one pre-token, merges by rank
+        ("some-new-pre", vec!["12", "34", "5", "6", "7"]), // unknown: warning, GPT-2 regex
+    ] {
+        let mut b = GgufBuilder::new();
+        b.kv("general.architecture", GgufValue::String("llama".into()))
+            .kv("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
+            .kv("tokenizer.ggml.pre", GgufValue::String(pre.into()))
+            .kv("tokenizer.ggml.tokens", GgufValue::strings(&tokens))
+            .kv("tokenizer.ggml.token_type", GgufValue::i32s(&types))
+            .kv("tokenizer.ggml.merges", GgufValue::strings(&merges))
+            .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(0));
+        let bytes = b.to_bytes();
+        let meta = GgufMetadata::parse(&bytes, "t.gguf".as_ref()).unwrap();
+        let exported = airllm_format::gguf::export_tokenizer(&meta).unwrap().unwrap();
+        let files = exported.to_files();
+        let tok = tokenizers::Tokenizer::from_bytes(&files[0].1).unwrap();
+        let enc = tok.encode("1234567<|end|>", false).unwrap();
+        let mut got: Vec<&str> = enc.get_tokens().iter().map(String::as_str).collect();
+        assert_eq!(got.pop(), Some("<|end|>"), "{pre}");
+        assert_eq!(got, want, "{pre}");
+        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "1234567", "{pre}");
+    }
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
@@ -626,10 +700,13 @@ mod fuzz {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
-        fn source_never_panics_on_mutated_files(edits in proptest::collection::vec((0usize..1 << 20, any::<u8>()), 1..6)) {
+        fn source_never_panics_on_mutated_files(
+            edits in proptest::collection::vec((0usize..1 << 20, any::<u8>(), any::<bool>()), 1..6),
+        ) {
             let mut bytes = valid_file();
-            for (at, v) in edits {
-                let n = bytes.len();
+            let header = GgufMetadata::parse(&bytes, "m.gguf".as_ref()).unwrap().data_offset as usize;
+            for (at, v, in_header) in edits {
+                let n = if in_header { header } else { bytes.len() };
                 bytes[at % n] = v;
             }
             let tmp = tempfile::tempdir().unwrap();
@@ -643,4 +720,34 @@ mod fuzz {
             }
         }
     }
+}
+
+/// A tiny SentencePiece ("llama") vocabulary made with gguf-py, and the ids
+/// transformers' own GGUF tokenizer conversion gives (see
+/// `tests/data/make_spm_fixture.py`): byte fallback, score-ranked merges,
+/// control and user-defined tokens.
+#[test]
+fn sentencepiece_export_matches_transformers_gguf_conversion() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let meta = airllm_format::gguf::read_metadata(&data.join("spm_tiny.gguf")).unwrap();
+    let exported = airllm_format::gguf::export_tokenizer(&meta).unwrap().unwrap();
+    let tok = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&exported.tokenizer_json).unwrap()).unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("spm_tiny.json")).unwrap()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let enc = tok.encode(text, false).unwrap();
+        assert_eq!(enc.get_ids(), &want[..], "{text:?}: {:?} vs {}", enc.get_tokens(), c["tokens"]);
+        assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), c["decoded"].as_str().unwrap(), "{text:?}");
+        // add_bos_token: the bos is prepended.
+        assert_eq!(tok.encode(text, true).unwrap().get_ids().first(), Some(&1), "{text:?}");
+    }
+    // The user-defined token is matched whole but not special (kept when decoding).
+    let added = exported.tokenizer_json["added_tokens"].as_array().unwrap();
+    let user = added.iter().find(|a| a["content"] == "<|user|>").unwrap();
+    assert_eq!(user["special"], false);
+    assert!(added.iter().any(|a| a["content"] == "</s>" && a["special"] == true));
 }

@@ -2,19 +2,6 @@
 //! (tiny random models, malformed-input tests). It writes what
 //! [`GgufMetadata::parse`](crate::gguf::GgufMetadata::parse) reads: any metadata,
 //! tensors as raw bytes of any ggml type, version 2 or 3, any alignment.
-//!
-//! ```
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use airllm_format::gguf::{GgufBuilder, GgufMetadata, GgufValue};
-//! let mut b = GgufBuilder::new();
-//! b.kv("general.architecture", GgufValue::String("llama".into()));
-//! b.tensor_f32("output_norm.weight", &[4], &[1.0, 1.0, 1.0, 1.0]);
-//! let bytes = b.to_bytes();
-//! let meta = GgufMetadata::parse(&bytes, "tiny.gguf".as_ref())?;
-//! assert_eq!(meta.architecture(), Some("llama"));
-//! assert_eq!(meta.tensor("output_norm.weight").map(|t| t.shape()), Some(vec![4]));
-//! # Ok(()) }
-//! ```
 
 use std::path::Path;
 
@@ -31,7 +18,21 @@ struct PendingTensor {
     data: Vec<u8>,
 }
 
-/// Builds a GGUF file in memory. See the [module docs](self).
+/// Builds a GGUF file in memory: any metadata, tensors as raw bytes of any
+/// ggml type (PyTorch-order shapes, written reversed), version 2 or 3, any alignment.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use airllm_format::gguf::{GgufBuilder, GgufMetadata, GgufValue};
+/// let mut b = GgufBuilder::new();
+/// b.kv("general.architecture", GgufValue::String("llama".into()));
+/// b.tensor_f32("output_norm.weight", &[4], &[1.0, 1.0, 1.0, 1.0]);
+/// let bytes = b.to_bytes();
+/// let meta = GgufMetadata::parse(&bytes, "tiny.gguf".as_ref())?;
+/// assert_eq!(meta.architecture(), Some("llama"));
+/// assert_eq!(meta.tensor("output_norm.weight").map(|t| t.shape()), Some(vec![4]));
+/// # Ok(()) }
+/// ```
 #[derive(Default)]
 pub struct GgufBuilder {
     version: u32,

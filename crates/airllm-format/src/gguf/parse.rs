@@ -293,7 +293,7 @@ impl GgufTensorInfo {
 
     /// Number of elements.
     pub fn numel(&self) -> u64 {
-        self.ne.iter().product()
+        self.ne.iter().fold(1u64, |a, &d| a.saturating_mul(d))
     }
 
     /// The type's name ("Q4_K", or "type 99" when unknown).
@@ -414,7 +414,12 @@ impl GgufMetadata {
             let ggml_type = GgmlType::from_id(type_id);
             let byte_len = match ggml_type {
                 Some(t) => tensor_bytes(&ne, t).map_err(|m| r.err_at(at, format!("tensor {i} {name:?}: {m}")))?,
-                None => 0,
+                None => {
+                    if ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_none() {
+                        return Err(r.err_at(at, format!("tensor {i} {name:?}: dimensions {ne:?} overflow")));
+                    }
+                    0
+                }
             };
             tensors.push(GgufTensorInfo { name, ne, type_id, ggml_type, offset, file_offset: 0, byte_len });
         }

@@ -59,6 +59,7 @@ pub struct GgufSource {
     files: Vec<SourceFile>,
     tensors: Vec<SourceTensor>,
     locs: Vec<Loc>,
+    tokenizer: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for GgufSource {
@@ -192,8 +193,16 @@ impl GgufSource {
             locs.push(l);
         }
         check_tensors(&spec, &tensors, path)?;
+        // Built now so that a broken tokenizer fails before any shard is written.
+        let tokenizer = match export_tokenizer(&meta)? {
+            Some(t) => t.to_files(),
+            None => {
+                tracing::warn!("{}: no tokenizer in the GGUF metadata; none will be written", path.display());
+                Vec::new()
+            }
+        };
         let files = vec![SourceFile { path: path.to_owned(), size }];
-        Ok(GgufSource { path: path.to_owned(), map, meta, spec, files, tensors, locs })
+        Ok(GgufSource { path: path.to_owned(), map, meta, spec, files, tensors, locs, tokenizer })
     }
 
     /// The file.
@@ -285,13 +294,9 @@ impl TensorSource for GgufSource {
         format!("gguf file {}", self.path.display())
     }
 
+    /// `tokenizer.json` and `tokenizer_config.json` exported from the metadata
+    /// (see [`export_tokenizer`]); empty when the file has no tokenizer.
     fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        match export_tokenizer(&self.meta)? {
-            Some(t) => Ok(t.to_files()),
-            None => {
-                tracing::warn!("{}: no tokenizer in the GGUF metadata; none is written", self.path.display());
-                Ok(Vec::new())
-            }
-        }
+        Ok(self.tokenizer.clone())
     }
 }

@@ -60,14 +60,28 @@ fn count(meta: &GgufMetadata, key: &str) -> Result<Option<usize>> {
             let vals: Vec<u64> = items.iter().map(|x| x.as_u64().ok_or_else(bad)).collect::<Result<_>>()?;
             match vals.first() {
                 None => Err(bad()),
-                Some(&first) if vals.iter().all(|&x| x == first) => Ok(Some(first as usize)),
+                Some(&first) if vals.iter().all(|&x| x == first) => bounded(meta, key, first as usize).map(Some),
                 Some(_) => Err(meta.err(format!(
                     "metadata {key:?} differs between layers ({v}); models with per-layer sizes are not supported"
                 ))),
             }
         }
-        _ => v.as_u64().map(|x| Some(x as usize)).ok_or_else(bad),
+        _ => {
+            let x = v.as_u64().ok_or_else(bad)?;
+            bounded(meta, key, usize::try_from(x).unwrap_or(usize::MAX)).map(Some)
+        }
     }
+}
+
+/// Largest size accepted for any one model dimension (keeps every product of
+/// sizes far from overflow on a damaged or hostile file).
+const MAX_DIM: usize = 1 << 24;
+
+fn bounded(meta: &GgufMetadata, key: &str, v: usize) -> Result<usize> {
+    if v > MAX_DIM {
+        return Err(meta.err(format!("metadata {key:?} is {v}, larger than any model (limit {MAX_DIM}); the file is damaged")));
+    }
+    Ok(v)
 }
 
 fn required(meta: &GgufMetadata, key: &str) -> Result<usize> {
@@ -113,7 +127,7 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     }
     let intermediate_size = required(meta, &k("feed_forward_length"))?;
     let vocab_size = match meta.tensor("token_embd.weight") {
-        Some(t) => t.shape().first().copied().unwrap_or(0),
+        Some(t) => bounded(meta, "token_embd.weight rows", t.shape().first().copied().unwrap_or(0))?,
         None => match meta.get_array("tokenizer.ggml.tokens") {
             Some(a) => a.len(),
             None => required(meta, &k("vocab_size"))?,

@@ -19,6 +19,14 @@
 //!   generated from the scores (as transformers' GGUF converter does), decoder
 //!   replace ▁ / byte fallback / fuse / strip one leading space.
 //!
+//! The export follows llama.cpp where it and transformers 5's own GGUF
+//! conversion differ: `smollm` splits digits (transformers uses the plain GPT-2
+//! regex, which groups whitespace before a digit differently, e.g. `"\r\n4"`),
+//! and a SentencePiece vocabulary gets its `▁` prefix after every added token
+//! too (transformers' `Metaspace(prepend_scheme="first")` only at the start).
+//! Elsewhere the ids are the same (checked in `tests/gguf.rs` against the
+//! SmolLM2 goldens and a vocabulary converted by transformers).
+//!
 //! Token types: control tokens (3) and the unknown token (2) become added
 //! tokens with `special: true`; user-defined tokens (4) become added tokens with
 //! `special: false` (llama.cpp's converter marks exactly Hugging Face's
