@@ -1,0 +1,199 @@
+//! Attention over the KV cache (`shaders/attention.wgsl`).
+//!
+//! For B sequences x T new tokens x H heads:
+//! `out[b, t, h, :] = softmax(q·kᵀ · scale + mask) · v` over key slots
+//! `s < past + T`, with
+//! - GQA/MQA: query head `h` reads kv head `h / (H / kv_heads)`;
+//! - causal: slot `s <= past + t`;
+//! - left padding: slots before `first_valid[b]` are masked;
+//! - sliding window (`window > 0`): `s > (past + t) - window`, i.e. key
+//!   position > query position - window (positions are slot - first_valid,
+//!   the offset cancels);
+//! - optional logit soft-capping (`softcap > 0`: `softcap * tanh(x / softcap)`).
+//!
+//! q is row `b * T + t` of a `[B*T, q_stride]` buffer (head h at column
+//! `q_off + h * head_dim`, so q can sit in a fused qkv buffer); out is
+//! `[B*T, out_stride]` with head h at column `out_off + h * head_dim` (the
+//! layout o_proj reads). head_dim <= 256. Softmax in f32 with a running max
+//! (flash-attention style, keys in blocks of 64): nothing of size T x S is
+//! stored. A query with no visible key gets zeros.
+
+use crate::error::Result;
+use crate::kernels::{Params, ensure};
+use crate::pipeline::PipelineKey;
+use crate::pool::{BufView, KvLayout};
+use crate::recorder::{Recorder, grid};
+
+/// Largest head dimension the kernel supports.
+pub const MAX_HEAD_DIM: u32 = 256;
+
+/// Arguments of an attention launch.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention<'a> {
+    /// Cache shape (batch, kv_heads, s_max, head_dim).
+    pub layout: KvLayout,
+    /// New tokens per sequence.
+    pub t: u32,
+    /// Query heads (a multiple of `layout.kv_heads`).
+    pub heads: u32,
+    /// Slots filled before these tokens; the new ones are already appended.
+    pub past: u32,
+    /// Queries.
+    pub q: BufView<'a>,
+    /// f32 values between query rows.
+    pub q_stride: u32,
+    /// Column of head 0 in a query row.
+    pub q_off: u32,
+    /// The layer's k cache.
+    pub k_cache: BufView<'a>,
+    /// The layer's v cache.
+    pub v_cache: BufView<'a>,
+    /// `[B]` u32: first non-padding slot of each sequence.
+    pub first_valid: BufView<'a>,
+    /// Output (a different buffer from q).
+    pub out: BufView<'a>,
+    /// f32 values between output rows.
+    pub out_stride: u32,
+    /// Column of head 0 in an output row.
+    pub out_off: u32,
+    /// Score scale, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Sliding window in positions (0: none).
+    pub window: u32,
+    /// Logit soft-cap (0: none).
+    pub softcap: f32,
+}
+
+const OP: &str = "attention";
+
+/// Records the attention.
+pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
+    let l = a.layout;
+    let d = l.head_dim;
+    ensure(d > 0 && d <= MAX_HEAD_DIM, OP, "head_dim", || format!("{d} must be in 1..={MAX_HEAD_DIM}"))?;
+    ensure(l.kv_heads > 0 && a.heads.is_multiple_of(l.kv_heads), OP, "heads", || {
+        format!("{} query heads must be a multiple of {} kv heads", a.heads, l.kv_heads)
+    })?;
+    ensure(u64::from(a.past) + u64::from(a.t) <= u64::from(l.s_max), OP, "past", || {
+        format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
+    })?;
+    let hd = u64::from(a.heads) * u64::from(d);
+    ensure(u64::from(a.q_off) + hd <= u64::from(a.q_stride), OP, "q_stride", || format!("q_off + heads x head_dim exceeds {}", a.q_stride))?;
+    ensure(u64::from(a.out_off) + hd <= u64::from(a.out_stride), OP, "out_stride", || format!("out_off + heads x head_dim exceeds {}", a.out_stride))?;
+    let rows = u64::from(l.batch) * u64::from(a.t);
+    if rows == 0 || a.heads == 0 {
+        return Ok(());
+    }
+    a.q.need_f32(OP, "q", rows * u64::from(a.q_stride))?;
+    a.out.need_f32(OP, "out", rows * u64::from(a.out_stride))?;
+    a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
+    a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
+    a.first_valid.need_f32(OP, "first_valid", u64::from(l.batch))?;
+    for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("first_valid", a.first_valid)] {
+        ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
+    }
+    let ctx = rec.ctx();
+    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup };
+    let groups = grid(ctx, rows * u64::from(a.heads))?;
+    let params = Params::default()
+        .u(l.batch)
+        .u(a.t)
+        .u(a.heads)
+        .u(l.kv_heads)
+        .u(d)
+        .u(l.s_max)
+        .u(a.past)
+        .u(a.window)
+        .u(a.q_stride)
+        .u(a.q_off)
+        .u(a.out_stride)
+        .u(a.out_off)
+        .f(a.scale)
+        .f(a.softcap)
+        .u(0)
+        .u(0);
+    rec.dispatch(
+        &key,
+        params.bytes(),
+        &[(1, a.q), (2, a.k_cache), (3, a.v_cache), (4, a.first_valid), (5, a.out)],
+        groups,
+    )
+}
+
+/// Host-side arguments of [`reference()`] (the same fields as [`Attention`]
+/// without the buffers).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Cache shape.
+    pub layout: KvLayout,
+    /// New tokens per sequence.
+    pub t: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// Slots filled before these tokens.
+    pub past: u32,
+    /// Query row stride.
+    pub q_stride: u32,
+    /// Query column offset.
+    pub q_off: u32,
+    /// Output row stride.
+    pub out_stride: u32,
+    /// Output column offset.
+    pub out_off: u32,
+    /// Score scale.
+    pub scale: f32,
+    /// Sliding window (0: none).
+    pub window: u32,
+    /// Soft-cap (0: none).
+    pub softcap: f32,
+}
+
+/// CPU reference: a plain masked softmax in f64 over every slot.
+pub fn reference(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], first_valid: &[u32], out: &mut [f32]) {
+    let l = s.layout;
+    let d = l.head_dim as usize;
+    let group = s.heads / l.kv_heads;
+    for b in 0..l.batch {
+        for t in 0..s.t {
+            let qs = s.past + t;
+            let row = (b * s.t + t) as usize;
+            for h in 0..s.heads {
+                let kvh = h / group;
+                let qv = &q[row * s.q_stride as usize + s.q_off as usize + h as usize * d..][..d];
+                let mut scores = Vec::new();
+                for slot in 0..s.past + s.t {
+                    let visible = slot <= qs
+                        && slot >= first_valid[b as usize]
+                        && (s.window == 0 || slot + s.window > qs);
+                    if !visible {
+                        continue;
+                    }
+                    let kv = &k[l.index(b, kvh, slot) as usize..][..d];
+                    let mut x: f64 = qv.iter().zip(kv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * f64::from(s.scale);
+                    if s.softcap > 0.0 {
+                        x = f64::from(s.softcap) * (x / f64::from(s.softcap)).tanh();
+                    }
+                    scores.push((slot, x));
+                }
+                let o = &mut out[row * s.out_stride as usize + s.out_off as usize + h as usize * d..][..d];
+                if scores.is_empty() {
+                    o.fill(0.0);
+                    continue;
+                }
+                let m = scores.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|p| (p.1 - m).exp()).sum();
+                let mut acc = vec![0f64; d];
+                for (slot, x) in &scores {
+                    let p = (x - m).exp() / sum;
+                    let vv = &v[l.index(b, kvh, *slot) as usize..][..d];
+                    for (a, vi) in acc.iter_mut().zip(vv) {
+                        *a += p * f64::from(*vi);
+                    }
+                }
+                for (oi, a) in o.iter_mut().zip(acc) {
+                    *oi = a as f32;
+                }
+            }
+        }
+    }
+}

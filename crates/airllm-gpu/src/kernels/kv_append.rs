@@ -1,0 +1,95 @@
+//! KV-cache append (`shaders/kv_append.wgsl`).
+//!
+//! Cache layout per layer: k and v each `[B, kv_heads, s_max, head_dim]` f32
+//! ([`KvLayout`]). The new tokens of sequence `b` are
+//! rows `b * T + t` of the sources (kv head `h` at column `k_off + h *
+//! head_dim`, resp. `v_off`), written to slots `[past, past + T)`.
+
+use crate::error::Result;
+use crate::kernels::{Params, ensure, groups_for};
+use crate::pipeline::PipelineKey;
+use crate::pool::{BufView, KvLayout};
+use crate::recorder::Recorder;
+
+/// Arguments of a KV append.
+#[derive(Clone, Copy, Debug)]
+pub struct KvAppend<'a> {
+    /// Cache shape.
+    pub layout: KvLayout,
+    /// New tokens per sequence.
+    pub t: u32,
+    /// Slots already filled (same for every sequence).
+    pub past: u32,
+    /// Source of k, `[B * T, k_stride]`.
+    pub k_src: BufView<'a>,
+    /// f32 values between rows of `k_src`.
+    pub k_stride: u32,
+    /// Column of kv head 0 in `k_src`.
+    pub k_off: u32,
+    /// Source of v (may be the same buffer as `k_src`).
+    pub v_src: BufView<'a>,
+    /// f32 values between rows of `v_src`.
+    pub v_stride: u32,
+    /// Column of kv head 0 in `v_src`.
+    pub v_off: u32,
+    /// The layer's k cache.
+    pub k_cache: BufView<'a>,
+    /// The layer's v cache (may share a buffer with `k_cache`).
+    pub v_cache: BufView<'a>,
+}
+
+const OP: &str = "kv_append";
+
+/// Records the append.
+pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
+    let l = a.layout;
+    ensure(u64::from(a.past) + u64::from(a.t) <= u64::from(l.s_max), OP, "past", || {
+        format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
+    })?;
+    let row = u64::from(l.kv_heads) * u64::from(l.head_dim);
+    ensure(u64::from(a.k_off) + row <= u64::from(a.k_stride), OP, "k_stride", || format!("k_off + kv_heads x head_dim exceeds {}", a.k_stride))?;
+    ensure(u64::from(a.v_off) + row <= u64::from(a.v_stride), OP, "v_stride", || format!("v_off + kv_heads x head_dim exceeds {}", a.v_stride))?;
+    let rows = u64::from(l.batch) * u64::from(a.t);
+    if rows == 0 || row == 0 {
+        return Ok(());
+    }
+    a.k_src.need_f32(OP, "k_src", rows * u64::from(a.k_stride))?;
+    a.v_src.need_f32(OP, "v_src", rows * u64::from(a.v_stride))?;
+    a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
+    a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
+    for (arg, c) in [("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
+        ensure(c.buffer != a.k_src.buffer && c.buffer != a.v_src.buffer, OP, arg, || "cache and source must be different buffers".into())?;
+    }
+    let key = PipelineKey::KvAppend;
+    let groups = groups_for(rec.ctx(), rows * row, key.workgroup_size())?;
+    let params = Params::default()
+        .u(l.batch)
+        .u(a.t)
+        .u(l.kv_heads)
+        .u(l.head_dim)
+        .u(l.s_max)
+        .u(a.past)
+        .u(a.k_stride)
+        .u(a.k_off)
+        .u(a.v_stride)
+        .u(a.v_off)
+        .u(0)
+        .u(0);
+    rec.dispatch(&key, params.bytes(), &[(1, a.k_src), (2, a.v_src), (3, a.k_cache), (4, a.v_cache)], groups)
+}
+
+/// CPU reference: appends `src` rows (`[B*T, stride]`, heads at `off`) into
+/// a cache tensor laid out as `layout`.
+pub fn reference(layout: &KvLayout, t: u32, past: u32, src: &[f32], stride: u32, off: u32, cache: &mut [f32]) {
+    let d = layout.head_dim as usize;
+    for b in 0..layout.batch {
+        for tt in 0..t {
+            let row = (b * t + tt) as usize * stride as usize + off as usize;
+            for h in 0..layout.kv_heads {
+                let dst = layout.index(b, h, past + tt) as usize;
+                let s = row + h as usize * d;
+                cache[dst..dst + d].copy_from_slice(&src[s..s + d]);
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Helpers for GPU tests and benches (also used by the facade's tests).
+
+use std::sync::Arc;
+
+use crate::device::{GpuContext, shared_context};
+
+/// The process-wide shared GPU context, or `None` with the reason printed
+/// when no adapter exists (tests then pass vacuously; CI always has
+/// lavapipe). Created once, shared by every test thread.
+pub fn gpu_or_skip() -> Option<Arc<GpuContext>> {
+    let ctx = shared_context();
+    if ctx.is_none() {
+        eprintln!("no GPU adapter: skipping (install mesa-vulkan-drivers for lavapipe)");
+    }
+    ctx
+}
+
+/// A fresh random seed per run (from the clock), or `AIRLLM_TEST_SEED` when
+/// set; printed with the test name so a failure can be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("AIRLLM_TEST_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+    });
+    eprintln!("{test}: seed {seed} (replay with AIRLLM_TEST_SEED={seed})");
+    seed
+}
+
+/// Largest relative error `|a - b| / max(|b|, floor)` with its index; `floor`
+/// keeps values near zero from dominating.
+pub fn max_rel_err(got: &[f32], want: &[f32], floor: f32) -> (f32, usize) {
+    let mut worst = (0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = if g.is_nan() != w.is_nan() { f32::INFINITY } else { (g - w).abs() / w.abs().max(floor) };
+        if e > worst.0 || e.is_nan() {
+            worst = (e, i);
+        }
+    }
+    worst
+}

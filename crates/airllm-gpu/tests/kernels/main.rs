@@ -1,0 +1,10 @@
+//! GPU kernel tests against the CPU references, on random inputs (seed
+//! printed; replay with AIRLLM_TEST_SEED) at odd sizes, with and without
+//! subgroups. Skipped (passing) when no adapter exists.
+
+mod attention;
+mod common;
+mod elementwise;
+mod infra;
+mod matmul;
+mod norm_rope;

@@ -1,0 +1,28 @@
+// Scale in place: x[r, off + c] *= s over rows x cols (e.g. Gemma's
+// embedding scale sqrt(hidden)).
+#include common
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    stride: u32,
+    off: u32,
+    s: f32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(ids: Ids) {
+    let g = thread_index(ids);
+    let c = g % P.cols;
+    let r = g / P.cols;
+    if (r >= P.rows) {
+        return;
+    }
+    x[r * P.stride + P.off + c] *= P.s;
+}
