@@ -1,0 +1,83 @@
+//! Bad input gives clear errors that name the file or option.
+
+use std::path::{Path, PathBuf};
+
+use airllm::{AutoModel, GenerateOptions, Options, Prompt};
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(family)
+}
+
+fn copy_fixture(family: &str, to: &Path) -> PathBuf {
+    let dst = to.join(family);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(family)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn err(model: &Path, opts: Options) -> String {
+    match AutoModel::from_pretrained(model.to_str().unwrap(), opts) {
+        Ok(_) => panic!("{} loaded", model.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn has_gpu() -> bool {
+    airllm_gpu::GpuContext::new(&Default::default()).is_ok()
+}
+
+#[test]
+fn bad_model_directory_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = err(tmp.path(), Options::default());
+    assert!(e.contains("config.json") && e.contains("manifest.json"), "{e}");
+    let e = err(&tmp.path().join("absent"), Options::default());
+    assert!(e.contains("no such file"), "{e}");
+}
+
+#[test]
+fn missing_tokenizer_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("mistral", tmp.path());
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let e = err(&dir, Options { shards_dir: Some(tmp.path().join("s")), ..Options::default() });
+    assert!(e.contains("tokenizer.json") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn budget_too_small_names_the_minimum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options { shards_dir: Some(tmp.path().join("s")), max_vram: Some(1000), ..Options::default() };
+    let e = err(&fixture("llama"), opts);
+    assert!(e.contains("--max-vram") && e.contains("minimum"), "{e}");
+}
+
+#[test]
+fn prompt_longer_than_context_is_refused() {
+    if !has_gpu() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have lavapipe");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options { shards_dir: Some(tmp.path().join("s")), max_context: Some(16), ..Options::default() };
+    let mut m = AutoModel::from_pretrained(fixture("qwen2").to_str().unwrap(), opts).unwrap();
+    let long = Prompt::Ids(vec![5; 40]);
+    let e = m.generate(&[long], &GenerateOptions::default(), |_| {}).unwrap_err().to_string();
+    assert!(e.contains("context") && e.contains("--max-context"), "{e}");
+}
+
+#[test]
+fn chat_without_template_is_explained() {
+    if !has_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options { shards_dir: Some(tmp.path().join("s")), ..Options::default() };
+    let mut m = AutoModel::from_pretrained(fixture("gemma").to_str().unwrap(), opts).unwrap();
+    let chat = Prompt::Chat(vec![airllm::ChatMessage::new("user", "hi")]);
+    let e = m.generate(&[chat], &GenerateOptions::default(), |_| {}).unwrap_err().to_string();
+    assert!(e.contains("chat template"), "{e}");
+}
