@@ -56,7 +56,7 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
         "forward_s": t.engine.forward.as_secs_f64(),
         "load_s": t.engine.load.as_secs_f64(),
         "peak_vram_bytes": e.peak_vram(),
-        "budget_bytes": e.plan().budget,
+        "budget_bytes": (e.plan().budget != u64::MAX).then_some(e.plan().budget),
         "resident_layers": e.plan().resident_layers(),
         "adapter": e.ctx().caps().adapter_name,
     })
