@@ -88,6 +88,8 @@ pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
         y.need_f32(OP, "y", need(yr, a.rows))?;
         ensure(y.buffer != a.x.buffer, OP, "y", || "x and y must be different buffers (use y: None for in place)".into())?;
     }
+    let out = a.y.map_or(a.x.buffer, |(y, _)| y.buffer);
+    ensure(a.weight.buffer != out, OP, "weight", || "the weight must be in a different buffer from the output".into())?;
     let ctx = rec.ctx();
     let key = PipelineKey::RmsNorm {
         weight: a.weight_format,

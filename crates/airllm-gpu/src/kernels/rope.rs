@@ -67,6 +67,9 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Rope<'_>) -> Result<()> {
     a.x.need_f32(OP, "x", u64::from(a.rows) * u64::from(a.stride))?;
     a.pos.need_f32(OP, "pos", u64::from(a.rows))?;
     a.inv_freq.need_f32(OP, "inv_freq", u64::from(a.rotary_dim / 2))?;
+    ensure(a.x.buffer != a.pos.buffer && a.x.buffer != a.inv_freq.buffer, OP, "x", || {
+        "x must be a different buffer from pos and inv_freq".into()
+    })?;
     let key = PipelineKey::Rope { interleaved: a.style == RopeStyle::Interleaved };
     let half = a.rotary_dim / 2;
     let threads = u64::from(a.rows) * u64::from(a.heads) * u64::from(half);

@@ -176,7 +176,10 @@ fn check(rec: &Recorder<'_>, m: &Matmul<'_>) -> Result<()> {
     ensure(m.weight.offset.is_multiple_of(m.format.offset_align()), OP, "weight", || {
         format!("offset {} is not a multiple of {} ({})", m.weight.offset, m.format.offset_align(), m.format)
     })?;
-    ensure(m.x.buffer != m.y.buffer, OP, "y", || "x and y must be different buffers".to_string())?;
+    let y = m.y.buffer;
+    ensure(m.x.buffer != y && m.weight.buffer != y && m.bias.is_none_or(|b| b.buffer != y), OP, "y", || {
+        "y must be a different buffer from x, weight and bias".to_string()
+    })?;
     for (arg, v) in [("x", m.x), ("y", m.y)] {
         let a = rec.ctx().caps().storage_align;
         ensure(v.offset % a == 0, OP, arg, || format!("offset {} is not a multiple of {a}", v.offset))?;
