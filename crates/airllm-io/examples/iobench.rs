@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, &bytes)?;
         shards.push(ShardSpec::new(path, bytes.len() as u64));
     }
-    let chunk: usize = std::env::var("CHUNK_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(8) << 20;
+    let chunk: usize = std::env::var("CHUNK_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(airllm_io::DEFAULT_CHUNK_BYTES >> 20) << 20;
     let depth: usize = std::env::var("DEPTH").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let mut runs = vec![];
     for t in [1, 2, 4] {

@@ -60,10 +60,10 @@ pub struct ReaderOptions {
 }
 
 /// Default chunk size: see the crate docs for the measurement behind it.
-pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
+pub const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
 
 impl Default for ReaderOptions {
-    /// Depth 2, one thread per core (at most 16), 8 MiB chunks, the default
+    /// Depth 2, one thread per core (at most 16), 16 MiB chunks, the default
     /// mode, no verification.
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());

@@ -308,6 +308,13 @@ fn bad_index_and_starvation() {
 }
 
 #[test]
+fn reader_is_send() {
+    fn send<T: Send>() {}
+    send::<Reader<Vec<u8>>>();
+    send::<Reader<AlignedBuf>>();
+}
+
+#[test]
 fn rejects_bad_options() {
     let dests = || vec![vec![0u8; 10]];
     let bad = |o: ReaderOptions, d: Vec<Vec<u8>>| Reader::new(Vec::new(), 0..0, d, o).err();
@@ -341,6 +348,11 @@ fn bench_report_runs() {
         Err(IoError::DirectUnsupported { .. }) => eprintln!("O_DIRECT unsupported here; skipped"),
         Err(e) => panic!("{e}"),
     }
+    let mut dests: Vec<AlignedBuf> = (0..2).map(|_| AlignedBuf::new(1 << 20)).collect();
+    assert_eq!(airllm_io::bench::plain_read_into(&paths, &mut dests, false).unwrap().0, bytes);
+    // File i lands in dests[i % 2]: file 2 (12 345 bytes) overwrote the start of dests[0].
+    assert_eq!(&dests[0][..12_345], std::fs::read(&paths[2]).unwrap().as_slice());
+    assert_eq!(&dests[1][..], std::fs::read(&paths[1]).unwrap().as_slice());
     for mode in ReadMode::ALL {
         let r = airllm_io::bench::run_io_bench(&specs, &opts(mode, 2, 2, 65536), 1).unwrap();
         assert_eq!(r.bytes, bytes);
