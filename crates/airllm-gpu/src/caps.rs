@@ -39,6 +39,8 @@ pub struct Caps {
     pub max_workgroups_per_dim: u32,
     /// Shared memory per workgroup in bytes.
     pub max_workgroup_storage: u32,
+    /// Device-local memory in bytes, when the backend reports it (Vulkan).
+    pub vram_bytes: Option<u64>,
 }
 
 impl Caps {
@@ -111,6 +113,8 @@ pub struct AdapterReport {
     pub max_workgroup_storage: u32,
     /// Invocations per workgroup.
     pub max_invocations: u32,
+    /// Device-local memory in bytes, when known.
+    pub vram_bytes: Option<u64>,
 }
 
 impl fmt::Display for AdapterReport {
@@ -130,7 +134,11 @@ impl fmt::Display for AdapterReport {
             self.max_buffer as f64 / MIB,
             self.max_workgroup_storage / 1024,
             self.max_invocations
-        )
+        )?;
+        if let Some(v) = self.vram_bytes {
+            write!(f, "\n  device memory: {:.0} MiB", v as f64 / MIB)?;
+        }
+        Ok(())
     }
 }
 
@@ -169,6 +177,7 @@ pub fn list_adapters() -> Vec<AdapterReport> {
                 max_buffer: limits.max_buffer_size,
                 max_workgroup_storage: limits.max_compute_workgroup_storage_size,
                 max_invocations: limits.max_compute_invocations_per_workgroup,
+                vram_bytes: crate::memory::device_memory_bytes(a),
             }
         })
         .collect()

@@ -202,6 +202,7 @@ impl GpuContext {
             uniform_align: u64::from(limits.min_uniform_buffer_offset_alignment),
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            vram_bytes: crate::memory::device_memory_bytes(&adapter),
         };
         tracing::info!(
             adapter = %caps.adapter_name,

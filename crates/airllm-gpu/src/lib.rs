@@ -58,6 +58,7 @@ pub mod caps;
 pub mod device;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod pipeline;
 pub mod pool;
 pub mod readback;

@@ -15,7 +15,8 @@ pub struct Options {
     pub shards_dir: Option<PathBuf>,
     /// Shards read ahead of the GPU.
     pub prefetch_depth: usize,
-    /// VRAM budget in bytes (None: unlimited).
+    /// VRAM budget in bytes (None: the adapter's device memory minus a margin,
+    /// unlimited where the backend does not report it).
     pub max_vram: Option<u64>,
     /// Keep exactly this many decoder layers resident (0: stream every layer).
     pub resident_layers: Option<usize>,

@@ -35,8 +35,9 @@ pub struct ModelArgs {
     /// (org/name) already in the local Hugging Face cache.
     #[arg(long, short = 'm')]
     pub model: String,
-    /// VRAM budget (e.g. 1.5GiB, 4GB, unlimited). Default: what the adapter reports,
-    /// minus a margin. Layers that do not fit stream through a ring of slots.
+    /// VRAM budget (e.g. 1.5GiB, 4GB, unlimited). Default: the adapter's device memory
+    /// (Vulkan reports it) minus 10% (at least 512 MiB); unlimited where unknown.
+    /// Layers that do not fit stream through a ring of slots.
     #[arg(long, value_parser = parse_size)]
     pub max_vram: Option<u64>,
     /// Keep exactly this many decoder layers resident (0 streams every layer);

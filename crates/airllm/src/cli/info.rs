@@ -19,6 +19,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
                     "driver": r.driver, "features": r.features, "subgroup_sizes": [r.subgroup_sizes.0, r.subgroup_sizes.1],
                     "max_storage_binding": r.max_binding, "max_buffer": r.max_buffer,
                     "max_workgroup_storage": r.max_workgroup_storage, "max_invocations": r.max_invocations,
+                    "device_memory": r.vram_bytes,
                 })
             })
             .collect();

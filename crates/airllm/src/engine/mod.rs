@@ -181,8 +181,11 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
 
 impl Engine {
     /// Place a shard directory on the GPU.
-    pub fn new(ctx: GpuContext, dir: ShardDir, cfg: EngineConfig) -> Result<Engine> {
+    pub fn new(ctx: GpuContext, dir: ShardDir, mut cfg: EngineConfig) -> Result<Engine> {
         let t0 = Instant::now();
+        if cfg.max_vram.is_none() {
+            cfg.max_vram = ctx.caps().vram_bytes.map(default_budget);
+        }
         let spec = dir.manifest().spec.clone();
         let staging_in_vram = !ctx.caps().is_software() && ctx.caps().device_type != wgpu::DeviceType::IntegratedGpu;
         let plan = plan_for_dir(&dir, &cfg, staging_in_vram)?;
@@ -413,6 +416,12 @@ impl Engine {
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
     }
+}
+
+/// The default budget: the adapter's device memory minus a margin for the
+/// driver, the display and other programs (10%, at least 512 MiB).
+pub fn default_budget(vram: u64) -> u64 {
+    vram.saturating_sub((vram / 10).max(512 << 20))
 }
 
 /// Logit rows the buffers hold: every sequence's last row, and up to 64 rows for
