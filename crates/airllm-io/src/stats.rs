@@ -94,11 +94,11 @@ impl fmt::Display for ReaderStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "io: {} mode, {} threads, depth {}, {} MiB chunks",
+            "io: {} mode, {} threads, depth {}, {} KiB chunks",
             self.mode,
             self.threads,
             self.depth,
-            self.chunk_bytes >> 20
+            self.chunk_bytes >> 10
         )?;
         writeln!(
             f,

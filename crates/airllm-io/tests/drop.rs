@@ -26,9 +26,11 @@ unsafe impl Destination for Probe {
     }
 }
 
+/// Live threads named `airllm-io-*`, where procfs exists (Linux); 0 elsewhere.
 fn reader_threads() -> usize {
     let mut n = 0;
-    for entry in std::fs::read_dir("/proc/self/task").expect("procfs") {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    for entry in tasks {
         let comm = entry.map(|e| e.path().join("comm")).and_then(std::fs::read_to_string).unwrap_or_default();
         if comm.starts_with("airllm-io") {
             n += 1;
@@ -67,7 +69,9 @@ fn drop_mid_stream_joins_and_stops_writing() {
             if let Some(d) = keep.pop() {
                 reader.recycle(d);
             }
-            assert!(reader_threads() > 0, "workers should be running");
+            if cfg!(target_os = "linux") {
+                assert!(reader_threads() > 0, "workers should be running");
+            }
             drop(reader);
             // Joined threads may linger in procfs for a moment after their
             // exit wakes the joiner; give the kernel a little time to reap.
