@@ -26,13 +26,17 @@ pub const TOKENIZER_FILES: [&str; 6] = [
     "chat_template.json",
 ];
 
+/// One tensor of a safetensors header: dtype, shape, and its `[begin, end)` byte
+/// range relative to the data start.
+pub type HeaderTensor = (safetensors::Dtype, Vec<usize>, (usize, usize));
+
 /// The parsed header of one safetensors file.
 #[derive(Clone, Debug)]
 pub struct SafetensorsHeader {
     /// Byte offset where tensor data begins (8 + header length).
     pub data_start: usize,
     /// Tensors: name -> (dtype name, shape, [begin, end) relative to data_start).
-    pub tensors: BTreeMap<String, (safetensors::Dtype, Vec<usize>, (usize, usize))>,
+    pub tensors: BTreeMap<String, HeaderTensor>,
 }
 
 /// Parse a safetensors header from the file's bytes (validated: offsets in bounds,

@@ -76,7 +76,7 @@ impl StorageFormat {
             StorageFormat::Dense(d) => numel * d.size(),
             StorageFormat::Quant(c) => {
                 let cols = shape.last().copied().unwrap_or(1);
-                let rows = if cols == 0 { 0 } else { numel / cols };
+                let rows = numel.checked_div(cols).unwrap_or(0);
                 c.matrix_bytes(rows, cols)
             }
         }

@@ -79,7 +79,7 @@ pub fn decode_tensor(t: &TensorEntry, bytes: &[u8]) -> Result<Vec<f32>> {
         StorageFormat::Dense(d) => Ok(dense_to_f32(d, bytes)),
         StorageFormat::Quant(c) => {
             let cols = t.shape.last().copied().unwrap_or(1);
-            let rows = if cols == 0 { 0 } else { t.shape.iter().product::<usize>() / cols };
+            let rows = t.shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);
             c.decode_matrix(bytes, rows, cols).map_err(|e| FormatError::Quant { tensor: t.name.clone(), source: e })
         }
     }

@@ -401,7 +401,7 @@ impl ModelSpec {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if self.rope.rotary_dim > self.head_dim || self.rope.rotary_dim % 2 != 0 {
+        if self.rope.rotary_dim > self.head_dim || !self.rope.rotary_dim.is_multiple_of(2) {
             return Err(format!(
                 "rotary dimension {} must be even and at most head_dim {}",
                 self.rope.rotary_dim, self.head_dim

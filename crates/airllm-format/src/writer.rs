@@ -602,11 +602,11 @@ fn write_one(
 fn convert<'a>(src: &SourceTensor, bytes: &'a [u8], out: StorageFormat) -> Result<Cow<'a, [u8]>> {
     let qerr = |e| FormatError::Quant { tensor: src.name.clone(), source: e };
     let cols = src.shape.last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { src.shape.iter().product::<usize>() / cols };
+    let rows = src.shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);
     let permuted: Cow<'a, [u8]> = match src.row_perm {
         None => Cow::Borrowed(bytes),
         Some(perm) => {
-            let row_bytes = if rows == 0 { 0 } else { bytes.len() / rows };
+            let row_bytes = bytes.len().checked_div(rows).unwrap_or(0);
             let mut v = vec![0u8; bytes.len()];
             for r in 0..rows {
                 let s = perm.source_row(r, rows);

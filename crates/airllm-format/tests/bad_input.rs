@@ -1,5 +1,7 @@
 //! Bad input gives errors that name the file or field, never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::io::{Seek, SeekFrom, Write};

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 pub const FAMILIES: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "glm"];

@@ -1,5 +1,7 @@
 //! The writer is resumable, atomic and deletes originals only when safe.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use airllm_format::writer::JOURNAL_FILE;

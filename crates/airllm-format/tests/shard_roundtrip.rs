@@ -1,5 +1,7 @@
 //! Every tiny fixture shards and reads back bit-identical to its source tensors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use airllm_format::{Checkpoint, ShardDir, TensorSource, write_shards};

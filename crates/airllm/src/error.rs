@@ -7,13 +7,13 @@ use std::path::PathBuf;
 pub enum EngineError {
     /// Reading checkpoints, shards or manifests failed.
     #[error(transparent)]
-    Format(#[from] airllm_format::FormatError),
+    Format(Box<airllm_format::FormatError>),
     /// The GPU side failed.
     #[error(transparent)]
-    Gpu(#[from] airllm_gpu::GpuError),
+    Gpu(Box<airllm_gpu::GpuError>),
     /// The shard reader failed.
     #[error(transparent)]
-    Io(#[from] airllm_io::IoError),
+    Io(Box<airllm_io::IoError>),
     /// The tokenizer files are missing or broken.
     #[error("{path}: {message}")]
     Tokenizer {
@@ -24,8 +24,7 @@ pub enum EngineError {
     },
     /// The VRAM budget cannot hold even one streamed layer.
     #[error(
-        "--max-vram {budget_h} is below the minimum {minimum_h} for this model \
-         (one layer slot {slot_h} + KV cache {kv_h} + activations {act_h} + staging {staging_h}); \
+        "--max-vram {budget_h} is below the minimum {minimum_h} for this model ({breakdown}); \
          raise --max-vram, lower --max-context, or use --compression 8bit/4bit"
     )]
     BudgetTooSmall {
@@ -33,14 +32,8 @@ pub enum EngineError {
         budget_h: String,
         /// The smallest budget that works.
         minimum_h: String,
-        /// Size of one layer slot.
-        slot_h: String,
-        /// KV cache size.
-        kv_h: String,
-        /// Activation buffers.
-        act_h: String,
-        /// Staging buffers that live in VRAM.
-        staging_h: String,
+        /// What the minimum is made of.
+        breakdown: String,
     },
     /// A request is invalid (prompt too long, bad option value, ...).
     #[error("{option}: {message}")]
@@ -50,6 +43,26 @@ pub enum EngineError {
         /// What is wrong and what to do.
         message: String,
     },
+}
+
+// The library errors are boxed: they are large, and results travel through every
+// layer of a forward pass.
+impl From<airllm_format::FormatError> for EngineError {
+    fn from(e: airllm_format::FormatError) -> Self {
+        EngineError::Format(Box::new(e))
+    }
+}
+
+impl From<airllm_gpu::GpuError> for EngineError {
+    fn from(e: airllm_gpu::GpuError) -> Self {
+        EngineError::Gpu(Box::new(e))
+    }
+}
+
+impl From<airllm_io::IoError> for EngineError {
+    fn from(e: airllm_io::IoError) -> Self {
+        EngineError::Io(Box::new(e))
+    }
 }
 
 /// Result alias.

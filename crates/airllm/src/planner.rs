@@ -207,10 +207,14 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
         EngineError::BudgetTooSmall {
             budget_h: human_bytes(input.budget),
             minimum_h: human_bytes(min.vram_bytes()),
-            slot_h: human_bytes(min.slot_bytes),
-            kv_h: human_bytes(min.kv_bytes),
-            act_h: human_bytes(min.activation_bytes),
-            staging_h: human_bytes(staging),
+            breakdown: format!(
+                "resident {} + one layer slot {} + KV cache {} + activations {} + staging {}",
+                human_bytes(min.resident_bytes()),
+                human_bytes(min.slot_bytes),
+                human_bytes(min.kv_bytes),
+                human_bytes(min.activation_bytes),
+                human_bytes(staging)
+            ),
         }
     })
 }

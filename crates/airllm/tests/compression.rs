@@ -3,6 +3,8 @@
 //! against the uncompressed model, on the tiny fixtures' prompts. Prints the
 //! table the README quotes; asserts only loose floors (8-bit must stay close).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};

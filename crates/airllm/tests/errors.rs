@@ -1,5 +1,7 @@
 //! Bad input gives clear errors that name the file or option.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};

@@ -2,6 +2,8 @@
 //! family, all layers resident and every layer streamed, on whatever adapter
 //! exists (lavapipe in CI).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};

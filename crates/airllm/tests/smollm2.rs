@@ -4,6 +4,8 @@
 //! prompts within 2e-3, and the greedy continuations of the plain and chat
 //! prompts identical for 32 tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::path::Path;
 
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};
