@@ -350,9 +350,18 @@ impl Engine {
         let pass = PassShape { batch: batch as u32, t: t as u32, past: past as u32 };
         let layout = self.kv.layout();
         let rows_sel = logit_rows.len() as u32;
+        // Consecutive resident units share one submission; before a streamed unit
+        // the pending work is submitted, so the GPU runs while we wait for its bytes.
+        let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
         for ui in 0..self.units.len() {
             let (unit, shard) = (self.units[ui].unit, self.units[ui].shard);
-            let mut rec = self.ctx.recorder(&unit.to_string());
+            let streamed = self.units[ui].resident.is_none();
+            if streamed {
+                if let Some(r) = pending.take() {
+                    r.submit()?;
+                }
+            }
+            let mut rec = pending.take().unwrap_or_else(|| self.ctx.recorder(&unit.to_string()));
             let buffer: &wgpu::Buffer = match &self.units[ui].resident {
                 Some(b) => b,
                 None => {
@@ -399,12 +408,17 @@ impl Engine {
                 }
                 Unit::Embedding => {}
             }
-            rec.submit()?;
-            if self.units[ui].resident.is_none() {
+            if streamed {
+                rec.submit()?;
                 if let Some(s) = self.streamer.as_mut() {
                     s.submitted();
                 }
+            } else {
+                pending = Some(rec);
             }
+        }
+        if let Some(r) = pending.take() {
+            r.submit()?;
         }
         let t1 = Instant::now();
         let logits = airllm_gpu::read_buffer_f32(&self.ctx, &self.act.logits, 0, logit_rows.len() * spec.vocab_size)?;
