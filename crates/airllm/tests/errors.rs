@@ -83,3 +83,47 @@ fn chat_without_template_is_explained() {
     let e = m.generate(&[chat], &GenerateOptions::default(), |_| {}).unwrap_err().to_string();
     assert!(e.contains("chat template"), "{e}");
 }
+
+#[test]
+fn damaged_shard_while_streaming_is_named_and_recovery_is_clean() {
+    if !has_gpu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("s");
+    let opts = || Options {
+        shards_dir: Some(shards.clone()),
+        resident_layers: Some(0),
+        prefetch_depth: 1,
+        max_context: Some(64),
+        ..Options::default()
+    };
+    let mut m = AutoModel::from_pretrained(fixture("mistral").to_str().unwrap(), opts()).unwrap();
+    let prompt = Prompt::Ids(vec![0, 293, 437, 382, 310]);
+    let g = GenerateOptions { max_new_tokens: 6, stop_at_eos: false, ..Default::default() };
+    let (good, _) = m.generate(std::slice::from_ref(&prompt), &g, |_| {}).unwrap();
+
+    // Cut a streamed layer shard while the model is loaded.
+    let victim = shards.join("layer.01.shard");
+    let saved = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &saved[..saved.len() / 2]).unwrap();
+    let mut failed = false;
+    for _ in 0..3 {
+        // The reader may already hold prefetched copies; within a few passes it reads the file again.
+        match m.generate(std::slice::from_ref(&prompt), &g, |_| {}) {
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("layer.01.shard"), "{e}");
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "a truncated shard was not noticed");
+
+    // Put it back: the next pass restarts the reader at the first unit and is correct again.
+    std::fs::write(&victim, &saved).unwrap();
+    let (again, _) = m.generate(std::slice::from_ref(&prompt), &g, |_| {}).unwrap();
+    assert_eq!(again[0].new_ids, good[0].new_ids);
+}

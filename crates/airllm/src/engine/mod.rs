@@ -105,6 +105,8 @@ pub struct Engine {
     cfg: EngineConfig,
     stats: EngineStats,
     peak_vram: u64,
+    /// Reader options, to rebuild the streamer after an aborted pass.
+    read_opts: ReaderOptions,
 }
 
 impl std::fmt::Debug for Engine {
@@ -195,27 +197,33 @@ impl Engine {
             let resident = if plan.resident[i] { Some(load_resident(&ctx, &dir, *shard)?) } else { None };
             units.push(PlanUnit { unit: *unit, shard: *shard, resident });
         }
-        let streamed: Vec<usize> = units.iter().filter(|u| u.resident.is_none()).map(|u| u.shard).collect();
-        let streamer = if streamed.is_empty() {
-            None
-        } else {
-            let specs: Vec<ShardSpec> = (0..dir.manifest().shards.len())
-                .map(|i| ShardSpec::new(dir.shard_path(i), dir.entry(i).bytes))
-                .collect();
-            let mut opts = ReaderOptions::default();
-            if let Some(m) = cfg.read_mode {
-                opts.mode = m;
-            }
-            if let Some(t) = cfg.read_threads {
-                opts.threads = t.max(1);
-            }
-            Some(Streamer::new(&ctx, specs, streamed, plan.ring_slots, plan.slot_bytes, plan.staging_buffers, opts)?)
-        };
+        let mut read_opts = ReaderOptions::default();
+        if let Some(m) = cfg.read_mode {
+            read_opts.mode = m;
+        }
+        if let Some(t) = cfg.read_threads {
+            read_opts.threads = t.max(1);
+        }
+        let streamer = new_streamer(&ctx, &dir, &units, &plan, &read_opts)?;
         let kv = KvCache::new(&ctx, spec.num_layers, kv_layout(&spec, cfg.max_batch, cfg.max_context))?;
         let rows = (cfg.max_batch * cfg.prefill_chunk.min(cfg.max_context)) as u32;
         let act = Activations::new(&ctx, &spec, rows, logit_capacity(rows, cfg.max_batch), cfg.max_batch as u32);
         let embed = EmbeddingTable::open(&dir)?;
-        let mut e = Engine { ctx, dir, spec, plan, units, streamer, kv, act, embed, cfg, stats: EngineStats::default(), peak_vram: 0 };
+        let mut e = Engine {
+            ctx,
+            dir,
+            spec,
+            plan,
+            units,
+            streamer,
+            kv,
+            act,
+            embed,
+            cfg,
+            stats: EngineStats::default(),
+            peak_vram: 0,
+            read_opts,
+        };
         e.stats.load = t0.elapsed();
         e.peak_vram = e.vram_bytes();
         Ok(e)
@@ -347,6 +355,11 @@ impl Engine {
         q.write_buffer(self.act.first_valid_buffer(), 0, bytemuck::cast_slice(first_valid));
         let host = t0.elapsed();
 
+        if self.streamer.as_ref().is_some_and(|s| !s.at_pass_start()) {
+            // An earlier pass failed half way: restart the reader at the first unit.
+            self.streamer = None;
+            self.streamer = new_streamer(&self.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
+        }
         let pass = PassShape { batch: batch as u32, t: t as u32, past: past as u32 };
         let layout = self.kv.layout();
         let rows_sel = logit_rows.len() as u32;
@@ -366,7 +379,7 @@ impl Engine {
                 Some(b) => b,
                 None => {
                     let s = self.streamer.as_mut().ok_or_else(|| EngineError::invalid("engine", "no streamer"))?;
-                    s.acquire(&self.ctx, rec.encoder())?
+                    s.acquire(&self.ctx, rec.encoder(), shard)?
                 }
             };
             let w = UnitWeights { buffer, entry: self.dir.entry(shard) };
@@ -430,6 +443,17 @@ impl Engine {
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
     }
+}
+
+/// The streamer for the units the plan does not keep resident (None if all are).
+fn new_streamer(ctx: &GpuContext, dir: &ShardDir, units: &[PlanUnit], plan: &ResidencyPlan, opts: &ReaderOptions) -> Result<Option<Streamer>> {
+    let streamed: Vec<usize> = units.iter().filter(|u| u.resident.is_none()).map(|u| u.shard).collect();
+    if streamed.is_empty() {
+        return Ok(None);
+    }
+    let specs: Vec<ShardSpec> =
+        (0..dir.manifest().shards.len()).map(|i| ShardSpec::new(dir.shard_path(i), dir.entry(i).bytes)).collect();
+    Ok(Some(Streamer::new(ctx, specs, streamed, plan.ring_slots, plan.slot_bytes, plan.staging_buffers, opts.clone())?))
 }
 
 /// The default budget: the adapter's device memory minus a margin for the

@@ -72,6 +72,9 @@ pub struct Streamer {
     /// Staging buffers waiting to be re-mapped.
     held: VecDeque<usize>,
     stats: StreamStats,
+    /// Units per pass and how many of the current pass were delivered.
+    pass_len: usize,
+    cursor: usize,
 }
 
 impl std::fmt::Debug for Streamer {
@@ -116,6 +119,7 @@ impl Streamer {
             staging.push(Staging { buffer, view: Some(view), ready: Arc::new(AtomicBool::new(false)) });
         }
         let opts = ReaderOptions { depth: depth.max(1), ..opts };
+        let pass_len = schedule.len();
         let sched = schedule.clone();
         let cycle = (0..).flat_map(move |_| sched.clone().into_iter());
         let reader = Reader::new(shards, cycle, dests, opts)?;
@@ -127,7 +131,16 @@ impl Streamer {
             unsubmitted: Vec::new(),
             held: VecDeque::new(),
             stats: StreamStats::default(),
+            pass_len,
+            cursor: 0,
         })
+    }
+
+    /// Whether the reader stands at the start of a pass. A pass that failed half
+    /// way leaves it elsewhere; the engine then rebuilds the streamer rather than
+    /// compute a layer with another layer's weights.
+    pub fn at_pass_start(&self) -> bool {
+        self.cursor == 0
     }
 
     /// Bytes of GPU memory this ring and its staging use.
@@ -139,16 +152,27 @@ impl Streamer {
 
     /// Wait for the next streamed unit, record its copy into a ring slot on
     /// `encoder`, and return that slot.
-    pub fn acquire(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Result<&wgpu::Buffer> {
+    pub fn acquire(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, expected_shard: usize) -> Result<&wgpu::Buffer> {
         // The reader needs a free staging buffer to make progress on the next unit.
         let lent = self.staging.len() - self.held.len() - self.unsubmitted.len();
         self.recycle(ctx, lent == 0)?;
         let reader = self.reader.as_mut().ok_or_else(|| EngineError::invalid("streamer", "reader stopped"))?;
         let t = Instant::now();
-        let filled = reader
-            .next()
-            .ok_or_else(|| EngineError::invalid("streamer", "the shard schedule ended"))??;
+        let next = reader.next().ok_or_else(|| EngineError::invalid("streamer", "the shard schedule ended"))?;
         self.stats.io_wait += t.elapsed();
+        // The schedule advanced even if this read failed.
+        self.cursor = (self.cursor + 1) % self.pass_len.max(1);
+        let filled = next?;
+        if filled.shard != expected_shard {
+            let idx = filled.dest.index;
+            if let Some(r) = self.reader.as_mut() {
+                r.recycle(filled.dest);
+            }
+            return Err(EngineError::invalid(
+                "streamer",
+                format!("expected shard {expected_shard}, the reader delivered {} (staging {idx})", filled.shard),
+            ));
+        }
         let idx = filled.dest.index;
         let len = (filled.len as u64).div_ceil(4) * 4;
         let st = &mut self.staging[idx];
