@@ -180,6 +180,169 @@ fn w_chunk(rb: u32, c: u32) -> W8 {
 #endif
 #endif
 
+// ---- units: what one GEMV invocation reads per step ----
+//
+// A unit is UNIT consecutive values of one row: 8 for dense formats, one
+// whole block for quantized ones (32 values; 64 for nf4). `wu_load(rb, u)`
+// reads unit `u` of the row at byte `rb` once (the block's words with
+// branch-free handling of its two possible alignments, so the loads are
+// the same for every invocation), and `wu_dot(wu, xb, xs, k0, k)` returns
+// sum_j value_j * xb[j] for the UNIT activations `xb` (as vec4s, zero past
+// K) whose sum is `xs`: quantized blocks accumulate the integer codes in f32
+// and apply the scale (and offset, via `xs`) once per block.
+
+#ifdef DENSE
+const UNIT: u32 = 8u;
+alias WU = W8;
+
+fn wu_load(rb: u32, u: u32) -> WU {
+    return w_chunk(rb, u);
+}
+
+fn wu_dot(v: WU, xb: array<vec4<f32>, 2>, xs: f32, k0: u32, k: u32) -> f32 {
+    // dense rows are not padded: the tail of the last unit is the next row
+    let m = mask_chunk(v, k0, k);
+    return dot(m.a, xb[0]) + dot(m.b, xb[1]);
+}
+#else
+// Four nibbles of `v` from bit `sh` of each byte, as f32.
+fn nib4f(v: u32, sh: u32) -> vec4<f32> {
+    return vec4<f32>(nib4(v, sh));
+}
+
+// The 32-bit words at byte offsets o+2, o+6, ... given the words of the
+// block from its first 4-aligned word: `a` = words 0..3, `b` = words 1..4.
+// With o 4-aligned each word straddles two loaded ones; with o = 2 mod 4 it
+// is the next loaded word as is.
+fn words_after_half(a: vec4<u32>, b: vec4<u32>, odd: bool) -> vec4<u32> {
+    return select((a >> vec4<u32>(16u)) | (b << vec4<u32>(16u)), b, odd);
+}
+#endif
+
+#ifdef FMT_Q4_0
+const UNIT: u32 = 32u;
+struct WU {
+    d: f32,
+    q: vec4<u32>,
+}
+
+// 18 bytes: d at o, 16 bytes of nibbles at o + 2; five words cover both
+// alignments of o.
+fn wu_load(rb: u32, u: u32) -> WU {
+    let o = rb + u * 18u;
+    let i = o >> 2u;
+    let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+    let e = w[i + 4u];
+    let odd = (o & 2u) != 0u;
+    let q = words_after_half(a, vec4<u32>(a.yzw, e), odd);
+    let d = unpack2x16float(select(a.x, a.x >> 16u, odd)).x;
+    return WU(d, q);
+}
+
+// value j = (nibble_j - 8) d, so the block is d (sum_j nibble_j x_j - 8 xs)
+fn wu_dot(v: WU, xb: array<vec4<f32>, 8>, xs: f32, k0: u32, k: u32) -> f32 {
+    let q = v.q;
+    let s = dot(nib4f(q.x, 0u), xb[0]) + dot(nib4f(q.y, 0u), xb[1]) + dot(nib4f(q.z, 0u), xb[2])
+        + dot(nib4f(q.w, 0u), xb[3]) + dot(nib4f(q.x, 4u), xb[4]) + dot(nib4f(q.y, 4u), xb[5])
+        + dot(nib4f(q.z, 4u), xb[6]) + dot(nib4f(q.w, 4u), xb[7]);
+    return v.d * (s - 8.0 * xs);
+}
+#endif
+
+#ifdef FMT_Q4_1
+const UNIT: u32 = 32u;
+struct WU {
+    dm: vec2<f32>,
+    q: vec4<u32>,
+}
+
+// 20 bytes: d, m, 16 bytes of nibbles. Blocks are 4-byte multiples, so all
+// blocks of a tensor share the alignment of its offset; six words cover both.
+fn wu_load(rb: u32, u: u32) -> WU {
+    let o = rb + u * 20u;
+    let i = o >> 2u;
+    let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+    let e = vec2<u32>(w[i + 4u], w[i + 5u]);
+    let odd = (o & 2u) != 0u;
+    let dm = select(a.x, (a.x >> 16u) | (a.y << 16u), odd);
+    let q = select(vec4<u32>(a.yzw, e.x), (vec4<u32>(a.yzw, e.x) >> vec4<u32>(16u)) | (vec4<u32>(a.zw, e) << vec4<u32>(16u)), odd);
+    return WU(unpack2x16float(dm), q);
+}
+
+// value j = nibble_j d + m: the block is d sum_j nibble_j x_j + m xs
+fn wu_dot(v: WU, xb: array<vec4<f32>, 8>, xs: f32, k0: u32, k: u32) -> f32 {
+    let q = v.q;
+    let s = dot(nib4f(q.x, 0u), xb[0]) + dot(nib4f(q.y, 0u), xb[1]) + dot(nib4f(q.z, 0u), xb[2])
+        + dot(nib4f(q.w, 0u), xb[3]) + dot(nib4f(q.x, 4u), xb[4]) + dot(nib4f(q.y, 4u), xb[5])
+        + dot(nib4f(q.z, 4u), xb[6]) + dot(nib4f(q.w, 4u), xb[7]);
+    return v.dm.x * s + v.dm.y * xs;
+}
+#endif
+
+#ifdef FMT_Q8_0
+const UNIT: u32 = 32u;
+struct WU {
+    d: f32,
+    qa: vec4<u32>,
+    qb: vec4<u32>,
+}
+
+// 34 bytes: d at o, 32 x i8 at o + 2; nine words cover both alignments.
+fn wu_load(rb: u32, u: u32) -> WU {
+    let o = rb + u * 34u;
+    let i = o >> 2u;
+    let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+    let b = vec4<u32>(w[i + 4u], w[i + 5u], w[i + 6u], w[i + 7u]);
+    let e = w[i + 8u];
+    let odd = (o & 2u) != 0u;
+    let b1 = vec4<u32>(a.yzw, b.x);
+    let e1 = vec4<u32>(b.yzw, e);
+    let d = unpack2x16float(select(a.x, a.x >> 16u, odd)).x;
+    return WU(d, words_after_half(a, b1, odd), words_after_half(b, e1, odd));
+}
+
+fn wu_dot(v: WU, xb: array<vec4<f32>, 8>, xs: f32, k0: u32, k: u32) -> f32 {
+    let s = dot(i8x4(v.qa.x), xb[0]) + dot(i8x4(v.qa.y), xb[1]) + dot(i8x4(v.qa.z), xb[2])
+        + dot(i8x4(v.qa.w), xb[3]) + dot(i8x4(v.qb.x), xb[4]) + dot(i8x4(v.qb.y), xb[5])
+        + dot(i8x4(v.qb.z), xb[6]) + dot(i8x4(v.qb.w), xb[7]);
+    return v.d * s;
+}
+#endif
+
+#ifdef FMT_NF4
+const UNIT: u32 = 64u;
+struct WU {
+    d: f32,
+    qa: vec4<u32>,
+    qb: vec4<u32>,
+}
+
+// 34 bytes: absmax at o, 32 bytes of nibbles at o + 2 (as q8_0).
+fn wu_load(rb: u32, u: u32) -> WU {
+    let o = rb + u * 34u;
+    let i = o >> 2u;
+    let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+    let b = vec4<u32>(w[i + 4u], w[i + 5u], w[i + 6u], w[i + 7u]);
+    let e = w[i + 8u];
+    let odd = (o & 2u) != 0u;
+    let b1 = vec4<u32>(a.yzw, b.x);
+    let e1 = vec4<u32>(b.yzw, e);
+    let d = unpack2x16float(select(a.x, a.x >> 16u, odd)).x;
+    return WU(d, words_after_half(a, b1, odd), words_after_half(b, e1, odd));
+}
+
+// byte j holds values j (low nibble) and j + 32 (high nibble)
+fn wu_dot(v: WU, xb: array<vec4<f32>, 16>, xs: f32, k0: u32, k: u32) -> f32 {
+    let s = dot(nf4x4(v.qa.x, 0u), xb[0]) + dot(nf4x4(v.qa.y, 0u), xb[1]) + dot(nf4x4(v.qa.z, 0u), xb[2])
+        + dot(nf4x4(v.qa.w, 0u), xb[3]) + dot(nf4x4(v.qb.x, 0u), xb[4]) + dot(nf4x4(v.qb.y, 0u), xb[5])
+        + dot(nf4x4(v.qb.z, 0u), xb[6]) + dot(nf4x4(v.qb.w, 0u), xb[7])
+        + dot(nf4x4(v.qa.x, 4u), xb[8]) + dot(nf4x4(v.qa.y, 4u), xb[9]) + dot(nf4x4(v.qa.z, 4u), xb[10])
+        + dot(nf4x4(v.qa.w, 4u), xb[11]) + dot(nf4x4(v.qb.x, 4u), xb[12]) + dot(nf4x4(v.qb.y, 4u), xb[13])
+        + dot(nf4x4(v.qb.z, 4u), xb[14]) + dot(nf4x4(v.qb.w, 4u), xb[15]);
+    return v.d * s;
+}
+#endif
+
 // Zeroes the elements of a chunk starting at column k0 that lie at or past K
 // (dense rows run on into the next row; quantized padding is zero already but
 // masking keeps both paths alike).

@@ -58,6 +58,10 @@ pub struct TensorEntry {
     pub offset: u64,
     /// Byte length.
     pub bytes: u64,
+    /// For a part of a tensor split by rows (the lm_head): the first row of the
+    /// full tensor this part holds (`shape` is the part's own shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_start: Option<usize>,
 }
 
 /// One shard file.
@@ -187,7 +191,25 @@ impl Manifest {
                 }
             }
         }
+        let parts: Vec<&ShardEntry> = self.shards.iter().filter(|s| matches!(s.unit, Unit::LmHeadPart(_))).collect();
+        if !parts.is_empty() {
+            // A split lm_head: parts in order, contiguous rows covering the vocabulary.
+            let mut next = 0usize;
+            for s in &parts {
+                let t = s.tensor(Role::LmHead).ok_or_else(|| Self::bad(path, format!("{} has no lm_head tensor", s.file)))?;
+                if t.row_start != Some(next) || t.shape.len() != 2 || t.shape[1] != self.spec.hidden_size {
+                    return Err(Self::bad(path, format!("{}: lm_head part does not continue at row {next}", s.file)));
+                }
+                next += t.shape[0];
+            }
+            if next != self.spec.vocab_size {
+                return Err(Self::bad(path, format!("lm_head parts cover {next} rows, the vocabulary has {}", self.spec.vocab_size)));
+            }
+        }
         for (unit, role, shape) in expected_tensors(&self.spec) {
+            if unit == Unit::LmHead && !parts.is_empty() {
+                continue;
+            }
             match have.get(&(unit, role)) {
                 None => {
                     return Err(Self::bad(
@@ -205,7 +227,12 @@ impl Manifest {
             }
         }
         let units: Vec<Unit> = self.shards.iter().map(|s| s.unit).collect();
-        if units != expected_units(&self.spec) {
+        let mut want = expected_units(&self.spec);
+        if !parts.is_empty() {
+            want.retain(|u| *u != Unit::LmHead);
+            want.extend((0..parts.len() as u32).map(Unit::LmHeadPart));
+        }
+        if units != want {
             return Err(Self::bad(path, "shards are not one per unit in forward order".into()));
         }
         Ok(())
@@ -259,4 +286,26 @@ pub fn expected_units(spec: &ModelSpec) -> Vec<Unit> {
 /// Format a u64 as 16 hex digits.
 pub fn hex64(x: u64) -> String {
     format!("{x:016x}")
+}
+
+impl Manifest {
+    /// The units that compute logits, in order: the lm_head, its parts, or the
+    /// embedding when tied.
+    pub fn head_units(&self) -> Vec<(usize, Unit)> {
+        let parts: Vec<(usize, Unit)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.unit, Unit::LmHeadPart(_)))
+            .map(|(i, s)| (i, s.unit))
+            .collect();
+        if !parts.is_empty() {
+            return parts;
+        }
+        self.shard_index(Unit::LmHead)
+            .map(|i| (i, Unit::LmHead))
+            .or_else(|| self.spec.tie_word_embeddings.then(|| self.shard_index(Unit::Embedding).map(|i| (i, Unit::LmHead))).flatten())
+            .into_iter()
+            .collect()
+    }
 }

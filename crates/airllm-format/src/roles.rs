@@ -19,6 +19,10 @@ pub enum Unit {
     FinalNorm,
     /// The output projection (absent when tied to the embedding).
     LmHead,
+    /// Part `k` of an output projection split by rows (a large lm_head is written
+    /// as several shards no bigger than a decoder layer, so streaming slots stay
+    /// layer-sized).
+    LmHeadPart(u32),
 }
 
 impl Unit {
@@ -29,6 +33,7 @@ impl Unit {
             Unit::Layer(i) => format!("layer.{i:0width$}.shard"),
             Unit::FinalNorm => "final_norm.shard".into(),
             Unit::LmHead => "lm_head.shard".into(),
+            Unit::LmHeadPart(k) => format!("lm_head.{k}.shard"),
         }
     }
 }
@@ -40,6 +45,7 @@ impl fmt::Display for Unit {
             Unit::Layer(i) => write!(f, "layer {i}"),
             Unit::FinalNorm => f.write_str("final norm"),
             Unit::LmHead => f.write_str("lm_head"),
+            Unit::LmHeadPart(k) => write!(f, "lm_head part {k}"),
         }
     }
 }
@@ -304,7 +310,7 @@ pub fn hf_name(unit: Unit, role: Role) -> String {
     let layer = match unit {
         Unit::Embedding => return "model.embed_tokens.weight".into(),
         Unit::FinalNorm => return "model.norm.weight".into(),
-        Unit::LmHead => return "lm_head.weight".into(),
+        Unit::LmHead | Unit::LmHeadPart(_) => return "lm_head.weight".into(),
         Unit::Layer(i) => i,
     };
     let rest = match role {

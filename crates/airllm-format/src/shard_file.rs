@@ -69,6 +69,7 @@ impl ShardHeader {
             Unit::Layer(i) => (1, i),
             Unit::FinalNorm => (2, 0),
             Unit::LmHead => (3, 0),
+            Unit::LmHeadPart(k) => (4, k),
         };
         b[44..48].copy_from_slice(&kind.to_le_bytes());
         b[48..52].copy_from_slice(&idx.to_le_bytes());
@@ -102,6 +103,7 @@ impl ShardHeader {
             (1, i) => Unit::Layer(i),
             (2, _) => Unit::FinalNorm,
             (3, _) => Unit::LmHead,
+            (4, k) => Unit::LmHeadPart(k),
             (k, _) => return Err(bad(format!("unknown unit kind {k} in header"))),
         };
         Ok(ShardHeader { file_len: u64_at(16), data_end: u64_at(24), plan_hash: u64_at(32), tensors: u32_at(40), unit })

@@ -28,7 +28,7 @@ use crate::manifest::{
     CHECKSUM_ALGORITHM, FILE_ALIGN, FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardEntry, TENSOR_ALIGN, TensorEntry,
     expected_units, hex64,
 };
-use crate::roles::Unit;
+use crate::roles::{Role, Unit};
 use crate::shard_file::{HEADER_LEN, ShardHeader, checksum};
 use crate::source::{SourceTensor, TensorSource};
 
@@ -46,11 +46,20 @@ pub struct ShardOptions {
     pub progress: bool,
     /// Skip the free-space check (tests).
     pub skip_space_check: bool,
+    /// Split an lm_head larger than this into row parts (None: the largest decoder
+    /// layer shard, so streaming slots never need to be bigger than a layer).
+    pub lm_head_part_bytes: Option<u64>,
 }
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        ShardOptions { compression: Compression::None, delete_original: false, progress: true, skip_space_check: false }
+        ShardOptions {
+            compression: Compression::None,
+            delete_original: false,
+            progress: true,
+            skip_space_check: false,
+            lm_head_part_bytes: None,
+        }
     }
 }
 
@@ -85,6 +94,8 @@ struct Journal {
 struct PlannedTensor<'a> {
     src: &'a SourceTensor,
     entry: TensorEntry,
+    /// Rows `[a, b)` of the source tensor, when it is split into parts.
+    rows: Option<(usize, usize)>,
 }
 
 struct PlannedShard<'a> {
@@ -115,11 +126,10 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 /// Plan one shard per unit: formats, offsets, lengths and plan hashes.
-fn plan<'a>(source: &'a dyn TensorSource, compression: Compression) -> Result<Vec<PlannedShard<'a>>> {
+fn plan<'a>(source: &'a dyn TensorSource, compression: Compression, part_limit: Option<u64>) -> Result<Vec<PlannedShard<'a>>> {
     let spec = source.spec();
     let units = expected_units(spec);
     let width = spec.num_layers.saturating_sub(1).to_string().len().max(2);
-    let files = source.files();
     let mut by_unit: BTreeMap<Unit, Vec<&SourceTensor>> = BTreeMap::new();
     for t in source.tensors() {
         by_unit.entry(t.unit).or_default().push(t);
@@ -143,32 +153,18 @@ fn plan<'a>(source: &'a dyn TensorSource, compression: Compression) -> Result<Ve
                     shape: src.shape.clone(),
                     offset: off,
                     bytes,
+                    row_start: None,
                 },
+                rows: None,
             });
             off += bytes;
             if let Some(f) = src.file {
                 source_files.insert(f);
             }
         }
-        let data_end = off;
-        let file_len = align(data_end, FILE_ALIGN);
-        // The plan hash covers everything that determines the bytes: layout, formats,
-        // and the identity (name, size) of the source files read.
-        let fingerprint: Vec<(String, u64)> = source_files
-            .iter()
-            .map(|&f| {
-                let sf = &files[f];
-                (sf.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sf.size)
-            })
-            .collect();
-        let entries: Vec<&TensorEntry> = planned.iter().map(|p| &p.entry).collect();
-        let key = serde_json::json!({
-            "v": FORMAT_VERSION, "unit": unit, "tensors": entries, "files": fingerprint,
-            "source": source_kind(source), "perm": planned.iter().map(|p| format!("{:?}", p.src.row_perm)).collect::<Vec<_>>(),
-        });
-        let plan_hash = xxhash_rust::xxh3::xxh3_64(key.to_string().as_bytes());
-        out.push(PlannedShard { unit, file: unit.file_name(width), file_len, data_end, plan_hash, tensors: planned, source_files });
+        out.push(finish_shard(source, unit, width, off, planned, source_files));
     }
+    split_lm_head(source, &mut out, width, part_limit);
     if let Some((unit, ts)) = by_unit.into_iter().next() {
         return Err(FormatError::UnknownTensor {
             path: PathBuf::from(source.describe()),
@@ -177,6 +173,80 @@ fn plan<'a>(source: &'a dyn TensorSource, compression: Compression) -> Result<Ve
         });
     }
     Ok(out)
+}
+
+/// Close a planned shard: file length and plan hash. The plan hash covers
+/// everything that determines the bytes: layout, formats, row ranges, and the
+/// identity (name, size) of the source files read.
+fn finish_shard<'a>(
+    source: &dyn TensorSource,
+    unit: Unit,
+    width: usize,
+    data_end: u64,
+    planned: Vec<PlannedTensor<'a>>,
+    source_files: BTreeSet<usize>,
+) -> PlannedShard<'a> {
+    let files = source.files();
+    let fingerprint: Vec<(String, u64)> = source_files
+        .iter()
+        .map(|&f| {
+            let sf = &files[f];
+            (sf.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sf.size)
+        })
+        .collect();
+    let entries: Vec<&TensorEntry> = planned.iter().map(|p| &p.entry).collect();
+    let key = serde_json::json!({
+        "v": FORMAT_VERSION, "unit": unit, "tensors": entries, "files": fingerprint,
+        "source": source_kind(source), "perm": planned.iter().map(|p| format!("{:?}", p.src.row_perm)).collect::<Vec<_>>(),
+    });
+    let plan_hash = xxhash_rust::xxh3::xxh3_64(key.to_string().as_bytes());
+    PlannedShard { unit, file: unit.file_name(width), file_len: align(data_end, FILE_ALIGN), data_end, plan_hash, tensors: planned, source_files }
+}
+
+/// Replace an lm_head shard larger than the limit (default: the largest layer
+/// shard) by row parts no larger than it.
+fn split_lm_head<'a>(source: &dyn TensorSource, out: &mut Vec<PlannedShard<'a>>, width: usize, part_limit: Option<u64>) {
+    let Some(hi) = out.iter().position(|p| p.unit == Unit::LmHead) else { return };
+    let layer_max = out.iter().filter(|p| matches!(p.unit, Unit::Layer(_))).map(|p| p.file_len).max().unwrap_or(0);
+    let limit = part_limit.unwrap_or(layer_max);
+    let head = &out[hi];
+    if limit == 0 || head.file_len <= limit || head.tensors.len() != 1 || head.tensors[0].entry.shape.len() != 2 {
+        return;
+    }
+    let t = &head.tensors[0];
+    let (rows, cols) = (t.entry.shape[0], t.entry.shape[1]);
+    let row_bytes = t.entry.format.byte_len(&[1, cols]) as u64;
+    let room = limit.saturating_sub(HEADER_LEN as u64).max(row_bytes);
+    let per_part = ((room / row_bytes.max(1)) as usize).max(1);
+    let src = t.src;
+    let source_files = head.source_files.clone();
+    let format = t.entry.format;
+    let name = t.entry.name.clone();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut k = 0u32;
+    while start < rows {
+        let end = (start + per_part).min(rows);
+        let bytes = (end - start) as u64 * row_bytes;
+        let off = HEADER_LEN as u64;
+        let pt = PlannedTensor {
+            src,
+            entry: TensorEntry {
+                name: name.clone(),
+                role: Role::LmHead,
+                format,
+                shape: vec![end - start, cols],
+                offset: off,
+                bytes,
+                row_start: Some(start),
+            },
+            rows: Some((start, end)),
+        };
+        parts.push(finish_shard(source, Unit::LmHeadPart(k), width, off + bytes, vec![pt], source_files.clone()));
+        start = end;
+        k += 1;
+    }
+    out.splice(hi..=hi, parts);
 }
 
 /// The kind of source for the plan hash ("safetensors", "gguf", "synthetic"), not its
@@ -188,7 +258,7 @@ fn source_kind(source: &dyn TensorSource) -> String {
 /// The shards `write_shards` would write: (unit, file name, file bytes, tensor count),
 /// without writing anything (for `airllm inspect` and the disk-space estimate).
 pub fn dry_run(source: &dyn TensorSource, compression: Compression) -> Result<Vec<(Unit, String, u64, usize)>> {
-    Ok(plan(source, compression)?
+    Ok(plan(source, compression, None)?
         .into_iter()
         .map(|p| (p.unit, p.file, p.file_len, p.tensors.len()))
         .collect())
@@ -250,7 +320,7 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
     std::fs::create_dir_all(out).at("creating directory", out)?;
     remove_stale_temporaries(out)?;
     let spec = source.spec();
-    let plan = plan(source, opts.compression)?;
+    let plan = plan(source, opts.compression, opts.lm_head_part_bytes)?;
     let mut journal = load_journal(out);
 
     // Which planned shards can be kept from an earlier run?
@@ -552,6 +622,15 @@ fn write_one(
             let src = source.read(t.src)?;
             *bytes_read += src.len() as u64;
             let data = convert(t.src, &src, t.entry.format)?;
+            let data = match t.rows {
+                // One part of a tensor split by rows: codec rows are independent, so
+                // the part is a byte range of the converted tensor.
+                Some((a, b)) => {
+                    let rb = t.entry.format.byte_len(&[1, t.entry.shape[1]]);
+                    Cow::Owned(data[a * rb..b * rb].to_vec())
+                }
+                None => data,
+            };
             if data.len() as u64 != t.entry.bytes {
                 return Err(FormatError::BadShard {
                     path: tmp.clone(),

@@ -36,7 +36,7 @@ fn gguf_name(unit: Unit, role: Role) -> String {
     let l = match unit {
         Unit::Embedding => return "token_embd.weight".into(),
         Unit::FinalNorm => return "output_norm.weight".into(),
-        Unit::LmHead => return "output.weight".into(),
+        Unit::LmHead | Unit::LmHeadPart(_) => return "output.weight".into(),
         Unit::Layer(l) => l,
     };
     let r = match role {

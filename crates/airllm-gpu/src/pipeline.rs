@@ -16,19 +16,32 @@ use crate::shaders::{Define, Shader, preprocess};
 /// Output tile of the GEMM kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GemmTile {
-    /// 64 x 64 outputs per workgroup, 4 x 4 per thread, k step 32.
+    /// 64 tokens x 128 rows per workgroup of 128 threads, 8 x 8 per
+    /// thread, k step 16.
     T64,
-    /// 128 x 128 outputs per workgroup, 8 x 8 per thread, k step 16.
+    /// 128 x 128 outputs per workgroup of 256 threads, 8 x 8 per thread,
+    /// k step 16.
     T128,
 }
 
 impl GemmTile {
-    /// Tokens (and rows) covered by one workgroup.
+    /// Tokens covered by one workgroup.
     pub fn size(self) -> u32 {
         match self {
             GemmTile::T64 => 64,
             GemmTile::T128 => 128,
         }
+    }
+
+    /// Weight rows covered by one workgroup.
+    pub fn rows(self) -> u32 {
+        128
+    }
+
+
+    /// Threads per workgroup (16 along rows, size / 8 along tokens).
+    pub fn threads(self) -> u32 {
+        16 * self.size() / 8
     }
 }
 
@@ -55,6 +68,10 @@ impl Activation {
 /// `tokens` at once.
 pub const GEMV_TOKEN_BUCKETS: [u8; 4] = [1, 2, 4, 8];
 
+/// Team sizes of the GEMV kernel: threads that share one group of rows
+/// (a workgroup holds `WG_DEFAULT / team` teams).
+pub const GEMV_TEAMS: [u16; 5] = [16, 32, 64, 128, 256];
+
 /// A compiled kernel variant. Built from [`Caps`] by the launchers; hashable
 /// (the cache key), and its `Display` is the pipeline label, e.g.
 /// `gemv/q4_0/t4/sg`.
@@ -72,6 +89,8 @@ pub enum PipelineKey {
         x_vec4: bool,
         /// Subgroup reduction.
         subgroup: bool,
+        /// Threads per row group (one of [`GEMV_TEAMS`]).
+        team: u16,
     },
     /// Tiled matrix-matrix product.
     Gemm {
@@ -153,15 +172,22 @@ impl PipelineKey {
     /// Threads per workgroup.
     pub fn workgroup_size(&self) -> u32 {
         match self {
+            PipelineKey::Gemm { tile, .. } => tile.threads(),
             PipelineKey::Attention { .. } => WG_ATTENTION,
             PipelineKey::MoeRoute => WG_ROUTE,
             _ => WG_DEFAULT,
         }
     }
 
-    /// Rows per workgroup of a GEMV variant.
+    /// Rows per invocation (and per team) of a GEMV variant: the
+    /// activations of a unit are read once for this many rows.
     pub(crate) fn gemv_rows(tokens: u8) -> u32 {
-        if tokens <= 2 { 4 } else { 2 }
+        match tokens { 1 => 8, 2 => 4, _ => 2 }
+    }
+
+    /// Rows per workgroup of a GEMV variant.
+    pub(crate) fn gemv_rows_per_group(tokens: u8, team: u16) -> u32 {
+        WG_DEFAULT / u32::from(team) * Self::gemv_rows(tokens)
     }
 
     /// Whether the variant uses subgroup operations.
@@ -191,26 +217,23 @@ impl PipelineKey {
             d.push(Define::Flag("SUBGROUP"));
         }
         match *self {
-            PipelineKey::Gemv { format, tokens, wide, x_vec4, .. } => {
+            PipelineKey::Gemv { format, tokens, wide, x_vec4, team, .. } => {
                 format_defines(format, wide, &mut d);
                 if x_vec4 {
                     d.push(Define::Flag("X_VEC4"));
                 }
+                d.push(Define::U32("TEAM", u32::from(team)));
                 d.push(Define::U32("TOKENS", u32::from(tokens)));
                 d.push(Define::U32("ROWS", Self::gemv_rows(tokens)));
             }
-            PipelineKey::Gemm { format, tile, wide, x_vec4 } => {
+            PipelineKey::Gemm { format, wide, x_vec4, .. } => {
                 format_defines(format, wide, &mut d);
                 if x_vec4 {
                     d.push(Define::Flag("X_VEC4"));
                 }
-                let (t, bk) = match tile {
-                    GemmTile::T64 => (4, 32),
-                    GemmTile::T128 => (8, 16),
-                };
-                d.push(Define::U32("TM", t));
-                d.push(Define::U32("TN", t));
-                d.push(Define::U32("BK", bk));
+                // the tile is WG (16 x WG / 16 threads, 8 x 8 outputs each);
+                // BK * (BM + BN) f32 of shared memory stays within 16 KiB
+                d.push(Define::U32("BK", 16));
             }
             PipelineKey::RmsNorm { weight, gemma, in_place, .. } => {
                 format_defines(weight, false, &mut d);
@@ -257,7 +280,9 @@ impl PipelineKey {
                 for x_vec4 in [false, true] {
                     for tokens in GEMV_TOKEN_BUCKETS {
                         for subgroup in [false, true] {
-                            v.push(PipelineKey::Gemv { format, tokens, wide, x_vec4, subgroup });
+                            for team in GEMV_TEAMS {
+                                v.push(PipelineKey::Gemv { format, tokens, wide, x_vec4, subgroup, team });
+                            }
                         }
                     }
                     for tile in [GemmTile::T64, GemmTile::T128] {
@@ -325,8 +350,8 @@ impl fmt::Display for PipelineKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.shader().name())?;
         match *self {
-            PipelineKey::Gemv { format, tokens, wide, x_vec4, .. } => {
-                write!(f, "/{}/t{tokens}", format.name())?;
+            PipelineKey::Gemv { format, tokens, wide, x_vec4, team, .. } => {
+                write!(f, "/{}/t{tokens}/w{team}", format.name())?;
                 flags(f, wide, x_vec4)?;
             }
             PipelineKey::Gemm { format, tile, wide, x_vec4 } => {
@@ -446,10 +471,12 @@ mod tests {
             wide: false,
             x_vec4: true,
             subgroup: true,
+            team: 64,
         };
-        assert_eq!(k.to_string(), "gemv/q4_0/t4/xv4/sg");
+        assert_eq!(k.to_string(), "gemv/q4_0/t4/w64/xv4/sg");
         assert_eq!(k.profile_label(), "gemv/q4_0");
         assert!(k.defines().contains(&Define::U32("TOKENS", 4)));
+        assert!(k.defines().contains(&Define::U32("TEAM", 64)));
         assert!(k.wgsl().unwrap().contains("const ROWS: u32 = 2u;"));
     }
 }

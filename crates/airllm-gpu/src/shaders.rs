@@ -112,6 +112,7 @@ const LIBS: &[(&str, &str)] = &[
     ("reduce", include_str!("../../../shaders/lib/reduce.wgsl")),
     ("weights", include_str!("../../../shaders/lib/weights.wgsl")),
     ("activations", include_str!("../../../shaders/lib/activations.wgsl")),
+    ("xvec", include_str!("../../../shaders/lib/xvec.wgsl")),
     ("math", include_str!("../../../shaders/lib/math.wgsl")),
 ];
 

@@ -46,8 +46,14 @@ pub fn plan_for(
         units.push((Unit::Layer(l), find(Unit::Layer(l)).ok_or_else(|| EngineError::invalid("shards", format!("no layer {l}")))?));
     }
     units.push((Unit::FinalNorm, find(Unit::FinalNorm).unwrap_or(4096)));
-    let head = find(Unit::LmHead).or_else(|| find(Unit::Embedding)).unwrap_or(0);
-    units.push((Unit::LmHead, head));
+    let parts: Vec<(Unit, u64)> =
+        shards.iter().filter(|s| matches!(s.0, Unit::LmHeadPart(_))).map(|s| (s.0, s.2)).collect();
+    if parts.is_empty() {
+        let head = find(Unit::LmHead).or_else(|| find(Unit::Embedding)).unwrap_or(0);
+        units.push((Unit::LmHead, head));
+    } else {
+        units.extend(parts);
+    }
     let chunk = 512.min(max_context);
     Ok(Some(crate::planner::plan(&PlanInput {
         units,

@@ -124,7 +124,7 @@ impl AutoModel {
                         compression: opts.compression,
                         delete_original: opts.delete_original,
                         progress: opts.progress,
-                        skip_space_check: false,
+                        ..Default::default()
                     };
                     airllm_format::writer::shard_model(&p.to_string_lossy(), &out, &so)?;
                 }

@@ -118,8 +118,15 @@ impl std::fmt::Display for ResidencyPlan {
 /// Make the plan, or explain why the budget is too small.
 pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
     let n = input.units.len();
-    let layer_idx: Vec<usize> =
-        (0..n).filter(|&i| matches!(input.units[i].0, Unit::Layer(_))).collect();
+    // Decoder layers and the parts of a split lm_head compete for residency alike;
+    // a forced `--resident-layers` count applies to decoder layers only.
+    let layer_idx: Vec<usize> = (0..n)
+        .filter(|&i| match input.units[i].0 {
+            Unit::Layer(_) => true,
+            Unit::LmHeadPart(_) => input.resident_layers.is_none(),
+            _ => false,
+        })
+        .collect();
     let base = ResidencyPlan {
         resident: vec![true; n],
         units: input.units.clone(),

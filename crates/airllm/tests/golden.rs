@@ -137,3 +137,28 @@ family_tests!(llama, mistral, qwen2, qwen3, mixtral, phi3, gemma, glm);
 fn families_list_is_complete() {
     assert_eq!(FAMILIES.len(), 8);
 }
+
+/// An lm_head split into row parts (as large models get automatically, so ring
+/// slots stay layer-sized) gives the same logits, resident and streamed.
+#[test]
+fn split_lm_head_matches_transformers() {
+    for family in ["llama", "mistral"] {
+        let g = Golden::load(family);
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = airllm_format::Checkpoint::open(&fixture(family)).unwrap();
+        let opts = airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(20_000), ..Default::default() };
+        let m = airllm_format::write_shards(&ck, tmp.path(), &opts).unwrap().manifest;
+        let parts = m.shards.iter().filter(|s| matches!(s.unit, airllm_format::Unit::LmHeadPart(_))).count();
+        assert!(parts >= 3, "{family}: {parts} parts");
+        for resident_layers in [None, Some(0)] {
+            let Some(mut model) = load(family, tmp.path(), resident_layers) else { return };
+            let p0 = g.ids("prompt0.input_ids");
+            let logits = model.forward_logits(std::slice::from_ref(&p0)).unwrap().remove(0);
+            let d = max_abs(&logits, &g.f32("prompt0.logits"));
+            assert!(d <= TOL, "{family} {resident_layers:?}: split lm_head logits differ by {d}");
+            let opts = GenerateOptions { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
+            let (gens, _) = model.generate(&[Prompt::Ids(p0)], &opts, |_| {}).unwrap();
+            assert_eq!(gens[0].new_ids, g.ids("greedy.prompt0.new_ids"), "{family} {resident_layers:?}");
+        }
+    }
+}

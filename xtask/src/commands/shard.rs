@@ -25,7 +25,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         compression: a.compression,
         delete_original: a.delete_original,
         progress: true,
-        skip_space_check: false,
+        ..Default::default()
     };
     let report = airllm_format::writer::shard_model(&a.model, &a.out, &opts)
         .with_context(|| format!("sharding {} into {}", a.model, a.out.display()))?;

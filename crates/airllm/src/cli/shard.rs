@@ -29,7 +29,7 @@ pub fn run(a: ShardArgs) -> anyhow::Result<()> {
         compression: a.compression,
         delete_original: a.delete_original,
         progress: !a.json,
-        skip_space_check: false,
+        ..Default::default()
     };
     let r = airllm_format::writer::shard_model(&a.model, &a.out, &opts)
         .with_context(|| format!("sharding {} into {}", a.model, a.out.display()))?;

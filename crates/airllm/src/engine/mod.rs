@@ -126,11 +126,13 @@ pub fn gpu_units(dir: &ShardDir) -> Result<Vec<(Unit, usize, u64)>> {
     }
     let norm = m.shard_index(Unit::FinalNorm).ok_or_else(|| EngineError::invalid("manifest", "no final norm shard"))?;
     out.push((Unit::FinalNorm, norm, m.shards[norm].bytes));
-    let head = m
-        .shard_index(Unit::LmHead)
-        .or_else(|| m.spec.tie_word_embeddings.then(|| m.shard_index(Unit::Embedding)).flatten())
-        .ok_or_else(|| EngineError::invalid("manifest", "no lm_head shard"))?;
-    out.push((Unit::LmHead, head, m.shards[head].bytes));
+    let heads = m.head_units();
+    if heads.is_empty() {
+        return Err(EngineError::invalid("manifest", "no lm_head shard"));
+    }
+    for (i, unit) in heads {
+        out.push((unit, i, m.shards[i].bytes));
+    }
     Ok(out)
 }
 
@@ -404,13 +406,20 @@ impl Engine {
                     }
                     layer::final_norm(&mut rec, &spec, &w, rows_sel, BufView::whole(&self.act.last_x), BufView::whole(&self.act.last_h))?;
                 }
-                Unit::LmHead => {
+                Unit::LmHead | Unit::LmHeadPart(_) => {
                     let head = w
                         .get(airllm_format::Role::LmHead)
                         .or_else(|| w.get(airllm_format::Role::Embedding))
                         .ok_or_else(|| EngineError::invalid(w.entry.file.clone(), "no lm_head weight"))?;
+                    // A part of a split lm_head writes its columns of the logits.
+                    let row_start = w.entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0) as u32;
+                    let vocab = spec.vocab_size as u32;
                     let mm = airllm_gpu::kernels::matmul::Matmul {
-                        shape: airllm_gpu::kernels::matmul::MatmulShape::new(rows_sel, head.rows, head.cols),
+                        shape: airllm_gpu::kernels::matmul::MatmulShape {
+                            y_stride: vocab,
+                            y_off: row_start,
+                            ..airllm_gpu::kernels::matmul::MatmulShape::new(rows_sel, head.rows, head.cols)
+                        },
                         format: head.format,
                         weight: head.view,
                         x: BufView::whole(&self.act.last_h),
