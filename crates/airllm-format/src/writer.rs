@@ -204,12 +204,21 @@ fn finish_shard<'a>(
 }
 
 /// Replace an lm_head shard larger than the limit (default: the largest layer
-/// shard) by row parts no larger than it.
+/// shard) by row parts no larger than it. A tied model whose embedding is much
+/// larger than a layer gets parts too, copied from the embedding (the embedding
+/// shard stays for the host-side row gather): disk for a layer-sized streaming slot.
 fn split_lm_head<'a>(source: &dyn TensorSource, out: &mut Vec<PlannedShard<'a>>, width: usize, part_limit: Option<u64>) {
-    let Some(hi) = out.iter().position(|p| p.unit == Unit::LmHead) else { return };
+    let tied = source.spec().tie_word_embeddings;
+    let head_unit = if tied { Unit::Embedding } else { Unit::LmHead };
+    let Some(hi) = out.iter().position(|p| p.unit == head_unit) else { return };
     let layer_max = out.iter().filter(|p| matches!(p.unit, Unit::Layer(_))).map(|p| p.file_len).max().unwrap_or(0);
     let limit = part_limit.unwrap_or(layer_max);
     let head = &out[hi];
+    // Copying a tied embedding costs disk; by default only when it would otherwise
+    // inflate every streaming slot a lot (over 4 layers and 256 MiB).
+    if tied && part_limit.is_none() && head.file_len <= (4 * limit).max(256 << 20) {
+        return;
+    }
     if limit == 0 || head.file_len <= limit || head.tensors.len() != 1 || head.tensors[0].entry.shape.len() != 2 {
         return;
     }
@@ -246,7 +255,11 @@ fn split_lm_head<'a>(source: &dyn TensorSource, out: &mut Vec<PlannedShard<'a>>,
         start = end;
         k += 1;
     }
-    out.splice(hi..=hi, parts);
+    if tied {
+        out.extend(parts);
+    } else {
+        out.splice(hi..=hi, parts);
+    }
 }
 
 /// The kind of source for the plan hash ("safetensors", "gguf", "synthetic"), not its

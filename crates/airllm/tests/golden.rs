@@ -162,3 +162,24 @@ fn split_lm_head_matches_transformers() {
         }
     }
 }
+
+/// A tied model whose embedding is larger than a layer gets lm_head parts copied
+/// from the embedding; logits are unchanged.
+#[test]
+fn split_tied_head_matches_transformers() {
+    for family in ["qwen2", "gemma"] {
+        let g = Golden::load(family);
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = airllm_format::Checkpoint::open(&fixture(family)).unwrap();
+        let opts = airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(40_000), ..Default::default() };
+        let m = airllm_format::write_shards(&ck, tmp.path(), &opts).unwrap().manifest;
+        assert!(m.spec.tie_word_embeddings);
+        let parts = m.shards.iter().filter(|s| matches!(s.unit, airllm_format::Unit::LmHeadPart(_))).count();
+        assert!(parts >= 2, "{family}: {parts} parts");
+        let Some(mut model) = load(family, tmp.path(), Some(0)) else { return };
+        let p1 = g.ids("prompt1.input_ids");
+        let logits = model.forward_logits(std::slice::from_ref(&p1)).unwrap().remove(0);
+        let d = max_abs(&logits, &g.f32("prompt1.logits"));
+        assert!(d <= TOL, "{family}: tied split head logits differ by {d}");
+    }
+}
