@@ -12,9 +12,10 @@ use super::args::ModelArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt text.
+    /// The prompt text. Repeat it to run several prompts as one batch (one pass over
+    /// the weights per step serves all of them; their texts print when done).
     #[arg(long, short = 'p', conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
-    pub prompt: Option<String>,
+    pub prompt: Vec<String>,
     /// Prompt token ids, comma separated, used verbatim (no BOS added).
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
@@ -113,47 +114,70 @@ impl ModelArgs {
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut model = a.model.load(!a.json)?;
-    let prompt = match (&a.prompt_ids, &a.prompt) {
-        (Some(ids), _) => Prompt::Ids(ids.clone()),
-        (None, Some(text)) if a.chat => {
-            let mut msgs = Vec::new();
-            if let Some(s) = &a.system {
-                msgs.push(ChatMessage::new("system", s));
-            }
-            msgs.push(ChatMessage::new("user", text));
-            Prompt::Chat(msgs)
-        }
-        (None, Some(text)) => Prompt::Text(text.clone()),
-        (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
+    let prompts: Vec<Prompt> = match &a.prompt_ids {
+        Some(ids) => vec![Prompt::Ids(ids.clone())],
+        None if a.prompt.is_empty() => anyhow::bail!("give --prompt or --prompt-ids"),
+        None => a
+            .prompt
+            .iter()
+            .map(|text| {
+                if a.chat {
+                    let mut msgs = Vec::new();
+                    if let Some(s) = &a.system {
+                        msgs.push(ChatMessage::new("system", s));
+                    }
+                    msgs.push(ChatMessage::new("user", text));
+                    Prompt::Chat(msgs)
+                } else {
+                    Prompt::Text(text.clone())
+                }
+            })
+            .collect(),
     };
     let opts = a.sampling.options();
     let json = a.json;
+    let stream = !json && prompts.len() == 1;
     let mut out = std::io::stdout();
-    let (gens, timings) = model.generate(&[prompt], &opts, |ev| {
-        if !json {
+    let (gens, timings) = model.generate(&prompts, &opts, |ev| {
+        if stream {
             if let Some(t) = &ev.text {
                 let _ = out.write_all(t.as_bytes());
                 let _ = out.flush();
             }
         }
     })?;
-    let g = &gens[0];
-    if json {
-        let v = serde_json::json!({
+    let one = |g: &airllm::Generation| {
+        serde_json::json!({
             "prompt_ids": g.prompt_ids,
             "new_ids": g.new_ids,
             "text": g.text,
             "finish": format!("{:?}", g.finish).to_lowercase(),
-            "timings": super::bench::timings_json(&model, &timings, g.prompt_ids.len()),
-        });
+        })
+    };
+    if json {
+        let mut v = if gens.len() == 1 {
+            one(&gens[0])
+        } else {
+            serde_json::json!({ "generations": gens.iter().map(one).collect::<Vec<_>>() })
+        };
+        let prompt_tokens = gens.iter().map(|g| g.prompt_ids.len()).max().unwrap_or(0);
+        v["timings"] = super::bench::timings_json(&model, &timings, prompt_tokens);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!();
+        if stream {
+            println!();
+        } else {
+            for (i, g) in gens.iter().enumerate() {
+                println!("--- [{i}] {}", g.text);
+            }
+        }
+        let new: usize = gens.iter().map(|g| g.new_ids.len()).sum();
         eprintln!(
-            "[{} prompt tokens in {:.3} s, {} new tokens, {:.3} s/token]",
-            g.prompt_ids.len(),
+            "[{} prompt(s), {} prompt tokens (longest) in {:.3} s, {} new tokens, {:.3} s/step]",
+            gens.len(),
+            gens.iter().map(|g| g.prompt_ids.len()).max().unwrap_or(0),
             timings.prefill.as_secs_f64(),
-            g.new_ids.len(),
+            new,
             timings.per_token()
         );
         if a.model.profile {
