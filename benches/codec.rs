@@ -19,20 +19,12 @@ const COLS: usize = 4096;
 pub fn benches(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(7);
     // Sum of uniforms: bell-shaped, like trained weights.
-    let x: Vec<f32> = (0..ROWS * COLS)
-        .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 0.05)
-        .collect();
+    let x: Vec<f32> = (0..ROWS * COLS).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 0.05).collect();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = if all > 1 { vec![1, all] } else { vec![1] };
     let pools: Vec<(usize, rayon::ThreadPool)> = threads
         .into_iter()
-        .filter_map(|n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .ok()
-                .map(|p| (n, p))
-        })
+        .filter_map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok().map(|p| (n, p)))
         .collect();
     let elements = (ROWS * COLS) as u64;
 
@@ -52,39 +44,26 @@ pub fn benches(c: &mut Criterion) {
         }
 
         let mut g = c.benchmark_group(format!("codec/encode/{codec}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Elements(elements));
         for (n, pool) in &pools {
             g.bench_function(BenchmarkId::from_parameter(format!("{n}t")), |b| {
                 b.iter(|| {
-                    pool.install(|| {
-                        codec.encode_matrix_into(
-                            Floats::F32(black_box(&x)),
-                            ROWS,
-                            COLS,
-                            &mut encoded,
-                        )
-                    })
-                    .map_err(|e| e.to_string())
+                    pool.install(|| codec.encode_matrix_into(Floats::F32(black_box(&x)), ROWS, COLS, &mut encoded))
+                        .map_err(|e| e.to_string())
                 })
             });
         }
         g.finish();
 
         let mut g = c.benchmark_group(format!("codec/decode/{codec}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Elements(elements));
         for (n, pool) in &pools {
             g.bench_function(BenchmarkId::from_parameter(format!("{n}t")), |b| {
                 b.iter(|| {
-                    pool.install(|| {
-                        codec.decode_matrix_into(black_box(&encoded), ROWS, COLS, &mut decoded)
-                    })
-                    .map_err(|e| e.to_string())
+                    pool.install(|| codec.decode_matrix_into(black_box(&encoded), ROWS, COLS, &mut decoded))
+                        .map_err(|e| e.to_string())
                 })
             });
         }

@@ -39,11 +39,8 @@ pub fn benches(c: &mut Criterion) {
     if sw {
         eprintln!("kernels: {adapter} is a CPU device: shapes shrunk to 1024x1024 (ids end in -sw)");
     }
-    let shapes: Vec<(u32, u32)> = if sw {
-        vec![(1024, 1024)]
-    } else {
-        vec![(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]
-    };
+    let shapes: Vec<(u32, u32)> =
+        if sw { vec![(1024, 1024)] } else { vec![(4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096)] };
     let suffix = if sw { "-sw" } else { "" };
     let mut rng = StdRng::seed_from_u64(1);
 
@@ -181,7 +178,9 @@ fn bench_rmsnorm(c: &mut Criterion, ctx: &GpuContext, adapter: &str, t: u32, d: 
         gemma: false,
     };
     let mut g = group(c, format!("{adapter}/kernels/rmsnorm/f32/{t}x{d}{suffix}"), u64::from(2 * t * d + d) * 4);
-    g.bench_function("run", |b| b.iter_custom(|i| time_launches(ctx, i, &|rec| rmsnorm::launch(rec, &a).expect("rmsnorm"))));
+    g.bench_function("run", |b| {
+        b.iter_custom(|i| time_launches(ctx, i, &|rec| rmsnorm::launch(rec, &a).expect("rmsnorm")))
+    });
     g.finish();
 }
 
@@ -203,7 +202,8 @@ fn bench_rope(c: &mut Criterion, ctx: &GpuContext, adapter: &str, t: u32, suffix
         style: RopeStyle::Half,
         mscale: 1.0,
     };
-    let mut g = group(c, format!("{adapter}/kernels/rope/f32/{t}x{heads}x{d}{suffix}"), u64::from(2 * t * heads * d) * 4);
+    let mut g =
+        group(c, format!("{adapter}/kernels/rope/f32/{t}x{heads}x{d}{suffix}"), u64::from(2 * t * heads * d) * 4);
     g.bench_function("run", |b| b.iter_custom(|i| time_launches(ctx, i, &|rec| rope::launch(rec, &a).expect("rope"))));
     g.finish();
 }
@@ -213,7 +213,9 @@ fn bench_act_mul(c: &mut Criterion, ctx: &GpuContext, adapter: &str, t: u32, i: 
     let out = ctx.create_storage_buffer("out", u64::from(t * i) * 4);
     let a = ActMul::fused(Activation::Silu, t, i, BufView::whole(&input), BufView::whole(&out));
     let mut g = group(c, format!("{adapter}/kernels/act_mul/silu/{t}x{i}{suffix}"), u64::from(3 * t * i) * 4);
-    g.bench_function("run", |b| b.iter_custom(|n| time_launches(ctx, n, &|rec| act_mul::launch(rec, &a).expect("act_mul"))));
+    g.bench_function("run", |b| {
+        b.iter_custom(|n| time_launches(ctx, n, &|rec| act_mul::launch(rec, &a).expect("act_mul")))
+    });
     g.finish();
 }
 
@@ -247,6 +249,8 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
     };
     let kv_bytes = 2 * u64::from(past + 1) * u64::from(layout.kv_heads) * 128 * 4;
     let mut g = group(c, format!("{adapter}/kernels/attention/f32/decode-{past}{suffix}"), kv_bytes);
-    g.bench_function("run", |b| b.iter_custom(|n| time_launches(ctx, n, &|rec| attention::launch(rec, &a).expect("attention"))));
+    g.bench_function("run", |b| {
+        b.iter_custom(|n| time_launches(ctx, n, &|rec| attention::launch(rec, &a).expect("attention")))
+    });
     g.finish();
 }

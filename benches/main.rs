@@ -11,11 +11,5 @@ mod io;
 mod kernels;
 mod shard;
 
-criterion_group!(
-    benches,
-    codec::benches,
-    io::benches,
-    kernels::benches,
-    shard::benches
-);
+criterion_group!(benches, codec::benches, io::benches, kernels::benches, shard::benches);
 criterion_main!(benches);

@@ -43,8 +43,8 @@ fn make_checkpoint(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn benches(c: &mut Criterion) {
-    let root = tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into()))
-        .expect("tempdir");
+    let root =
+        tempfile::tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| ".".into())).expect("tempdir");
     let src = root.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     let files = make_checkpoint(&src);
@@ -57,7 +57,8 @@ pub fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let out = root.path().join(format!("out-{name}"));
                 let _ = std::fs::remove_dir_all(&out);
-                let opts = ShardOptions { compression: comp.parse().expect("codec"), progress: false, ..Default::default() };
+                let opts =
+                    ShardOptions { compression: comp.parse().expect("codec"), progress: false, ..Default::default() };
                 write_shards(&ck, &out, &opts).expect("shard")
             })
         });

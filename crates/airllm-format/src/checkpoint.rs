@@ -42,10 +42,8 @@ pub struct SafetensorsHeader {
 /// Parse a safetensors header from the file's bytes (validated: offsets in bounds,
 /// contiguous, sizes consistent with shapes). Never panics on garbage.
 pub fn parse_safetensors_header(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
-    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| FormatError::Safetensors {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| FormatError::Safetensors { path: path.to_owned(), reason: e.to_string() })?;
     let tensors = meta
         .tensors()
         .into_iter()
@@ -192,18 +190,13 @@ pub fn check_tensors(spec: &ModelSpec, tensors: &[SourceTensor], origin: &Path) 
             Some(_) => {}
         }
     }
-    let layers: BTreeSet<u32> = tensors
-        .iter()
-        .filter_map(|t| if let Unit::Layer(i) = t.unit { Some(i) } else { None })
-        .collect();
+    let layers: BTreeSet<u32> =
+        tensors.iter().filter_map(|t| if let Unit::Layer(i) = t.unit { Some(i) } else { None }).collect();
     if let Some(&max) = layers.iter().next_back() {
         if max as usize >= spec.num_layers {
             return Err(FormatError::Config {
                 path: origin.to_owned(),
-                message: format!(
-                    "tensors exist for layer {max} but num_hidden_layers is {}",
-                    spec.num_layers
-                ),
+                message: format!("tensors exist for layer {max} but num_hidden_layers is {}", spec.num_layers),
             });
         }
     }
@@ -268,10 +261,8 @@ fn weight_files(dir: &Path, allow_missing: bool) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).at("reading", &index)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| FormatError::Config {
-            path: index.clone(),
-            message: format!("not valid JSON ({e})"),
-        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| FormatError::Config { path: index.clone(), message: format!("not valid JSON ({e})") })?;
         let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| FormatError::Config {
             path: index.clone(),
             message: "field `weight_map` (tensor name -> file) is missing".into(),

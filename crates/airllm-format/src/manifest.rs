@@ -161,7 +161,10 @@ impl Manifest {
                 return Err(Self::bad(path, format!("shard file {:?} is listed twice", s.file)));
             }
             if s.checksum_u64().is_none() || s.plan_hash_u64().is_none() {
-                return Err(Self::bad(path, format!("shard {:?}: checksum and plan_hash must be 16 hex digits", s.file)));
+                return Err(Self::bad(
+                    path,
+                    format!("shard {:?}: checksum and plan_hash must be 16 hex digits", s.file),
+                ));
             }
             let mut prev_end = crate::shard_file::HEADER_LEN as u64;
             for t in &s.tensors {
@@ -170,13 +173,19 @@ impl Manifest {
                 if t.bytes != want {
                     return Err(Self::bad(
                         path,
-                        format!("shard {:?} tensor {:?}: {} bytes recorded, its shape and format need {want}", s.file, t.name, t.bytes),
+                        format!(
+                            "shard {:?} tensor {:?}: {} bytes recorded, its shape and format need {want}",
+                            s.file, t.name, t.bytes
+                        ),
                     ));
                 }
                 if t.offset % TENSOR_ALIGN != 0 || t.offset < prev_end || end.is_none_or(|e| e > s.bytes) {
                     return Err(Self::bad(
                         path,
-                        format!("shard {:?} tensor {:?}: offset {} is misaligned, overlapping or out of the file", s.file, t.name, t.offset),
+                        format!(
+                            "shard {:?} tensor {:?}: offset {} is misaligned, overlapping or out of the file",
+                            s.file, t.name, t.offset
+                        ),
                     ));
                 }
                 prev_end = end.unwrap_or(u64::MAX);
@@ -196,14 +205,19 @@ impl Manifest {
             // A split lm_head: parts in order, contiguous rows covering the vocabulary.
             let mut next = 0usize;
             for s in &parts {
-                let t = s.tensor(Role::LmHead).ok_or_else(|| Self::bad(path, format!("{} has no lm_head tensor", s.file)))?;
+                let t = s
+                    .tensor(Role::LmHead)
+                    .ok_or_else(|| Self::bad(path, format!("{} has no lm_head tensor", s.file)))?;
                 if t.row_start != Some(next) || t.shape.len() != 2 || t.shape[1] != self.spec.hidden_size {
                     return Err(Self::bad(path, format!("{}: lm_head part does not continue at row {next}", s.file)));
                 }
                 next += t.shape[0];
             }
             if next != self.spec.vocab_size {
-                return Err(Self::bad(path, format!("lm_head parts cover {next} rows, the vocabulary has {}", self.spec.vocab_size)));
+                return Err(Self::bad(
+                    path,
+                    format!("lm_head parts cover {next} rows, the vocabulary has {}", self.spec.vocab_size),
+                ));
             }
         }
         for (unit, role, shape) in expected_tensors(&self.spec) {
@@ -304,7 +318,12 @@ impl Manifest {
         }
         self.shard_index(Unit::LmHead)
             .map(|i| (i, Unit::LmHead))
-            .or_else(|| self.spec.tie_word_embeddings.then(|| self.shard_index(Unit::Embedding).map(|i| (i, Unit::LmHead))).flatten())
+            .or_else(|| {
+                self.spec
+                    .tie_word_embeddings
+                    .then(|| self.shard_index(Unit::Embedding).map(|i| (i, Unit::LmHead)))
+                    .flatten()
+            })
             .into_iter()
             .collect()
     }

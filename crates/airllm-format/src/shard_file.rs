@@ -96,7 +96,9 @@ impl ShardHeader {
         };
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(bad(format!("format version {version}, this build reads {FORMAT_VERSION}; re-run `airllm shard`")));
+            return Err(bad(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}; re-run `airllm shard`"
+            )));
         }
         let unit = match (u32_at(44), u32_at(48)) {
             (0, _) => Unit::Embedding,

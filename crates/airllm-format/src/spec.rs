@@ -308,23 +308,15 @@ impl ModelSpec {
         };
         let intermediate_size = cfg.usize("intermediate_size")?;
         let vocab_size = cfg.usize("vocab_size")?;
-        let norm_eps = cfg
-            .opt_f64("rms_norm_eps")?
-            .or(cfg.opt_f64("layer_norm_eps")?)
-            .unwrap_or(1e-6) as f32;
-        let act_name = cfg
-            .opt_str("hidden_activation")
-            .or_else(|| cfg.opt_str("hidden_act"))
-            .unwrap_or("silu");
+        let norm_eps = cfg.opt_f64("rms_norm_eps")?.or(cfg.opt_f64("layer_norm_eps")?).unwrap_or(1e-6) as f32;
+        let act_name = cfg.opt_str("hidden_activation").or_else(|| cfg.opt_str("hidden_act")).unwrap_or("silu");
         let activation = match act_name {
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
             // Gemma 1 checkpoints say "gelu" but transformers runs the tanh approximation.
             "gelu" if family == Family::Gemma => Activation::GeluTanh,
             other => {
-                return Err(cfg.err(&format!(
-                    "hidden_act {other:?} is not supported (silu, gelu_pytorch_tanh)"
-                )));
+                return Err(cfg.err(&format!("hidden_act {other:?} is not supported (silu, gelu_pytorch_tanh)")));
             }
         };
 
@@ -483,10 +475,7 @@ impl Cfg<'_> {
             if let Some(f) = self.opt_str("model_type").and_then(Family::from_name) {
                 return Ok(f);
             }
-            return Err(self.err(&format!(
-                "field `architectures` is missing; supported: {}",
-                Family::supported_list()
-            )));
+            return Err(self.err(&format!("field `architectures` is missing; supported: {}", Family::supported_list())));
         }
         Err(FormatError::UnsupportedArchitecture {
             path: self.path.to_owned(),
@@ -551,11 +540,7 @@ impl Cfg<'_> {
         let scaling = match scaling_obj {
             None => RopeScaling::None,
             Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
+                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
                 let f = |k: &str| -> Result<f32> {
                     self.opt_f64_in(s, k)?
                         .map(|x| x as f32)
@@ -571,9 +556,8 @@ impl Cfg<'_> {
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
                     other => {
-                        return Err(self.err(&format!(
-                            "rope scaling type {other:?} is not supported (default, linear, llama3)"
-                        )));
+                        return Err(self
+                            .err(&format!("rope scaling type {other:?} is not supported (default, linear, llama3)")));
                     }
                 }
             }

@@ -113,10 +113,7 @@ pub fn output_format(src: &SourceTensor, compression: Compression) -> StorageFor
     match (compression.codec(), src.format) {
         // Quantized sources (GGUF) stream as they are: the codecs are byte-identical.
         (_, StorageFormat::Quant(c)) => StorageFormat::Quant(c),
-        (Some(c), f) if src.role.is_compressible_matrix() && src.shape.len() == 2 => {
-            let _ = f;
-            StorageFormat::Quant(c)
-        }
+        (Some(c), _) if src.role.is_compressible_matrix() && src.shape.len() == 2 => StorageFormat::Quant(c),
         (_, f) => f,
     }
 }
@@ -126,7 +123,11 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 /// Plan one shard per unit: formats, offsets, lengths and plan hashes.
-fn plan<'a>(source: &'a dyn TensorSource, compression: Compression, part_limit: Option<u64>) -> Result<Vec<PlannedShard<'a>>> {
+fn plan<'a>(
+    source: &'a dyn TensorSource,
+    compression: Compression,
+    part_limit: Option<u64>,
+) -> Result<Vec<PlannedShard<'a>>> {
     let spec = source.spec();
     let units = expected_units(spec);
     let width = spec.num_layers.saturating_sub(1).to_string().len().max(2);
@@ -200,14 +201,27 @@ fn finish_shard<'a>(
         "source": source_kind(source), "perm": planned.iter().map(|p| format!("{:?}", p.src.row_perm)).collect::<Vec<_>>(),
     });
     let plan_hash = xxhash_rust::xxh3::xxh3_64(key.to_string().as_bytes());
-    PlannedShard { unit, file: unit.file_name(width), file_len: align(data_end, FILE_ALIGN), data_end, plan_hash, tensors: planned, source_files }
+    PlannedShard {
+        unit,
+        file: unit.file_name(width),
+        file_len: align(data_end, FILE_ALIGN),
+        data_end,
+        plan_hash,
+        tensors: planned,
+        source_files,
+    }
 }
 
 /// Replace an lm_head shard larger than the limit (default: the largest layer
 /// shard) by row parts no larger than it. A tied model whose embedding is much
 /// larger than a layer gets parts too, copied from the embedding (the embedding
 /// shard stays for the host-side row gather): disk for a layer-sized streaming slot.
-fn split_lm_head<'a>(source: &dyn TensorSource, out: &mut Vec<PlannedShard<'a>>, width: usize, part_limit: Option<u64>) {
+fn split_lm_head<'a>(
+    source: &dyn TensorSource,
+    out: &mut Vec<PlannedShard<'a>>,
+    width: usize,
+    part_limit: Option<u64>,
+) {
     let tied = source.spec().tie_word_embeddings;
     let head_unit = if tied { Unit::Embedding } else { Unit::LmHead };
     let Some(hi) = out.iter().position(|p| p.unit == head_unit) else { return };
@@ -271,10 +285,7 @@ fn source_kind(source: &dyn TensorSource) -> String {
 /// The shards `write_shards` would write: (unit, file name, file bytes, tensor count),
 /// without writing anything (for `airllm inspect` and the disk-space estimate).
 pub fn dry_run(source: &dyn TensorSource, compression: Compression) -> Result<Vec<(Unit, String, u64, usize)>> {
-    Ok(plan(source, compression, None)?
-        .into_iter()
-        .map(|p| (p.unit, p.file, p.file_len, p.tensors.len()))
-        .collect())
+    Ok(plan(source, compression, None)?.into_iter().map(|p| (p.unit, p.file, p.file_len, p.tensors.len())).collect())
 }
 
 /// Resolve a model argument (checkpoint directory, `.gguf` file, or cached repo id),
@@ -368,11 +379,8 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
         }
     }
     // Kept shards whose tensors are gone use the journal's entry as is.
-    let entries: Vec<Option<ShardEntry>> = plan
-        .iter()
-        .zip(&keep)
-        .map(|(p, &k)| if k { journal.complete.get(&p.file).cloned() } else { None })
-        .collect();
+    let entries: Vec<Option<ShardEntry>> =
+        plan.iter().zip(&keep).map(|(p, &k)| if k { journal.complete.get(&p.file).cloned() } else { None }).collect();
 
     // Which source files can be deleted after which shard?
     let mut last_use: BTreeMap<usize, usize> = BTreeMap::new();
@@ -712,10 +720,12 @@ fn convert<'a>(src: &SourceTensor, bytes: &'a [u8], out: StorageFormat) -> Resul
     }
     let encode = |c: Codec, f: Floats<'_>| c.encode_matrix(f, rows, cols).map_err(qerr);
     match (src.format, out) {
-        (StorageFormat::Dense(DType::F32), StorageFormat::Quant(c)) => match bytemuck::try_cast_slice::<u8, f32>(&permuted) {
-            Ok(x) => Ok(Cow::Owned(encode(c, Floats::F32(x))?)),
-            Err(_) => Ok(Cow::Owned(encode(c, Floats::F32(&dense_to_f32(DType::F32, &permuted)))?)),
-        },
+        (StorageFormat::Dense(DType::F32), StorageFormat::Quant(c)) => {
+            match bytemuck::try_cast_slice::<u8, f32>(&permuted) {
+                Ok(x) => Ok(Cow::Owned(encode(c, Floats::F32(x))?)),
+                Err(_) => Ok(Cow::Owned(encode(c, Floats::F32(&dense_to_f32(DType::F32, &permuted)))?)),
+            }
+        }
         (StorageFormat::Dense(d @ (DType::F16 | DType::Bf16)), StorageFormat::Quant(c)) => {
             let halves: Cow<'_, [u16]> = match bytemuck::try_cast_slice::<u8, u16>(&permuted) {
                 Ok(x) => Cow::Borrowed(x),

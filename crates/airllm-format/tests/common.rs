@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
-
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};

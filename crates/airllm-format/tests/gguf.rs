@@ -124,9 +124,11 @@ fn smollm2_shards_verify_and_q_k_rows_are_unpermuted() {
         assert!(tmp.path().join(f).is_file(), "{f} written next to the manifest");
     }
 
-    for (layer, role, gguf_name, heads) in
-        [(0, Role::Q, "blk.0.attn_q.weight", 9), (0, Role::K, "blk.0.attn_k.weight", 3), (17, Role::Q, "blk.17.attn_q.weight", 9)]
-    {
+    for (layer, role, gguf_name, heads) in [
+        (0, Role::Q, "blk.0.attn_q.weight", 9),
+        (0, Role::K, "blk.0.attn_k.weight", 3),
+        (17, Role::Q, "blk.17.attn_q.weight", 9),
+    ] {
         let t = src.tensors().iter().find(|t| t.name == gguf_name).unwrap();
         assert_eq!(t.row_perm, Some(RowPermutation::UnpermuteGgufQk { heads }));
         let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -144,7 +146,11 @@ fn smollm2_shards_verify_and_q_k_rows_are_unpermuted() {
                 for i in 0..d / 2 {
                     let hf = h * d + j * (d / 2) + i;
                     let gg = h * d + 2 * i + j;
-                    assert_eq!(&sharded[hf * rb..(hf + 1) * rb], &stored[gg * rb..(gg + 1) * rb], "{gguf_name} row {hf}");
+                    assert_eq!(
+                        &sharded[hf * rb..(hf + 1) * rb],
+                        &stored[gg * rb..(gg + 1) * rb],
+                        "{gguf_name} row {hf}"
+                    );
                 }
             }
         }
@@ -208,8 +214,35 @@ fn smollm2_tokenizer_matches_transformers() {
         {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
     let original = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&original).unwrap()).unwrap();
     let pieces = [
-        "a", "The", " ", "  ", "\n", "\t", "0", "42", "1999", ".", ",", "'s", "'ll", "é", "ß", "日本", "😀", "👨‍👩‍👧",
-        "<|im_end|>", "(", ")", "{", "}", "--", "...", "Ünïcödé", "\r\n", "x=1;", "   \n",
+        "a",
+        "The",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "0",
+        "42",
+        "1999",
+        ".",
+        ",",
+        "'s",
+        "'ll",
+        "é",
+        "ß",
+        "日本",
+        "😀",
+        "👨‍👩‍👧",
+        "<|im_end|>",
+        "(",
+        ")",
+        "{",
+        "}",
+        "--",
+        "...",
+        "Ünïcödé",
+        "\r\n",
+        "x=1;",
+        "   \n",
     ];
     let mut seed = 7u64;
     for n in 0..200 {
@@ -326,11 +359,12 @@ fn handmade_file_layout_metadata_and_reversed_dims() {
             assert_eq!(t.offset % align, 0, "{} aligned", t.name);
             assert_eq!(t.file_offset, m.data_offset + t.offset);
         }
-        let at = |t: &airllm_format::gguf::GgufTensorInfo| &bytes[t.file_offset as usize..(t.file_offset + t.byte_len) as usize];
+        let at = |t: &airllm_format::gguf::GgufTensorInfo| {
+            &bytes[t.file_offset as usize..(t.file_offset + t.byte_len) as usize]
+        };
         let got_a: Vec<f32> = at(ta).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(got_a, a);
-        let got_h: Vec<f32> =
-            at(tb).chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let got_h: Vec<f32> = at(tb).chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
         assert_eq!(got_h, h);
         let got_q = Codec::Q8_0.decode_matrix(at(tq), 3, 64).unwrap();
         for (g, w) in got_q.iter().zip(&q) {
@@ -473,7 +507,9 @@ fn tiny_llama(q_type: GgmlType) -> GgufBuilder {
         .kv("llama.rope.dimension_count", GgufValue::U32(hd as u32));
     let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
-    for t in ["▁", "H", "e", "l", "o", "▁H", "ll", "▁He", "llo", "▁Hello", "w", "r", "d", "▁w", "or", "▁wor", "ld", "▁world"] {
+    for t in
+        ["▁", "H", "e", "l", "o", "▁H", "ll", "▁He", "llo", "▁Hello", "w", "r", "d", "▁w", "or", "▁wor", "ld", "▁world"]
+    {
         tokens.push(t.into());
     }
     let mut scores: Vec<f32> = vec![0.0; tokens.len()];
@@ -537,7 +573,10 @@ fn tiny_llama_with_sentencepiece_vocab_shards_and_tokenizes() {
     tiny_llama(GgmlType::F32).write(&path).unwrap();
     let src = GgufSource::open(&path).unwrap();
     let spec = src.spec();
-    assert_eq!((spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim), (2, 64, 4, 2, 16));
+    assert_eq!(
+        (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim),
+        (2, 64, 4, 2, 16)
+    );
     assert_eq!(spec.vocab_size, 300);
     assert!(spec.tie_word_embeddings);
     assert_eq!(spec.rope.theta, 10000.0);
@@ -634,11 +673,11 @@ fn byte_level_pre_tokenizers_split_digits_as_llama_cpp_does() {
     let mut types = vec![1i32; tokens.len()];
     types[0] = 3;
     for (pre, want) in [
-        ("llama-bpe", vec!["123", "456", "7"]), // \p{N}{1,3}
-        ("qwen2", vec!["1", "2", "3", "4", "5", "6", "7"]), // \p{N}
+        ("llama-bpe", vec!["123", "456", "7"]),              // \p{N}{1,3}
+        ("qwen2", vec!["1", "2", "3", "4", "5", "6", "7"]),  // \p{N}
         ("smollm", vec!["1", "2", "3", "4", "5", "6", "7"]), // Digits(individual)
-        ("gpt2", vec!["12", "34", "5", "6", "7"]), // one pre-token, merges by rank
-        ("some-new-pre", vec!["12", "34", "5", "6", "7"]), // unknown: warning, GPT-2 regex
+        ("gpt2", vec!["12", "34", "5", "6", "7"]),           // one pre-token, merges by rank
+        ("some-new-pre", vec!["12", "34", "5", "6", "7"]),   // unknown: warning, GPT-2 regex
     ] {
         let mut b = GgufBuilder::new();
         b.kv("general.architecture", GgufValue::String("llama".into()))

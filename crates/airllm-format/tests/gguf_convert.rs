@@ -11,7 +11,9 @@ use std::path::Path;
 use airllm_format::dtype::dense_to_f32;
 use airllm_format::gguf::{GgmlType, GgufBuilder, GgufSource, GgufValue};
 use airllm_format::shard_dir::decode_tensor;
-use airllm_format::{Checkpoint, DType, Family, NormKind, Role, ShardDir, StorageFormat, TensorSource, Unit, write_shards};
+use airllm_format::{
+    Checkpoint, DType, Family, NormKind, Role, ShardDir, StorageFormat, TensorSource, Unit, write_shards,
+};
 
 fn fixture(family: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(family)
@@ -110,8 +112,12 @@ fn convert(family_dir: &Path, out: &Path) {
         b.kv("llama.expert_count", GgufValue::U32(m.num_experts as u32));
         b.kv("llama.expert_used_count", GgufValue::U32(m.top_k as u32));
     }
-    if let airllm_format::RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } =
-        s.rope.scaling
+    if let airllm_format::RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = s.rope.scaling
     {
         // convert_hf_to_gguf.py LlamaModel.generate_extra_tensors.
         let d = s.rope.rotary_dim;
@@ -179,11 +185,14 @@ fn convert(family_dir: &Path, out: &Path) {
             Role::Q if permute => bytes = permute_rows(&bytes, rows, s.num_heads),
             Role::K if permute => bytes = permute_rows(&bytes, rows, s.num_kv_heads),
             Role::ExpertGate(e) | Role::ExpertUp(e) | Role::ExpertDown(e) => {
-                let (Unit::Layer(l), kind) = (t.unit, match t.role {
-                    Role::ExpertGate(_) => "ffn_gate_exps",
-                    Role::ExpertUp(_) => "ffn_up_exps",
-                    _ => "ffn_down_exps",
-                }) else {
+                let (Unit::Layer(l), kind) = (
+                    t.unit,
+                    match t.role {
+                        Role::ExpertGate(_) => "ffn_gate_exps",
+                        Role::ExpertUp(_) => "ffn_up_exps",
+                        _ => "ffn_down_exps",
+                    },
+                ) else {
                     panic!()
                 };
                 experts.entry((l, kind)).or_default().push((e, bytes, t.shape.clone(), dt));
@@ -277,8 +286,12 @@ fn converted_fixtures_shard_to_the_same_weights_spec_and_tokens() {
             }
         }
         texts.extend(
-            ["The cat sat on the mat, and the dog", "On 12 March 2024 we met at the café in 日本; it was 7:30!", "</s><pad> x  y\n"]
-                .map(str::to_owned),
+            [
+                "The cat sat on the mat, and the dog",
+                "On 12 March 2024 we met at the café in 日本; it was 7:30!",
+                "</s><pad> x  y\n",
+            ]
+            .map(str::to_owned),
         );
         for text in &texts {
             let a = tok.encode(text.as_str(), true).unwrap();

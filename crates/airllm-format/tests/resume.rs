@@ -93,7 +93,10 @@ fn compressed_sharding_records_codecs() {
     let got = dir.tensor_f32(airllm_format::Unit::Layer(0), airllm_format::Role::Q).unwrap();
     let plain = tempfile::tempdir().unwrap();
     write_shards(&ck, plain.path(), &quiet()).unwrap();
-    let want = ShardDir::open(plain.path()).unwrap().tensor_f32(airllm_format::Unit::Layer(0), airllm_format::Role::Q).unwrap();
+    let want = ShardDir::open(plain.path())
+        .unwrap()
+        .tensor_f32(airllm_format::Unit::Layer(0), airllm_format::Role::Q)
+        .unwrap();
     let max_abs = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= max_abs / 127.0, "{a} vs {b}");

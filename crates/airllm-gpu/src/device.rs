@@ -144,9 +144,7 @@ impl GpuContext {
             .collect();
         let adapter = adapters
             .into_iter()
-            .filter(|a| {
-                wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
+            .filter(|a| wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
             .min_by_key(|a| {
                 let i = a.get_info();
                 (type_rank(i.device_type), backend_rank(i.backend))
@@ -177,9 +175,10 @@ impl GpuContext {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        let (device, queue) = adapter.request_device(&desc).await.map_err(|source| {
-            GpuError::RequestDevice { adapter: info.name.clone(), source }
-        })?;
+        let (device, queue) = adapter
+            .request_device(&desc)
+            .await
+            .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
         let limits = device.limits();
         let features = device.features();
         let mut max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
@@ -287,9 +286,7 @@ impl GpuContext {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16).div_ceil(16) * 16,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }

@@ -73,10 +73,10 @@ pub use device::{GpuBackend, GpuContext, GpuOptions};
 pub use error::GpuError;
 pub use kernels::WeightFormat;
 pub use pipeline::{Activation, GemmTile, PipelineCache, PipelineKey};
-pub use shaders::{dump_wgsl, validate_all_shaders};
 pub use pool::{BufView, BufferPool, KvCache, KvLayout, SlotLayout, SlotPool};
 pub use readback::{read_buffer_bytes, read_buffer_f32, read_buffer_u32};
 pub use recorder::{Recorded, Recorder};
+pub use shaders::{dump_wgsl, validate_all_shaders};
 pub use staging::{MappedPtr, StagingBuffer};
 pub use timing::{GpuProfile, KernelTime};
 

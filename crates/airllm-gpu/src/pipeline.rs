@@ -38,7 +38,6 @@ impl GemmTile {
         128
     }
 
-
     /// Threads per workgroup (16 along rows, size / 8 along tokens).
     pub fn threads(self) -> u32 {
         16 * self.size() / 8
@@ -182,7 +181,11 @@ impl PipelineKey {
     /// Rows per invocation (and per team) of a GEMV variant: the
     /// activations of a unit are read once for this many rows.
     pub(crate) fn gemv_rows(tokens: u8) -> u32 {
-        match tokens { 1 => 8, 2 => 4, _ => 2 }
+        match tokens {
+            1 => 8,
+            2 => 4,
+            _ => 2,
+        }
     }
 
     /// Rows per workgroup of a GEMV variant.
@@ -257,8 +260,7 @@ impl PipelineKey {
     /// The composed WGSL of this variant.
     pub fn wgsl(&self) -> Result<String> {
         let label = self.to_string();
-        preprocess(self.shader(), &self.defines(), &label)
-            .map_err(|reason| GpuError::Preprocess { label, reason })
+        preprocess(self.shader(), &self.defines(), &label).map_err(|reason| GpuError::Preprocess { label, reason })
     }
 
     /// A coarser label for profiles: op and weight format, e.g. `gemv/q4_0`.

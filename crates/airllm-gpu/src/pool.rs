@@ -150,9 +150,7 @@ impl SlotPool {
                 ),
             ));
         }
-        let slots = (0..count)
-            .map(|i| ctx.create_storage_buffer(&format!("{label}[{i}]"), slot_bytes))
-            .collect();
+        let slots = (0..count).map(|i| ctx.create_storage_buffer(&format!("{label}[{i}]"), slot_bytes)).collect();
         Ok(SlotPool { slots, slot_bytes })
     }
 
@@ -228,9 +226,7 @@ impl KvCache {
             ));
         }
         let v_offset = t.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-        let layers = (0..layers)
-            .map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), v_offset + t))
-            .collect();
+        let layers = (0..layers).map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), v_offset + t)).collect();
         Ok(KvCache { layout, v_offset, layers })
     }
 

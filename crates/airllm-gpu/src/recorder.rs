@@ -112,10 +112,9 @@ impl<'a> Recorder<'a> {
             entries: &entries,
         });
         let timestamp_writes = self.timer.as_mut().map(|t| t.next(device, key.profile_label()));
-        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(cached.label.as_str()),
-            timestamp_writes,
-        });
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(cached.label.as_str()), timestamp_writes });
         pass.set_pipeline(&cached.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);

@@ -254,12 +254,9 @@ pub fn validate_key(key: &PipelineKey) -> Result<()> {
         // unpack2x16float: a downlevel flag every Vulkan/Metal/DX12 adapter has
         | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
         | naga::valid::Capabilities::SUBGROUP;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .validate(&module)
-        .map_err(|e| GpuError::ShaderInvalid {
-            label: label.clone(),
-            report: e.emit_to_string_with_path(&src, &label),
-        })?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps).validate(&module).map_err(|e| {
+        GpuError::ShaderInvalid { label: label.clone(), report: e.emit_to_string_with_path(&src, &label) }
+    })?;
     Ok(())
 }
 

@@ -130,7 +130,11 @@ impl StagingBuffer {
     /// [`MappedPtr::write`]). Valid until [`unmap`](Self::unmap).
     pub fn mapped_ptr(&mut self) -> Result<MappedPtr> {
         if !self.mapped {
-            return Err(GpuError::arg("StagingBuffer::mapped_ptr", "self", format!("{} is not mapped: call map first", self.label)));
+            return Err(GpuError::arg(
+                "StagingBuffer::mapped_ptr",
+                "self",
+                format!("{} is not mapped: call map first", self.label),
+            ));
         }
         if self.view.is_none() {
             let view = self
@@ -176,7 +180,11 @@ impl StagingBuffer {
         size: u64,
     ) -> Result<()> {
         if self.mapped {
-            return Err(GpuError::arg("StagingBuffer::encode_copy", "self", format!("{} is still mapped: unmap first", self.label)));
+            return Err(GpuError::arg(
+                "StagingBuffer::encode_copy",
+                "self",
+                format!("{} is still mapped: unmap first", self.label),
+            ));
         }
         if !(src_offset.is_multiple_of(4) && dst_offset.is_multiple_of(4) && size.is_multiple_of(4)) {
             return Err(GpuError::arg(

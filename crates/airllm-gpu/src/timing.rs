@@ -162,10 +162,8 @@ pub(crate) struct TimerReadback {
 impl TimerReadback {
     pub(crate) fn collect(self, ctx: &GpuContext, index: wgpu::SubmissionIndex) -> Result<Vec<(String, f64)>> {
         let raw = crate::readback::map_read(ctx, &self.read, 0, self.read.size(), Some(index))?;
-        let ticks: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let ticks: Vec<u64> =
+            raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
         let period = f64::from(ctx.queue().get_timestamp_period());
         let set_len = 2 * PAIRS as usize;
         Ok(self

@@ -25,7 +25,9 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, &bytes)?;
         shards.push(ShardSpec::new(path, bytes.len() as u64));
     }
-    let chunk: usize = std::env::var("CHUNK_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(airllm_io::DEFAULT_CHUNK_BYTES >> 20) << 20;
+    let chunk: usize =
+        std::env::var("CHUNK_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(airllm_io::DEFAULT_CHUNK_BYTES >> 20)
+            << 20;
     let depth: usize = std::env::var("DEPTH").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let mut runs = vec![];
     for t in [1, 2, 4] {
@@ -37,13 +39,15 @@ fn main() -> anyhow::Result<()> {
     for t in [1, 2, 4] {
         runs.push((ReadMode::Direct, t));
     }
-    println!("{files} files x {mib} MiB in {}, chunk {} MiB, depth {depth}, {passes} passes", tmp.path().display(), chunk >> 20);
-    let only: Option<Vec<ReadMode>> = std::env::var("MODES")
-        .ok()
-        .map(|m| m.split(',').filter_map(|s| s.parse().ok()).collect());
-    let threads_list: Option<Vec<usize>> = std::env::var("THREADS")
-        .ok()
-        .map(|m| m.split(',').filter_map(|s| s.parse().ok()).collect());
+    println!(
+        "{files} files x {mib} MiB in {}, chunk {} MiB, depth {depth}, {passes} passes",
+        tmp.path().display(),
+        chunk >> 20
+    );
+    let only: Option<Vec<ReadMode>> =
+        std::env::var("MODES").ok().map(|m| m.split(',').filter_map(|s| s.parse().ok()).collect());
+    let threads_list: Option<Vec<usize>> =
+        std::env::var("THREADS").ok().map(|m| m.split(',').filter_map(|s| s.parse().ok()).collect());
     runs.retain(|(m, t)| {
         only.as_ref().is_none_or(|o| o.contains(m)) && threads_list.as_ref().is_none_or(|l| l.contains(t))
     });

@@ -43,8 +43,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        let cols: Vec<String> =
-            runs.iter().zip(gbps).map(|((m, t), g)| format!("{m} {t}t {:.2}", median(g))).collect();
+        let cols: Vec<String> = runs.iter().zip(gbps).map(|((m, t), g)| format!("{m} {t}t {:.2}", median(g))).collect();
         println!("{files} x {mib} MiB: {} GB/s", cols.join(" | "));
     }
     Ok(())

@@ -273,8 +273,7 @@ pub fn run_io_bench(shards: &[ShardSpec], opts: &ReaderOptions, passes: usize) -
     let (d, ..) = reader_pass(shards, dests, opts)?;
     dests = d;
 
-    let (mut read_t, mut plain_t, mut wait_t, mut fallbacks) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
+    let (mut read_t, mut plain_t, mut wait_t, mut fallbacks) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
     let (mut read_g, mut plain_g, mut small_g, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..passes {
         small_g.push(gbps(bytes, small(PLAIN_BUF_BYTES)?.1));

@@ -105,8 +105,7 @@ impl AlignedBuf {
     pub fn new(len: usize) -> Self {
         if len == 0 {
             // A dangling but aligned pointer, never dereferenced or freed.
-            let ptr = NonNull::new(std::ptr::without_provenance_mut(DIRECT_ALIGN))
-                .unwrap_or(NonNull::dangling());
+            let ptr = NonNull::new(std::ptr::without_provenance_mut(DIRECT_ALIGN)).unwrap_or(NonNull::dangling());
             return Self { ptr, len };
         }
         let layout = Self::layout(len);

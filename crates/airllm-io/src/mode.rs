@@ -140,10 +140,7 @@ pub(crate) fn open(path: &Path, mode: ReadMode, expected: u64) -> Result<Opened,
 }
 
 fn check_len(path: &Path, file: &File, expected: u64) -> Result<(), IoError> {
-    let actual = file
-        .metadata()
-        .map_err(|source| IoError::Open { path: path.to_path_buf(), source })?
-        .len();
+    let actual = file.metadata().map_err(|source| IoError::Open { path: path.to_path_buf(), source })?.len();
     if actual < expected {
         return Err(IoError::Truncated { path: path.to_path_buf(), expected, actual });
     }
@@ -222,27 +219,19 @@ const MAX_CALL: usize = 64 << 20;
 /// # Safety
 ///
 /// `dst` must be valid for writes of `len` bytes.
-unsafe fn pread_exact(
-    file: &File,
-    ctx: &ShardCtx<'_>,
-    dst: *mut u8,
-    len: usize,
-    offset: u64,
-) -> Result<(), IoError> {
+unsafe fn pread_exact(file: &File, ctx: &ShardCtx<'_>, dst: *mut u8, len: usize, offset: u64) -> Result<(), IoError> {
     let mut done = 0usize;
     while done < len {
         let at = offset + done as u64;
         let want = (len - done).min(MAX_CALL);
         // SAFETY: `done + want <= len`, inside the caller's range.
-        let got = unsafe { pread_once(file, dst.add(done), want, at) }.map_err(|source| {
-            IoError::Read { path: ctx.path.to_path_buf(), offset: at, source }
+        let got = unsafe { pread_once(file, dst.add(done), want, at) }.map_err(|source| IoError::Read {
+            path: ctx.path.to_path_buf(),
+            offset: at,
+            source,
         })?;
         if got == 0 {
-            return Err(IoError::Truncated {
-                path: ctx.path.to_path_buf(),
-                expected: ctx.len,
-                actual: at,
-            });
+            return Err(IoError::Truncated { path: ctx.path.to_path_buf(), expected: ctx.len, actual: at });
         }
         done += got;
     }
@@ -310,10 +299,8 @@ pub(crate) unsafe fn read_at(
                     let file = match buffered.get() {
                         Some(f) => f,
                         None => {
-                            let f = File::open(ctx.path).map_err(|source| IoError::Open {
-                                path: ctx.path.to_path_buf(),
-                                source,
-                            })?;
+                            let f = File::open(ctx.path)
+                                .map_err(|source| IoError::Open { path: ctx.path.to_path_buf(), source })?;
                             let _ = buffered.set(f);
                             buffered.get().ok_or_else(|| IoError::Open {
                                 path: ctx.path.to_path_buf(),
@@ -366,8 +353,7 @@ unsafe fn direct_read(
     bounce: &mut Option<AlignedBuf>,
 ) -> Result<(), IoError> {
     let read_err = |at: u64, source| IoError::Read { path: ctx.path.to_path_buf(), offset: at, source };
-    let truncated =
-        |got: u64| IoError::Truncated { path: ctx.path.to_path_buf(), expected: ctx.len, actual: got };
+    let truncated = |got: u64| IoError::Truncated { path: ctx.path.to_path_buf(), expected: ctx.len, actual: got };
     debug_assert!(offset.is_multiple_of(DIRECT_ALIGN as u64));
     // Whole blocks in place when the destination is aligned.
     let mut done = 0usize;
@@ -412,7 +398,6 @@ unsafe fn direct_read(
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,9 +421,7 @@ mod tests {
             let ctx = ShardCtx { path: &path, len: len as u64 };
             let mut bounce = None;
             // SAFETY: dst is valid for `len` bytes and unshared.
-            let r = unsafe {
-                read_at(&opened.source, &ctx, dst.as_mut_ptr(), len, 0, len, &mut bounce)
-            };
+            let r = unsafe { read_at(&opened.source, &ctx, dst.as_mut_ptr(), len, 0, len, &mut bounce) };
             match r {
                 Err(IoError::Truncated { actual, expected, path: p }) => {
                     assert_eq!(actual, 300_000, "{mode}");
@@ -465,9 +448,7 @@ mod tests {
             let mut dst = AlignedBuf::new(len + skew);
             let mut bounce = None;
             // SAFETY: `len` bytes from `skew` are inside dst, unshared.
-            let r = unsafe {
-                read_at(&opened.source, &ctx, dst.as_mut_ptr().add(skew), len, 0, len, &mut bounce)
-            };
+            let r = unsafe { read_at(&opened.source, &ctx, dst.as_mut_ptr().add(skew), len, 0, len, &mut bounce) };
             r.unwrap();
             assert!(dst[skew..] == bytes[..], "skew {skew}");
         }

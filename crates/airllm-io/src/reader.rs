@@ -331,8 +331,7 @@ impl<D: Destination> Reader<D> {
                 continue;
             };
             if usize::try_from(spec.len).map_or(true, |l| l > self.max_capacity) {
-                let error =
-                    IoError::TooLarge { path: spec.path.clone(), len: spec.len, capacity: self.max_capacity };
+                let error = IoError::TooLarge { path: spec.path.clone(), len: spec.len, capacity: self.max_capacity };
                 self.queue.push_back(Slot { shard, job: None, dest: None, error: Some(error) });
                 continue;
             }
@@ -378,9 +377,8 @@ impl<D: Destination> Reader<D> {
         // SAFETY: the Destination contract makes `ptr` valid for `room >=
         // spec.len` bytes (checked in `fill`), lent to the reader; the slot
         // keeps `dest` (alive, unused) until the job is done.
-        let job = Arc::new(unsafe {
-            Job::new(spec.path.clone(), spec.len, checksum, ptr, room, opened.source, chunks)
-        });
+        let job =
+            Arc::new(unsafe { Job::new(spec.path.clone(), spec.len, checksum, ptr, room, opened.source, chunks) });
         self.lent += 1;
         self.max_in_flight = self.max_in_flight.max(self.lent);
         self.pool.submit(&job);

@@ -23,11 +23,7 @@ pub struct ShardWait {
 impl ShardWait {
     /// Mean wait, zero if never delivered.
     pub fn mean(&self) -> Duration {
-        if self.count == 0 {
-            Duration::ZERO
-        } else {
-            self.total.div_f64(self.count as f64)
-        }
+        if self.count == 0 { Duration::ZERO } else { self.total.div_f64(self.count as f64) }
     }
 }
 

@@ -217,10 +217,7 @@ impl Pool {
             if tx.send(chunk).is_err() {
                 // Unreachable while we hold a receiver-side thread; account
                 // for the chunks that will never run.
-                job.fail(IoError::WorkerPanic {
-                    path: job.path.clone(),
-                    message: "all worker threads exited".into(),
-                });
+                job.fail(IoError::WorkerPanic { path: job.path.clone(), message: "all worker threads exited".into() });
                 let left = len.div_ceil(self.chunk_bytes) - offset / self.chunk_bytes;
                 if job.remaining.fetch_sub(left, Ordering::AcqRel) == left {
                     job.finish(&self.shared);
@@ -273,9 +270,7 @@ fn worker_loop(rx: &Receiver<Chunk>, done_tx: &Sender<()>, shared: &Shared) {
         let job = &chunk.job;
         if !shared.cancel.load(Ordering::Relaxed) && !job.failed.load(Ordering::Relaxed) {
             let t = Instant::now();
-            let res = panic::catch_unwind(AssertUnwindSafe(|| {
-                job.read_chunk(chunk.offset, chunk.len, &mut bounce)
-            }));
+            let res = panic::catch_unwind(AssertUnwindSafe(|| job.read_chunk(chunk.offset, chunk.len, &mut bounce)));
             shared.counters.add_read_time(t.elapsed());
             match res {
                 Ok(Ok(())) => {}

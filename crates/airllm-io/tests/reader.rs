@@ -22,11 +22,7 @@ fn write_shards(dir: &Path, sizes: &[usize], seed: u64) -> (Vec<ShardSpec>, Vec<
         rng.fill(&mut bytes[..]);
         let path = dir.join(format!("shard{i:03}.bin"));
         std::fs::write(&path, &bytes).expect("write shard");
-        specs.push(ShardSpec {
-            path,
-            len: len as u64,
-            checksum: Some(xxhash_rust::xxh3::xxh3_64(&bytes)),
-        });
+        specs.push(ShardSpec { path, len: len as u64, checksum: Some(xxhash_rust::xxh3::xxh3_64(&bytes)) });
         contents.push(bytes);
     }
     (specs, contents)
@@ -232,10 +228,7 @@ fn truncated_file_is_named() {
         let mut reader = Reader::new(specs.clone(), 0..3, dests, opts(mode, 2, 2, 4096)).unwrap();
         assert_eq!(reader.next().unwrap().unwrap().shard, 0);
         let e = expect_err(&mut reader);
-        assert!(
-            matches!(e, IoError::Truncated { expected: 40_960, actual: 20_000, .. }),
-            "{mode}: {e:?}"
-        );
+        assert!(matches!(e, IoError::Truncated { expected: 40_960, actual: 20_000, .. }), "{mode}: {e:?}");
         names(&e, &specs[1].path);
         assert!(e.to_string().contains("re-run the shard tool"));
         // The stream goes on after the error.
@@ -297,7 +290,8 @@ fn too_large_names_both_sizes() {
 fn bad_index_and_starvation() {
     let dir = tempdir();
     let (specs, _) = write_shards(dir.path(), &[1000, 2000], 19);
-    let mut reader = Reader::new(specs, [0, 5, 1, 0], vec![vec![0u8; 2000]], opts(ReadMode::Pread, 4, 1, 4096)).unwrap();
+    let mut reader =
+        Reader::new(specs, [0, 5, 1, 0], vec![vec![0u8; 2000]], opts(ReadMode::Pread, 4, 1, 4096)).unwrap();
     assert_eq!(reader.options().depth, 1);
     let held = reader.next().unwrap().unwrap();
     assert!(matches!(expect_err(&mut reader), IoError::BadIndex { index: 5, count: 2 }));

@@ -49,11 +49,7 @@ fn main() -> Result<()> {
     let mut sources: Vec<String> = std::env::args().skip(1).collect();
     if sources.is_empty() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dequant.safetensors");
-        sources = vec![
-            fixture.display().to_string(),
-            "gaussian:1024x4096".into(),
-            "t4:1024x4096".into(),
-        ];
+        sources = vec![fixture.display().to_string(), "gaussian:1024x4096".into(), "t4:1024x4096".into()];
     }
     for src in &sources {
         let mats = load(src)?;
@@ -109,9 +105,7 @@ fn load(src: &str) -> Result<Vec<Matrix>> {
     if let Some((kind, shape)) = src.split_once(':')
         && (kind == "gaussian" || kind == "t4")
     {
-        let (r, c) = shape
-            .split_once('x')
-            .context("synthetic shape is ROWSxCOLS")?;
+        let (r, c) = shape.split_once('x').context("synthetic shape is ROWSxCOLS")?;
         let (rows, cols): (usize, usize) = (r.parse()?, c.parse()?);
         let mut rng = StdRng::seed_from_u64(0x5eed);
         let mut normal = move || {
@@ -131,16 +125,10 @@ fn load(src: &str) -> Result<Vec<Matrix>> {
                 }
             })
             .collect();
-        return Ok(vec![Matrix {
-            name: src.to_owned(),
-            rows,
-            cols,
-            data,
-        }]);
+        return Ok(vec![Matrix { name: src.to_owned(), rows, cols, data }]);
     }
     let bytes = std::fs::read(src).with_context(|| format!("reading {src}"))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("parsing {src} as safetensors"))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {src} as safetensors"))?;
     let mut mats = Vec::new();
     let mut names = st.names();
     names.sort();
@@ -149,26 +137,12 @@ fn load(src: &str) -> Result<Vec<Matrix>> {
         let &[rows, cols] = t.shape() else { continue };
         let raw = t.data();
         let data: Vec<f32> = match t.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => continue,
         };
-        mats.push(Matrix {
-            name: name.to_owned(),
-            rows,
-            cols,
-            data,
-        });
+        mats.push(Matrix { name: name.to_owned(), rows, cols, data });
     }
     if mats.is_empty() {
         bail!("{src}: no 2-D F32/F16/BF16 tensors");

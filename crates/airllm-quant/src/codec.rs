@@ -120,11 +120,7 @@ impl Codec {
     /// [`row_bytes(x.len())`](Codec::row_bytes) bytes. A partial last block
     /// is encoded as if padded with zeros.
     pub fn encode_row(self, x: Floats<'_>, out: &mut [u8]) -> Result<(), QuantError> {
-        check_len(
-            "output bytes (Codec::row_bytes(x.len()))",
-            self.row_bytes(x.len()),
-            out.len(),
-        )?;
+        check_len("output bytes (Codec::row_bytes(x.len()))", self.row_bytes(x.len()), out.len())?;
         dispatch!(self, encode_row_at(x, out, 0))
     }
 
@@ -137,12 +133,7 @@ impl Codec {
 
     /// Encodes a row-major `rows x cols` matrix, rows in parallel (rayon).
     /// Each row is encoded independently (see [`encode_row`](Codec::encode_row)).
-    pub fn encode_matrix(
-        self,
-        x: Floats<'_>,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Vec<u8>, QuantError> {
+    pub fn encode_matrix(self, x: Floats<'_>, rows: usize, cols: usize) -> Result<Vec<u8>, QuantError> {
         let bytes = self.checked_matrix_bytes(rows, cols)?;
         let mut out = vec![0; bytes];
         self.encode_matrix_into(x, rows, cols, &mut out)?;
@@ -153,22 +144,10 @@ impl Codec {
     /// [`matrix_bytes(rows, cols)`](Codec::matrix_bytes) bytes. On error the
     /// first failing element (lowest flat index) is reported, whatever order
     /// the threads ran in; `out` then holds partial output.
-    pub fn encode_matrix_into(
-        self,
-        x: Floats<'_>,
-        rows: usize,
-        cols: usize,
-        out: &mut [u8],
-    ) -> Result<(), QuantError> {
-        let values = rows
-            .checked_mul(cols)
-            .ok_or(QuantError::ShapeOverflow { rows, cols })?;
+    pub fn encode_matrix_into(self, x: Floats<'_>, rows: usize, cols: usize, out: &mut [u8]) -> Result<(), QuantError> {
+        let values = rows.checked_mul(cols).ok_or(QuantError::ShapeOverflow { rows, cols })?;
         check_len("input values (rows * cols)", values, x.len())?;
-        check_len(
-            "output bytes (Codec::matrix_bytes)",
-            self.checked_matrix_bytes(rows, cols)?,
-            out.len(),
-        )?;
+        check_len("output bytes (Codec::matrix_bytes)", self.checked_matrix_bytes(rows, cols)?, out.len())?;
         let row_bytes = self.row_bytes(cols);
         if row_bytes == 0 {
             return Ok(());
@@ -179,9 +158,7 @@ impl Codec {
             .enumerate()
             .filter_map(|(r, o)| {
                 let row = x.slice(r * cols..(r + 1) * cols);
-                dispatch!(self, encode_row_at(row, o, r * cols))
-                    .err()
-                    .map(|e| (r, e))
+                dispatch!(self, encode_row_at(row, o, r * cols)).err().map(|e| (r, e))
             })
             .min_by_key(|(r, _)| *r);
         match first_error {
@@ -194,11 +171,7 @@ impl Codec {
     /// [`row_bytes(cols)`](Codec::row_bytes)) into `out` (exactly `cols`).
     /// Padding values of the last block are dropped.
     pub fn decode_row(self, bytes: &[u8], cols: usize, out: &mut [f32]) -> Result<(), QuantError> {
-        check_len(
-            "encoded row bytes (Codec::row_bytes(cols))",
-            self.row_bytes(cols),
-            bytes.len(),
-        )?;
+        check_len("encoded row bytes (Codec::row_bytes(cols))", self.row_bytes(cols), bytes.len())?;
         check_len("output values (cols)", cols, out.len())?;
         dispatch!(self, decode_row_into(bytes, out));
         Ok(())
@@ -212,15 +185,8 @@ impl Codec {
     }
 
     /// Decodes a `rows x cols` matrix (rows in parallel) into a new buffer.
-    pub fn decode_matrix(
-        self,
-        bytes: &[u8],
-        rows: usize,
-        cols: usize,
-    ) -> Result<Vec<f32>, QuantError> {
-        let values = rows
-            .checked_mul(cols)
-            .ok_or(QuantError::ShapeOverflow { rows, cols })?;
+    pub fn decode_matrix(self, bytes: &[u8], rows: usize, cols: usize) -> Result<Vec<f32>, QuantError> {
+        let values = rows.checked_mul(cols).ok_or(QuantError::ShapeOverflow { rows, cols })?;
         let mut out = vec![0.0; values];
         self.decode_matrix_into(bytes, rows, cols, &mut out)?;
         Ok(out)
@@ -228,21 +194,9 @@ impl Codec {
 
     /// Decodes a `rows x cols` matrix (rows in parallel) into `out` of exactly
     /// `rows * cols` values.
-    pub fn decode_matrix_into(
-        self,
-        bytes: &[u8],
-        rows: usize,
-        cols: usize,
-        out: &mut [f32],
-    ) -> Result<(), QuantError> {
-        let values = rows
-            .checked_mul(cols)
-            .ok_or(QuantError::ShapeOverflow { rows, cols })?;
-        check_len(
-            "encoded bytes (Codec::matrix_bytes)",
-            self.checked_matrix_bytes(rows, cols)?,
-            bytes.len(),
-        )?;
+    pub fn decode_matrix_into(self, bytes: &[u8], rows: usize, cols: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        let values = rows.checked_mul(cols).ok_or(QuantError::ShapeOverflow { rows, cols })?;
+        check_len("encoded bytes (Codec::matrix_bytes)", self.checked_matrix_bytes(rows, cols)?, bytes.len())?;
         check_len("output values (rows * cols)", values, out.len())?;
         let row_bytes = self.row_bytes(cols);
         if row_bytes == 0 {
@@ -284,8 +238,7 @@ impl Codec {
     }
 
     fn checked_matrix_bytes(self, rows: usize, cols: usize) -> Result<usize, QuantError> {
-        rows.checked_mul(self.row_bytes(cols))
-            .ok_or(QuantError::ShapeOverflow { rows, cols })
+        rows.checked_mul(self.row_bytes(cols)).ok_or(QuantError::ShapeOverflow { rows, cols })
     }
 }
 
@@ -343,11 +296,7 @@ pub(crate) const SLACK: f32 = 1.0 / (1u32 << 18) as f32;
 #[inline]
 pub(crate) fn to_f16(v: f32) -> Result<([u8; 2], f32), ScaleOverflow> {
     let h = f16::from_f32(v);
-    if h.is_finite() {
-        Ok((h.to_le_bytes(), h.to_f32()))
-    } else {
-        Err(ScaleOverflow)
-    }
+    if h.is_finite() { Ok((h.to_le_bytes(), h.to_f32())) } else { Err(ScaleOverflow) }
 }
 
 /// Reads the little-endian f16 at `b[at..at + 2]` widened to f32.
@@ -383,9 +332,7 @@ pub(crate) fn max_abs(x: &[f32]) -> f32 {
             m[k] = if a > m[k] { a } else { m[k] };
         }
     }
-    m.iter()
-        .chain(rest)
-        .fold(0.0f32, |acc, v| if v.abs() > acc { v.abs() } else { acc })
+    m.iter().chain(rest).fold(0.0f32, |acc, v| if v.abs() > acc { v.abs() } else { acc })
 }
 
 /// `(min, max)` of `x`, `(f32::MAX, -f32::MAX)` for an empty slice. For
@@ -403,27 +350,13 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
             hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
         }
     }
-    let min = lo
-        .iter()
-        .chain(rest)
-        .fold(f32::MAX, |m, &v| if v < m { v } else { m });
-    let max = hi
-        .iter()
-        .chain(rest)
-        .fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+    let min = lo.iter().chain(rest).fold(f32::MAX, |m, &v| if v < m { v } else { m });
+    let max = hi.iter().chain(rest).fold(-f32::MAX, |m, &v| if v > m { v } else { m });
     (min, max)
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), QuantError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(QuantError::Length {
-            what,
-            expected,
-            got,
-        })
-    }
+    if expected == got { Ok(()) } else { Err(QuantError::Length { what, expected, got }) }
 }
 
 fn rows_per_task(cols: usize) -> usize {
@@ -434,19 +367,11 @@ fn rows_per_task(cols: usize) -> usize {
 /// branch-free pass.
 #[inline]
 fn first_non_finite(x: &[f32]) -> Option<usize> {
-    if x.iter().fold(true, |ok, v| ok & v.is_finite()) {
-        None
-    } else {
-        x.iter().position(|v| !v.is_finite())
-    }
+    if x.iter().fold(true, |ok, v| ok & v.is_finite()) { None } else { x.iter().position(|v| !v.is_finite()) }
 }
 
 /// Encodes one row; `base` is the flat index of `x[0]`, for error messages.
-fn encode_row_at<C: BlockCodec>(
-    x: Floats<'_>,
-    out: &mut [u8],
-    base: usize,
-) -> Result<(), QuantError> {
+fn encode_row_at<C: BlockCodec>(x: Floats<'_>, out: &mut [u8], base: usize) -> Result<(), QuantError> {
     let mut buf = [0.0f32; MAX_BLOCK];
     let block = &mut buf[..C::BLOCK];
     for (i, o) in out.chunks_exact_mut(C::BYTES).enumerate() {
@@ -462,10 +387,7 @@ fn encode_row_at<C: BlockCodec>(
             }
         };
         if let Some(j) = first_non_finite(block) {
-            return Err(QuantError::NonFinite {
-                index: base + start + j,
-                value: block[j],
-            });
+            return Err(QuantError::NonFinite { index: base + start + j, value: block[j] });
         }
         C::encode_block(block, o).map_err(|ScaleOverflow| QuantError::ScaleOverflow {
             codec: C::CODEC,
@@ -480,10 +402,7 @@ fn encode_row_at<C: BlockCodec>(
 /// Decodes one row; `out.len()` is the number of columns.
 fn decode_row_into<C: BlockCodec>(bytes: &[u8], out: &mut [f32]) {
     let full = out.len() / C::BLOCK;
-    for (b, o) in bytes
-        .chunks_exact(C::BYTES)
-        .zip(out.chunks_exact_mut(C::BLOCK))
-    {
+    for (b, o) in bytes.chunks_exact(C::BYTES).zip(out.chunks_exact_mut(C::BLOCK)) {
         C::decode_block(b, o);
     }
     let rest = out.len() - full * C::BLOCK;
@@ -531,18 +450,7 @@ mod tests {
             assert_eq!(round_half_away(v), v.round() as i32, "{v}");
             v += 1.0 / 64.0;
         }
-        for v in [
-            0.49999997f32,
-            -0.49999997,
-            0.5,
-            -0.5,
-            1.5,
-            -2.5,
-            126.5,
-            -127.49999,
-            1e-30,
-            -0.0,
-        ] {
+        for v in [0.49999997f32, -0.49999997, 0.5, -0.5, 1.5, -2.5, 126.5, -127.49999, 1e-30, -0.0] {
             assert_eq!(round_half_away(v), v.round() as i32, "{v}");
         }
     }
@@ -558,45 +466,18 @@ mod tests {
         let e = "q5_k".parse::<Codec>().expect_err("unknown name");
         assert!(e.to_string().contains("q8_0, q4_0, q4_1, nf4"), "{e}");
         assert_eq!(
-            [Codec::Q8_0, Codec::Q4_0, Codec::Q4_1, Codec::Nf4]
-                .map(|c| (c.block_size(), c.block_bytes())),
+            [Codec::Q8_0, Codec::Q4_0, Codec::Q4_1, Codec::Nf4].map(|c| (c.block_size(), c.block_bytes())),
             [(32, 34), (32, 18), (32, 20), (64, 34)]
         );
     }
 
     #[test]
     fn length_errors_name_the_argument() {
-        let e = Codec::Q8_0
-            .encode_row(Floats::F32(&[0.0; 40]), &mut [0; 34])
-            .expect_err("short");
-        assert!(
-            matches!(
-                e,
-                QuantError::Length {
-                    expected: 68,
-                    got: 34,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = Codec::Q4_0
-            .decode_matrix(&[0; 18], 2, 32)
-            .expect_err("short");
-        assert!(
-            matches!(
-                e,
-                QuantError::Length {
-                    expected: 36,
-                    got: 18,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = Codec::Q4_0
-            .encode_matrix(Floats::F32(&[]), usize::MAX, 2)
-            .expect_err("overflow");
+        let e = Codec::Q8_0.encode_row(Floats::F32(&[0.0; 40]), &mut [0; 34]).expect_err("short");
+        assert!(matches!(e, QuantError::Length { expected: 68, got: 34, .. }), "{e}");
+        let e = Codec::Q4_0.decode_matrix(&[0; 18], 2, 32).expect_err("short");
+        assert!(matches!(e, QuantError::Length { expected: 36, got: 18, .. }), "{e}");
+        let e = Codec::Q4_0.encode_matrix(Floats::F32(&[]), usize::MAX, 2).expect_err("overflow");
         assert!(matches!(e, QuantError::ShapeOverflow { .. }), "{e}");
     }
 

@@ -101,10 +101,6 @@ mod tests {
         assert_eq!(Compression::None.codec(), None);
         let e = "2bit".parse::<Compression>().expect_err("unknown");
         assert!(matches!(&e, QuantError::UnknownCompression { name } if name == "2bit"));
-        assert!(
-            e.to_string()
-                .contains("none, 8bit, 4bit, q8_0, q4_0, q4_1, nf4"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("none, 8bit, 4bit, q8_0, q4_0, q4_1, nf4"), "{e}");
     }
 }

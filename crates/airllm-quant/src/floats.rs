@@ -118,11 +118,7 @@ mod tests {
         let f = [1.5f32, -2.25, 65504.0, 6.0e-8];
         let h: Vec<f16> = f.iter().map(|&v| f16::from_f32(v)).collect();
         let b: Vec<bf16> = f.iter().map(|&v| bf16::from_f32(v)).collect();
-        for x in [
-            Floats::from(&f[..]),
-            Floats::from(&h[..]),
-            Floats::from(&b[..]),
-        ] {
+        for x in [Floats::from(&f[..]), Floats::from(&h[..]), Floats::from(&b[..])] {
             assert_eq!(x.len(), 4);
             let v = x.to_f32_vec();
             for (i, &vi) in v.iter().enumerate() {

@@ -171,20 +171,14 @@ mod tests {
     fn thresholds_are_the_midpoints_and_codes_are_nearest() {
         for (k, &t) in NF4_THRESHOLDS.iter().enumerate() {
             let mid = (f64::from(NF4_TABLE[k]) + f64::from(NF4_TABLE[k + 1])) / 2.0;
-            assert!(
-                (f64::from(t) - mid).abs() < 1e-7,
-                "threshold {k}: {t} vs {mid}"
-            );
+            assert!((f64::from(t) - mid).abs() < 1e-7, "threshold {k}: {t} vs {mid}");
             // A tie goes to the lower code, as in bitsandbytes.
             assert_eq!(usize::from(nf4_code(t)), k);
         }
         for (k, &v) in NF4_TABLE.iter().enumerate() {
             assert_eq!(usize::from(nf4_code(v)), k);
         }
-        let gap = NF4_TABLE
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .fold(0.0f32, f32::max);
+        let gap = NF4_TABLE.windows(2).map(|w| w[1] - w[0]).fold(0.0f32, f32::max);
         assert_eq!(gap, NF4_MAX_GAP);
         assert_eq!(nf4_code(0.0), 7);
     }

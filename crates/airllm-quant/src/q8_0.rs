@@ -18,9 +18,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::codec::{
-    BlockCodec, Codec, SLACK, ScaleOverflow, max_abs, read_f16, round_half_away, to_f16,
-};
+use crate::codec::{BlockCodec, Codec, SLACK, ScaleOverflow, max_abs, read_f16, round_half_away, to_f16};
 
 /// Values per `q8_0` block.
 pub const QK8_0: usize = 32;

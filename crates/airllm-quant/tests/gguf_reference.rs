@@ -30,37 +30,19 @@ struct Case {
 fn load() -> Result<Vec<Case>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dequant.safetensors");
     let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let st =
-        SafeTensors::deserialize(&data).with_context(|| format!("parsing {}", path.display()))?;
+    let st = SafeTensors::deserialize(&data).with_context(|| format!("parsing {}", path.display()))?;
     let mut cases = Vec::new();
     for (name, codec) in TENSORS {
         let raw = st.tensor(&format!("{name}.raw_rows"))?;
         let deq = st.tensor(&format!("{name}.dequant_rows"))?;
-        ensure!(
-            raw.dtype() == Dtype::U8 && deq.dtype() == Dtype::F32,
-            "{name}: dtypes"
-        );
+        ensure!(raw.dtype() == Dtype::U8 && deq.dtype() == Dtype::F32, "{name}: dtypes");
         let (&[rows, row_bytes], &[rows2, cols]) = (raw.shape(), deq.shape()) else {
             bail!("{name}: expected 2-D tensors");
         };
         ensure!(rows == rows2, "{name}: row counts differ");
-        ensure!(
-            row_bytes == codec.row_bytes(cols),
-            "{name}: {row_bytes} bytes per row is not {codec} of {cols}"
-        );
-        let want = deq
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        cases.push(Case {
-            name,
-            codec,
-            rows,
-            cols,
-            raw: raw.data().to_vec(),
-            want,
-        });
+        ensure!(row_bytes == codec.row_bytes(cols), "{name}: {row_bytes} bytes per row is not {codec} of {cols}");
+        let want = deq.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        cases.push(Case { name, codec, rows, cols, raw: raw.data().to_vec(), want });
     }
     Ok(cases)
 }
@@ -81,9 +63,7 @@ fn decode_is_bit_identical_to_llama_cpp() -> Result<()> {
         }
         // The reference dot product agrees with the decoded values too.
         let rb = case.codec.row_bytes(case.cols);
-        let x: Vec<f32> = (0..case.cols)
-            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 56.0)
-            .collect();
+        let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919 % 113) as f32 - 56.0) / 56.0).collect();
         for r in 0..case.rows {
             let want: f64 = case.want[r * case.cols..][..case.cols]
                 .iter()
@@ -104,13 +84,10 @@ fn decode_is_bit_identical_to_llama_cpp() -> Result<()> {
 #[test]
 fn reencoding_decoded_rows_gives_the_gguf_bytes() -> Result<()> {
     for case in load()? {
-        let bytes = case
-            .codec
-            .encode_matrix(Floats::F32(&case.want), case.rows, case.cols)?;
+        let bytes = case.codec.encode_matrix(Floats::F32(&case.want), case.rows, case.cols)?;
         let bb = case.codec.block_bytes();
-        let differing: Vec<usize> = (0..bytes.len() / bb)
-            .filter(|&b| bytes[b * bb..][..bb] != case.raw[b * bb..][..bb])
-            .collect();
+        let differing: Vec<usize> =
+            (0..bytes.len() / bb).filter(|&b| bytes[b * bb..][..bb] != case.raw[b * bb..][..bb]).collect();
         assert!(
             differing.is_empty(),
             "{} ({}): {} of {} blocks differ, first {:?}",

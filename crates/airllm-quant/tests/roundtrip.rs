@@ -76,18 +76,12 @@ fn q4_1_block(bytes: &[u8], b: usize) -> (f32, f32, [u8; 32]) {
 
 fn check_round_trip(c: Codec, x: &[f32]) -> Result<(), TestCaseError> {
     let bs = c.block_size();
-    let bytes = c
-        .encode(x)
-        .map_err(|e| TestCaseError::fail(format!("{c}: {e}")))?;
+    let bytes = c.encode(x).map_err(|e| TestCaseError::fail(format!("{c}: {e}")))?;
     prop_assert_eq!(bytes.len(), c.row_bytes(x.len()));
-    let y = c
-        .decode(&bytes, x.len())
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let y = c.decode(&bytes, x.len()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // Decoding whole blocks also shows the padding.
     let padded_cols = x.len().div_ceil(bs) * bs;
-    let yp = c
-        .decode(&bytes, padded_cols)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let yp = c.decode(&bytes, padded_cols).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(&yp[..x.len()], &y[..]);
 
     for (b, blk) in padded_blocks(x, bs).iter().enumerate() {
@@ -96,34 +90,20 @@ fn check_round_trip(c: Codec, x: &[f32]) -> Result<(), TestCaseError> {
         for (j, &v) in blk.iter().enumerate() {
             let i = b * bs + j;
             let err = (v - yp[i]).abs();
-            prop_assert!(
-                err <= bound,
-                "{c}: element {i}: x {v} decoded {} error {err} > bound {bound}",
-                yp[i]
-            );
+            prop_assert!(err <= bound, "{c}: element {i}: x {v} decoded {} error {err} > bound {bound}", yp[i]);
         }
         if blk.iter().all(|&v| v == 0.0) {
-            prop_assert!(
-                yp[b * bs..(b + 1) * bs].iter().all(|&v| v == 0.0),
-                "{c}: zero block {b} decoded non-zero"
-            );
+            prop_assert!(yp[b * bs..(b + 1) * bs].iter().all(|&v| v == 0.0), "{c}: zero block {b} decoded non-zero");
         }
     }
     if c != Codec::Q4_1 {
-        prop_assert!(
-            yp[x.len()..].iter().all(|&v| v == 0.0),
-            "{c}: padding decoded non-zero"
-        );
+        prop_assert!(yp[x.len()..].iter().all(|&v| v == 0.0), "{c}: padding decoded non-zero");
     }
 
     // Stability: decoded data re-encodes to the same bytes.
-    let again = c
-        .encode(&y)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let again = c.encode(&y).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // Re-encoding the padded decode is the honest test for q4_1 (whose padding is not 0).
-    let again_padded = c
-        .encode(&yp)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let again_padded = c.encode(&yp).map_err(|e| TestCaseError::fail(e.to_string()))?;
     if c == Codec::Q4_1 {
         for b in 0..x.len().div_ceil(bs) {
             let (d, m, codes) = q4_1_block(&bytes, b);
@@ -133,17 +113,10 @@ fn check_round_trip(c: Codec, x: &[f32]) -> Result<(), TestCaseError> {
             });
             let range = b * 20..(b + 1) * 20;
             if exact {
-                prop_assert_eq!(
-                    &again_padded[range.clone()],
-                    &bytes[range],
-                    "q4_1 block {} not stable",
-                    b
-                );
+                prop_assert_eq!(&again_padded[range.clone()], &bytes[range], "q4_1 block {} not stable", b);
             }
         }
-        let y2 = c
-            .decode(&again_padded, padded_cols)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let y2 = c.decode(&again_padded, padded_cols).map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (b, blk) in padded_blocks(&yp, bs).iter().enumerate() {
             let bound = c.max_abs_error_bound(blk);
             for j in 0..bs {
@@ -258,15 +231,9 @@ fn scale_overflow_is_an_error_that_says_what_to_do() {
         x[40] = -c.max_encodable() * 1.01;
         match c.encode(&x) {
             Err(e @ QuantError::ScaleOverflow { .. }) => {
-                let QuantError::ScaleOverflow { index, codec, .. } = &e else {
-                    unreachable!()
-                };
+                let QuantError::ScaleOverflow { index, codec, .. } = &e else { unreachable!() };
                 assert_eq!(*codec, c);
-                assert_eq!(
-                    *index,
-                    40 / c.block_size() * c.block_size(),
-                    "{c}: block start"
-                );
+                assert_eq!(*index, 40 / c.block_size() * c.block_size(), "{c}: block start");
                 assert!(e.to_string().contains("compression `none`"), "{e}");
             }
             other => panic!("{c}: expected ScaleOverflow, got {other:?}"),
@@ -274,10 +241,7 @@ fn scale_overflow_is_an_error_that_says_what_to_do() {
         assert!(c.max_abs_error_bound(&x).is_infinite(), "{c}");
     }
     // q4_1 also stores the minimum in f16.
-    assert!(matches!(
-        Codec::Q4_1.encode(&[70000.0; 32]),
-        Err(QuantError::ScaleOverflow { .. })
-    ));
+    assert!(matches!(Codec::Q4_1.encode(&[70000.0; 32]), Err(QuantError::ScaleOverflow { .. })));
 }
 
 #[test]

@@ -43,7 +43,10 @@ pub fn plan_for(
     let find = |u: Unit| shards.iter().find(|s| s.0 == u).map(|s| s.2);
     let mut units = Vec::new();
     for l in 0..spec.num_layers as u32 {
-        units.push((Unit::Layer(l), find(Unit::Layer(l)).ok_or_else(|| EngineError::invalid("shards", format!("no layer {l}")))?));
+        units.push((
+            Unit::Layer(l),
+            find(Unit::Layer(l)).ok_or_else(|| EngineError::invalid("shards", format!("no layer {l}")))?,
+        ));
     }
     units.push((Unit::FinalNorm, find(Unit::FinalNorm).unwrap_or(4096)));
     let parts: Vec<(Unit, u64)> =

@@ -94,7 +94,11 @@ impl std::fmt::Debug for AutoModel {
 
 /// The default shard directory of a checkpoint.
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
-    let name = model.file_stem().or_else(|| model.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = model
+        .file_stem()
+        .or_else(|| model.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let leaf = format!("{name}.airllm-shards-{}", opts.compression);
     let beside = model.parent().map(|p| p.join(&leaf));
     if let Some(b) = &beside {
@@ -117,7 +121,8 @@ impl AutoModel {
             ModelLocation::ShardDir(d) => d.clone(),
             ModelLocation::HfDir(p) | ModelLocation::Gguf(p) => {
                 let out = opts.shards_dir.clone().unwrap_or_else(|| default_shards_dir(p, &opts));
-                let ready = ShardDir::open(&out).is_ok_and(|d| d.manifest().compression == opts.compression.to_string());
+                let ready =
+                    ShardDir::open(&out).is_ok_and(|d| d.manifest().compression == opts.compression.to_string());
                 if !ready {
                     tracing::info!("sharding {} into {} (first use)", p.display(), out.display());
                     let so = ShardOptions {
@@ -187,7 +192,8 @@ impl AutoModel {
     /// `result[b]` is `[len_b, vocab]` for prompt b's real tokens.
     pub fn forward_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let (tokens, first_valid, t) = left_pad(prompts, self.pad_id())?;
-        let rows: Vec<usize> = (0..prompts.len()).flat_map(|b| (first_valid[b] as usize..t).map(move |i| b * t + i)).collect();
+        let rows: Vec<usize> =
+            (0..prompts.len()).flat_map(|b| (first_valid[b] as usize..t).map(move |i| b * t + i)).collect();
         let all = self.engine.forward(&tokens, prompts.len(), 0, &first_valid, &rows)?;
         let v = self.spec().vocab_size;
         let mut out = Vec::new();
@@ -248,7 +254,12 @@ impl AutoModel {
             .collect();
         let mut gens: Vec<Generation> = ids
             .iter()
-            .map(|p| Generation { prompt_ids: p.clone(), new_ids: Vec::new(), text: String::new(), finish: FinishReason::Length })
+            .map(|p| Generation {
+                prompt_ids: p.clone(),
+                new_ids: Vec::new(),
+                text: String::new(),
+                finish: FinishReason::Length,
+            })
             .collect();
         let mut decoders: Vec<StreamDecoder> = (0..b).map(|_| StreamDecoder::default()).collect();
         let mut done = vec![false; b];
@@ -295,8 +306,7 @@ impl AutoModel {
             steps += 1;
             past += 1;
         }
-        for (g, d) in gens.iter_mut().zip(&decoders) {
-            let _ = d;
+        for g in &mut gens {
             // Full decode for the final text (the stream may hold back an incomplete char).
             if g.finish != FinishReason::Stop {
                 g.text = self.tokenizer.decode(&g.new_ids);

@@ -70,7 +70,11 @@ impl ResidencyPlan {
     /// Total VRAM the plan uses.
     pub fn vram_bytes(&self) -> u64 {
         let staging = if self.staging_in_vram { self.staging_buffers as u64 * self.staging_bytes } else { 0 };
-        self.resident_bytes() + self.ring_slots as u64 * self.slot_bytes + staging + self.kv_bytes + self.activation_bytes
+        self.resident_bytes()
+            + self.ring_slots as u64 * self.slot_bytes
+            + staging
+            + self.kv_bytes
+            + self.activation_bytes
     }
     /// Decoder layers kept resident.
     pub fn resident_layers(&self) -> usize {
@@ -88,8 +92,13 @@ impl std::fmt::Display for ResidencyPlan {
         let layers = self.units.iter().filter(|(u, _)| matches!(u, Unit::Layer(_))).count();
         writeln!(f, "budget          {budget}")?;
         writeln!(f, "planned VRAM    {}", human_bytes(self.vram_bytes()))?;
-        writeln!(f, "resident        {} ({} of {layers} layers{})", human_bytes(self.resident_bytes()), self.resident_layers(),
-            if self.is_resident(Unit::LmHead) { ", lm_head" } else { "" })?;
+        writeln!(
+            f,
+            "resident        {} ({} of {layers} layers{})",
+            human_bytes(self.resident_bytes()),
+            self.resident_layers(),
+            if self.is_resident(Unit::LmHead) { ", lm_head" } else { "" }
+        )?;
         writeln!(f, "streamed/pass   {}", human_bytes(self.streamed_bytes()))?;
         writeln!(f, "ring            {} slots x {}", self.ring_slots, human_bytes(self.slot_bytes))?;
         writeln!(
@@ -101,13 +110,8 @@ impl std::fmt::Display for ResidencyPlan {
         )?;
         writeln!(f, "KV cache        {}", human_bytes(self.kv_bytes))?;
         write!(f, "activations     {}", human_bytes(self.activation_bytes))?;
-        let streamed: Vec<String> = self
-            .units
-            .iter()
-            .zip(&self.resident)
-            .filter(|(_, r)| !**r)
-            .map(|((u, _), _)| u.to_string())
-            .collect();
+        let streamed: Vec<String> =
+            self.units.iter().zip(&self.resident).filter(|(_, r)| !**r).map(|((u, _), _)| u.to_string()).collect();
         if !streamed.is_empty() && streamed.len() <= 12 {
             write!(f, "\nstreamed units  {}", streamed.join(", "))?;
         }
@@ -148,45 +152,47 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
     let head = (0..n).find(|&i| input.units[i].0 == Unit::LmHead);
     // Deeper prefetch first: with staging in VRAM a smaller depth may be what fits.
     for depth in (1..=depth_max).rev() {
-    for head_resident in [true, false] {
-        if head.is_none() && !head_resident {
-            continue;
+        for head_resident in [true, false] {
+            if head.is_none() && !head_resident {
+                continue;
+            }
+            for ring in [2usize, 1] {
+                let mut resident = vec![false; n];
+                for (i, (u, _)) in input.units.iter().enumerate() {
+                    if matches!(u, Unit::FinalNorm | Unit::Embedding) {
+                        resident[i] = true;
+                    }
+                }
+                if let Some(h) = head {
+                    resident[h] = head_resident;
+                }
+                // Number of resident layers: forced, or as many as fit.
+                let want = input.resident_layers.unwrap_or(layer_idx.len()).min(layer_idx.len());
+                let mut chosen = None;
+                for k in (0..=want).rev() {
+                    let mut r = resident.clone();
+                    for &i in &spread(&layer_idx, k) {
+                        r[i] = true;
+                    }
+                    let p = finish(&base, r, ring, depth);
+                    if p.vram_bytes() <= input.budget {
+                        chosen = Some(p);
+                        break;
+                    }
+                    if input.resident_layers.is_some() {
+                        break; // a forced count either fits or this option fails
+                    }
+                }
+                if let Some(p) = chosen {
+                    let key = |q: &ResidencyPlan| {
+                        (q.streamed_bytes(), std::cmp::Reverse(q.ring_slots), std::cmp::Reverse(q.staging_buffers))
+                    };
+                    if best.as_ref().is_none_or(|b| key(&p) < key(b)) {
+                        best = Some(p);
+                    }
+                }
+            }
         }
-        for ring in [2usize, 1] {
-            let mut resident = vec![false; n];
-            for (i, (u, _)) in input.units.iter().enumerate() {
-                if matches!(u, Unit::FinalNorm | Unit::Embedding) {
-                    resident[i] = true;
-                }
-            }
-            if let Some(h) = head {
-                resident[h] = head_resident;
-            }
-            // Number of resident layers: forced, or as many as fit.
-            let want = input.resident_layers.unwrap_or(layer_idx.len()).min(layer_idx.len());
-            let mut chosen = None;
-            for k in (0..=want).rev() {
-                let mut r = resident.clone();
-                for &i in &spread(&layer_idx, k) {
-                    r[i] = true;
-                }
-                let p = finish(&base, r, ring, depth);
-                if p.vram_bytes() <= input.budget {
-                    chosen = Some(p);
-                    break;
-                }
-                if input.resident_layers.is_some() {
-                    break; // a forced count either fits or this option fails
-                }
-            }
-            if let Some(p) = chosen {
-                let key = |q: &ResidencyPlan| (q.streamed_bytes(), std::cmp::Reverse(q.ring_slots), std::cmp::Reverse(q.staging_buffers));
-                if best.as_ref().is_none_or(|b| key(&p) < key(b)) {
-                    best = Some(p);
-                }
-            }
-        }
-    }
         // Prefer the deepest prefetch that reaches the best streamed bytes.
         if best.is_some() {
             break;
@@ -227,14 +233,7 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
 }
 
 fn finish(base: &ResidencyPlan, resident: Vec<bool>, ring: usize, depth: usize) -> ResidencyPlan {
-    let slot_bytes = base
-        .units
-        .iter()
-        .zip(&resident)
-        .filter(|(_, r)| !**r)
-        .map(|((_, b), _)| *b)
-        .max()
-        .unwrap_or(0);
+    let slot_bytes = base.units.iter().zip(&resident).filter(|(_, r)| !**r).map(|((_, b), _)| *b).max().unwrap_or(0);
     let streaming = slot_bytes > 0;
     ResidencyPlan {
         resident,
@@ -263,7 +262,15 @@ mod tests {
         let mut units: Vec<(Unit, u64)> = (0..8).map(|i| (Unit::Layer(i), 100)).collect();
         units.push((Unit::FinalNorm, 1));
         units.push((Unit::LmHead, 300));
-        PlanInput { units, kv_bytes: 50, activation_bytes: 20, staging_in_vram: true, prefetch_depth: 2, budget, resident_layers }
+        PlanInput {
+            units,
+            kv_bytes: 50,
+            activation_bytes: 20,
+            staging_in_vram: true,
+            prefetch_depth: 2,
+            budget,
+            resident_layers,
+        }
     }
 
     #[test]

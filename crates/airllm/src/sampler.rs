@@ -133,8 +133,14 @@ mod tests {
     fn same_seed_same_samples() {
         let cfg = SamplerConfig { temperature: 1.0, seed: 7, ..Default::default() };
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 3);
     }

@@ -21,5 +21,6 @@ pub fn activation_floats_per_token(spec: &ModelSpec) -> usize {
 /// Activation bytes for `tokens` tokens per forward pass, plus logits for
 /// `logit_rows` rows.
 pub fn activation_bytes(spec: &ModelSpec, tokens: usize, logit_rows: usize) -> u64 {
-    (activation_floats_per_token(spec) * tokens + spec.vocab_size * logit_rows + spec.hidden_size * logit_rows) as u64 * 4
+    (activation_floats_per_token(spec) * tokens + spec.vocab_size * logit_rows + spec.hidden_size * logit_rows) as u64
+        * 4
 }

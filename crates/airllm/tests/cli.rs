@@ -41,7 +41,8 @@ fn shard_inspect_generate() {
     // Greedy continuation of prompt 0 must equal the transformers golden.
     let golden: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("qwen3").join("golden.json")).unwrap()).unwrap();
-    let ids: Vec<String> = [0, 293, 437, 382, 310, 262, 271, 264, 14, 278, 262, 386, 73].iter().map(|i: &i32| i.to_string()).collect();
+    let ids: Vec<String> =
+        [0, 293, 437, 382, 310, 262, 271, 264, 14, 278, 262, 386, 73].iter().map(|i: &i32| i.to_string()).collect();
     let o = airllm()
         .args(["generate", "--model"])
         .arg(&out)

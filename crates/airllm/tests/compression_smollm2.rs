@@ -83,21 +83,31 @@ fn smollm2_compression_quality() {
         .tensors()
         .iter()
         .map(|t| SourceTensor {
-            format: if matches!(t.format, StorageFormat::Quant(_)) { StorageFormat::Dense(DType::F32) } else { t.format },
+            format: if matches!(t.format, StorageFormat::Quant(_)) {
+                StorageFormat::Dense(DType::F32)
+            } else {
+                t.format
+            },
             ..t.clone()
         })
         .collect();
     let src = Dequantized { inner, tensors };
-    let golden = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2/golden.safetensors")).unwrap();
-    let prompts: Vec<Vec<u32>> = ["plain", "chat", "unicode"].iter().map(|n| ids(&golden, &format!("{n}.input_ids"))).collect();
+    let golden =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2/golden.safetensors")).unwrap();
+    let prompts: Vec<Vec<u32>> =
+        ["plain", "chat", "unicode"].iter().map(|n| ids(&golden, &format!("{n}.input_ids"))).collect();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut logits = Vec::new();
     for codec in CODECS {
         let dir = tmp.path().join(codec);
         let opts = ShardOptions { compression: codec.parse().unwrap(), progress: false, ..Default::default() };
         airllm_format::write_shards(&src, &dir, &opts).unwrap();
-        let mut m = AutoModel::from_pretrained(dir.to_str().unwrap(), Options { max_context: Some(64), ..Options::default() }).unwrap();
-        logits.push(prompts.iter().map(|p| m.forward_logits(std::slice::from_ref(p)).unwrap().remove(0)).collect::<Vec<_>>());
+        let mut m =
+            AutoModel::from_pretrained(dir.to_str().unwrap(), Options { max_context: Some(64), ..Options::default() })
+                .unwrap();
+        logits.push(
+            prompts.iter().map(|p| m.forward_logits(std::slice::from_ref(p)).unwrap().remove(0)).collect::<Vec<_>>(),
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
     let v = 49152;
@@ -109,7 +119,8 @@ fn smollm2_compression_quality() {
                 agree += usize::from(airllm::sampler::argmax(ra) == airllm::sampler::argmax(rb));
                 total += 1;
                 let (p, q) = (softmax(ra), softmax(rb));
-                let kl: f64 = p.iter().zip(&q).map(|(x, y)| if *x > 0.0 { x * (x / y.max(1e-30)).ln() } else { 0.0 }).sum();
+                let kl: f64 =
+                    p.iter().zip(&q).map(|(x, y)| if *x > 0.0 { x * (x / y.max(1e-30)).ln() } else { 0.0 }).sum();
                 kl_sum += kl;
                 kl_max = kl_max.max(kl);
             }

@@ -105,7 +105,8 @@ fn check_family(family: &str) {
     let t = mask.len() / 2;
     for b in 0..2 {
         let real: Vec<usize> = (0..t).filter(|&i| mask[b * t + i] == 1).collect();
-        let want: Vec<f32> = real.iter().flat_map(|&i| bl[(b * t + i) * v..(b * t + i + 1) * v].iter().copied()).collect();
+        let want: Vec<f32> =
+            real.iter().flat_map(|&i| bl[(b * t + i) * v..(b * t + i + 1) * v].iter().copied()).collect();
         let d = max_abs(&a.batch[b], &want);
         assert!(d <= TOL, "{family}: batch row {b} differs by {d}");
     }
@@ -146,7 +147,8 @@ fn split_lm_head_matches_transformers() {
         let g = Golden::load(family);
         let tmp = tempfile::tempdir().unwrap();
         let ck = airllm_format::Checkpoint::open(&fixture(family)).unwrap();
-        let opts = airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(20_000), ..Default::default() };
+        let opts =
+            airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(20_000), ..Default::default() };
         let m = airllm_format::write_shards(&ck, tmp.path(), &opts).unwrap().manifest;
         let parts = m.shards.iter().filter(|s| matches!(s.unit, airllm_format::Unit::LmHeadPart(_))).count();
         assert!(parts >= 3, "{family}: {parts} parts");
@@ -171,7 +173,8 @@ fn split_tied_head_matches_transformers() {
         let g = Golden::load(family);
         let tmp = tempfile::tempdir().unwrap();
         let ck = airllm_format::Checkpoint::open(&fixture(family)).unwrap();
-        let opts = airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(40_000), ..Default::default() };
+        let opts =
+            airllm_format::ShardOptions { progress: false, lm_head_part_bytes: Some(40_000), ..Default::default() };
         let m = airllm_format::write_shards(&ck, tmp.path(), &opts).unwrap().manifest;
         assert!(m.spec.tie_word_embeddings);
         let parts = m.shards.iter().filter(|s| matches!(s.unit, airllm_format::Unit::LmHeadPart(_))).count();

@@ -257,7 +257,9 @@ fn write_hf_checkpoint(src: &SynthSource, config: &Value, out: &Path) -> anyhow:
     units.dedup();
     let n = units.len();
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(s) = indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}") {
+    if let Ok(s) = indicatif::ProgressStyle::with_template(
+        "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
         bar.set_style(s.progress_chars("=> "));
     }
     let mut weight_map = serde_json::Map::new();
@@ -288,7 +290,12 @@ fn write_hf_checkpoint(src: &SynthSource, config: &Value, out: &Path) -> anyhow:
 }
 
 /// Stream tensors into a safetensors file without holding them all in memory.
-fn write_safetensors(src: &SynthSource, tensors: &[&SourceTensor], path: &Path, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+fn write_safetensors(
+    src: &SynthSource,
+    tensors: &[&SourceTensor],
+    path: &Path,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
     for t in tensors {
@@ -304,7 +311,8 @@ fn write_safetensors(src: &SynthSource, tensors: &[&SourceTensor], path: &Path, 
         h.push(b' ');
     }
     let tmp = path.with_extension("safetensors.tmp");
-    let mut w = BufWriter::with_capacity(8 << 20, File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut w =
+        BufWriter::with_capacity(8 << 20, File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
     w.write_all(&(h.len() as u64).to_le_bytes())?;
     w.write_all(&h)?;
     for t in tensors {

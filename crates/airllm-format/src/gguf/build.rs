@@ -184,17 +184,11 @@ impl GgufValue {
 
     /// An array of f32.
     pub fn f32s(items: &[f32]) -> GgufValue {
-        GgufValue::Array {
-            elem: GgufValueType::F32,
-            items: items.iter().map(|&x| GgufValue::F32(x)).collect(),
-        }
+        GgufValue::Array { elem: GgufValueType::F32, items: items.iter().map(|&x| GgufValue::F32(x)).collect() }
     }
 
     /// An array of i32.
     pub fn i32s(items: &[i32]) -> GgufValue {
-        GgufValue::Array {
-            elem: GgufValueType::I32,
-            items: items.iter().map(|&x| GgufValue::I32(x)).collect(),
-        }
+        GgufValue::Array { elem: GgufValueType::I32, items: items.iter().map(|&x| GgufValue::I32(x)).collect() }
     }
 }

@@ -105,11 +105,11 @@ mod tests {
     #[test]
     fn examples() {
         assert_eq!(classify_gguf("blk.12.attn_q.weight"), Some(GgufName::Plain(Unit::Layer(12), Role::Q)));
-        assert_eq!(classify_gguf("blk.0.ffn_down.3.weight"), Some(GgufName::Plain(Unit::Layer(0), Role::ExpertDown(3))));
         assert_eq!(
-            classify_gguf("blk.1.ffn_up_exps.weight"),
-            Some(GgufName::Experts(Unit::Layer(1), ExpertKind::Up))
+            classify_gguf("blk.0.ffn_down.3.weight"),
+            Some(GgufName::Plain(Unit::Layer(0), Role::ExpertDown(3)))
         );
+        assert_eq!(classify_gguf("blk.1.ffn_up_exps.weight"), Some(GgufName::Experts(Unit::Layer(1), ExpertKind::Up)));
         assert_eq!(classify_gguf("token_embd.weight"), Some(GgufName::Plain(Unit::Embedding, Role::Embedding)));
         assert_eq!(classify_gguf("rope_freqs.weight"), Some(GgufName::Ignored));
         assert_eq!(classify_gguf("blk.x.attn_q.weight"), None);

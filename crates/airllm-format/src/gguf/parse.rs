@@ -348,7 +348,9 @@ impl GgufMetadata {
         match version {
             2 | 3 => {}
             1 => {
-                return Err(r.err("GGUF version 1 is obsolete and not supported; re-convert the model with a current llama.cpp"));
+                return Err(r.err(
+                    "GGUF version 1 is obsolete and not supported; re-convert the model with a current llama.cpp",
+                ));
             }
             v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
                 return Err(r.err("big-endian GGUF files are not supported; use a little-endian conversion"));
@@ -386,9 +388,9 @@ impl GgufMetadata {
             Some((_, v)) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= (1 << 30) => a,
                 _ => {
-                    return Err(r.err(&format!(
-                        "general.alignment is {v}; it must be a power of two (llama.cpp writes 32)"
-                    )));
+                    return Err(
+                        r.err(&format!("general.alignment is {v}; it must be a power of two (llama.cpp writes 32)"))
+                    );
                 }
             },
         };
@@ -400,7 +402,9 @@ impl GgufMetadata {
             let name = r.string("a tensor name")?;
             let n_dims = r.u32("a tensor's dimension count")?;
             if n_dims > MAX_DIMS {
-                return Err(r.err_at(at, format!("tensor {name:?} has {n_dims} dimensions; ggml allows at most {MAX_DIMS}")));
+                return Err(
+                    r.err_at(at, format!("tensor {name:?} has {n_dims} dimensions; ggml allows at most {MAX_DIMS}"))
+                );
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -425,7 +429,8 @@ impl GgufMetadata {
         }
 
         let header_end = r.pos as u64;
-        let data_offset = header_end.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| r.err("data offset overflows"))?;
+        let data_offset =
+            header_end.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| r.err("data offset overflows"))?;
         let file_size = bytes.len() as u64;
         if data_offset > file_size && !tensors.is_empty() {
             return Err(r.err(&format!(
@@ -452,7 +457,17 @@ impl GgufMetadata {
                 }
             }
         }
-        Ok(GgufMetadata { path: path.to_owned(), version, kv, tensors, alignment, data_offset, file_size, index, tensor_index })
+        Ok(GgufMetadata {
+            path: path.to_owned(),
+            version,
+            kv,
+            tensors,
+            alignment,
+            data_offset,
+            file_size,
+            index,
+            tensor_index,
+        })
     }
 
     /// A value by key.
@@ -537,7 +552,9 @@ fn cap(n: u64) -> usize {
 
 fn with_key(e: FormatError, key: &str) -> FormatError {
     match e {
-        FormatError::Gguf { path, message } => FormatError::Gguf { path, message: format!("metadata {key:?}: {message}") },
+        FormatError::Gguf { path, message } => {
+            FormatError::Gguf { path, message: format!("metadata {key:?}: {message}") }
+        }
         other => other,
     }
 }
@@ -607,7 +624,10 @@ impl<'a> Reader<'a> {
         if len > self.left() {
             return Err(self.err_at(
                 at,
-                format!("{what} claims {len} bytes but only {} are left; the file is damaged or truncated", self.left()),
+                format!(
+                    "{what} claims {len} bytes but only {} are left; the file is damaged or truncated",
+                    self.left()
+                ),
             ));
         }
         let s = self.take(len as usize, what)?;

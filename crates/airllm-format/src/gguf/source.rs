@@ -118,7 +118,10 @@ impl GgufSource {
                 });
             };
             let t = info.ggml_type.ok_or_else(|| {
-                meta.err(format!("tensor {:?} has unknown ggml type {}; is the file from a newer llama.cpp?", info.name, info.type_id))
+                meta.err(format!(
+                    "tensor {:?} has unknown ggml type {}; is the file from a newer llama.cpp?",
+                    info.name, info.type_id
+                ))
             })?;
             let format = t.offered_as().ok_or_else(|| {
                 meta.err(format!(
@@ -140,7 +143,8 @@ impl GgufSource {
                     let mut loc = whole;
                     let mut row_perm = None;
                     if arch.permuted_qk && matches!(role, Role::Q | Role::K | Role::QBias | Role::KBias) {
-                        let heads = if matches!(role, Role::Q | Role::QBias) { spec.num_heads } else { spec.num_kv_heads };
+                        let heads =
+                            if matches!(role, Role::Q | Role::QBias) { spec.num_heads } else { spec.num_kv_heads };
                         let rows = info.shape().first().copied().unwrap_or(0);
                         if rows % (2 * heads) != 0 {
                             return Err(meta.err(format!(
@@ -150,7 +154,9 @@ impl GgufSource {
                         }
                         if info.ne.len() == 1 {
                             let Some(d) = format.dense() else {
-                                return Err(meta.err(format!("bias {:?} is quantized ({t}); expected F32/F16", info.name)));
+                                return Err(
+                                    meta.err(format!("bias {:?} is quantized ({t}); expected F32/F16", info.name))
+                                );
                             };
                             loc.kind = ReadKind::UnpermuteBias { heads, elem: d.size() };
                         } else {
@@ -265,7 +271,10 @@ impl TensorSource for GgufSource {
                 why: "not in this GGUF file".into(),
             })?;
         let raw = loc.start.checked_add(loc.len).and_then(|e| self.map.get(loc.start..e)).ok_or_else(|| {
-            FormatError::Gguf { path: self.path.clone(), message: format!("tensor {:?} lies outside the file", tensor.name) }
+            FormatError::Gguf {
+                path: self.path.clone(),
+                message: format!("tensor {:?} lies outside the file", tensor.name),
+            }
         })?;
         match loc.kind {
             ReadKind::Copy => Ok(Cow::Borrowed(raw)),

@@ -43,9 +43,9 @@ pub fn arch_info(meta: &GgufMetadata) -> Result<(String, ArchInfo)> {
             )));
         }
         other => {
-            return Err(meta.err(format!(
-                "GGUF architecture {other:?} is not supported; supported: {SUPPORTED_ARCHITECTURES}"
-            )));
+            return Err(
+                meta.err(format!("GGUF architecture {other:?} is not supported; supported: {SUPPORTED_ARCHITECTURES}"))
+            );
         }
     };
     Ok((arch, a))
@@ -79,7 +79,9 @@ const MAX_DIM: usize = 1 << 24;
 
 fn bounded(meta: &GgufMetadata, key: &str, v: usize) -> Result<usize> {
     if v > MAX_DIM {
-        return Err(meta.err(format!("metadata {key:?} is {v}, larger than any model (limit {MAX_DIM}); the file is damaged")));
+        return Err(
+            meta.err(format!("metadata {key:?} is {v}, larger than any model (limit {MAX_DIM}); the file is damaged"))
+        );
     }
     Ok(v)
 }
@@ -120,9 +122,9 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     };
     if let Some(v) = count(meta, &k("attention.value_length"))? {
         if v != head_dim {
-            return Err(meta.err(format!(
-                "attention.value_length {v} differs from key_length {head_dim}; not supported"
-            )));
+            return Err(
+                meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported"))
+            );
         }
     }
     let intermediate_size = required(meta, &k("feed_forward_length"))?;
@@ -133,9 +135,9 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             None => required(meta, &k("vocab_size"))?,
         },
     };
-    let norm_eps = meta.get_f32(&k("attention.layer_norm_rms_epsilon")).ok_or_else(|| {
-        meta.err(format!("required metadata {:?} is missing", k("attention.layer_norm_rms_epsilon")))
-    })?;
+    let norm_eps = meta
+        .get_f32(&k("attention.layer_norm_rms_epsilon"))
+        .ok_or_else(|| meta.err(format!("required metadata {:?} is missing", k("attention.layer_norm_rms_epsilon"))))?;
 
     let theta = meta.get_f32(&k("rope.freq_base")).unwrap_or(10000.0);
     let rotary_dim = count(meta, &k("rope.dimension_count"))?.unwrap_or(head_dim);

@@ -44,7 +44,8 @@ use crate::gguf::parse::GgufMetadata;
 /// The Llama 3 pre-tokenizer regex (`tokenizer.ggml.pre = "llama-bpe"`).
 pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Qwen2 pre-tokenizer regex (`tokenizer.ggml.pre = "qwen2"`).
-pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -82,10 +83,7 @@ pub fn export_tokenizer(meta: &GgufMetadata) -> Result<Option<ExportedTokenizer>
     let types: Vec<i64> = match meta.get_array("tokenizer.ggml.token_type") {
         Some(a) if a.len() == n => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
         Some(a) => {
-            return Err(meta.err(format!(
-                "tokenizer.ggml.token_type has {} entries but there are {n} tokens",
-                a.len()
-            )));
+            return Err(meta.err(format!("tokenizer.ggml.token_type has {} entries but there are {n} tokens", a.len())));
         }
         None => vec![1; n],
     };
@@ -145,11 +143,8 @@ pub fn export_tokenizer(meta: &GgufMetadata) -> Result<Option<ExportedTokenizer>
         vocab.entry(t.clone()).or_insert(json!(i));
     }
 
-    let (normalizer, pre_tokenizer, bpe, decoder) = if is_spm {
-        spm_parts(meta, &tokens, unk, vocab)?
-    } else {
-        gpt2_parts(meta, vocab)?
-    };
+    let (normalizer, pre_tokenizer, bpe, decoder) =
+        if is_spm { spm_parts(meta, &tokens, unk, vocab)? } else { gpt2_parts(meta, vocab)? };
 
     let tok = |i: Option<usize>| i.map(|i| tokens[i].clone());
     let with_text = |i: Option<usize>, on: bool| i.filter(|_| on).map(|i| (tokens[i].as_str(), i));
@@ -192,11 +187,8 @@ pub fn export_tokenizer(meta: &GgufMetadata) -> Result<Option<ExportedTokenizer>
 /// (`tokenizer.chat_template.<name>`) exist too.
 fn chat_template(meta: &GgufMetadata) -> Option<Value> {
     let default = meta.get_str("tokenizer.chat_template");
-    let named: Vec<(&str, &str)> = meta
-        .kv
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("tokenizer.chat_template.")?, v.as_str()?)))
-        .collect();
+    let named: Vec<(&str, &str)> =
+        meta.kv.iter().filter_map(|(k, v)| Some((k.strip_prefix("tokenizer.chat_template.")?, v.as_str()?))).collect();
     if named.is_empty() {
         return default.map(|t| json!(t));
     }
@@ -314,10 +306,7 @@ fn spm_parts(
         None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
     };
     let merges: Vec<Value> = match string_array(meta, "tokenizer.ggml.merges")? {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .filter_map(|s| s.split_once(' ').map(|(a, b)| json!([a, b])))
-            .collect(),
+        Some(m) if !m.is_empty() => m.iter().filter_map(|s| s.split_once(' ').map(|(a, b)| json!([a, b]))).collect(),
         _ => spm_merges(tokens, &scores).into_iter().map(|(a, b)| json!([a, b])).collect(),
     };
     let add_space_prefix = meta.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);

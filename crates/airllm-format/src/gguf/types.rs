@@ -194,12 +194,9 @@ impl GgmlType {
             GgmlType::BF16 => Some(StorageFormat::Dense(DType::Bf16)),
             GgmlType::Q4_0 => Some(StorageFormat::Quant(Codec::Q4_0)),
             GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q2_K => Some(StorageFormat::Quant(Codec::Q4_1)),
-            GgmlType::Q8_0
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q3_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K => Some(StorageFormat::Quant(Codec::Q8_0)),
+            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                Some(StorageFormat::Quant(Codec::Q8_0))
+            }
             _ => None,
         }
     }

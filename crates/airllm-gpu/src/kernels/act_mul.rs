@@ -60,15 +60,8 @@ pub fn launch(rec: &mut Recorder<'_>, a: &ActMul<'_>) -> Result<()> {
     ensure(a.input.buffer != a.out.buffer, OP, "out", || "input and out must be different buffers".into())?;
     let key = PipelineKey::ActMul { act: a.act };
     let groups = groups_for(rec.ctx(), u64::from(a.t) * u64::from(a.i), key.workgroup_size())?;
-    let params = Params::default()
-        .u(a.t)
-        .u(a.i)
-        .u(a.in_stride)
-        .u(a.gate_off)
-        .u(a.up_off)
-        .u(a.out_stride)
-        .u(a.out_off)
-        .u(0);
+    let params =
+        Params::default().u(a.t).u(a.i).u(a.in_stride).u(a.gate_off).u(a.up_off).u(a.out_stride).u(a.out_off).u(0);
     rec.dispatch(&key, params.bytes(), &[(1, a.input), (2, a.out)], groups)
 }
 
@@ -84,7 +77,18 @@ pub fn gelu_tanh(x: f64) -> f64 {
 
 /// CPU reference with the same layout arguments.
 #[allow(clippy::too_many_arguments)]
-pub fn reference(act: Activation, t: u32, i: u32, input: &[f32], in_stride: u32, gate_off: u32, up_off: u32, out: &mut [f32], out_stride: u32, out_off: u32) {
+pub fn reference(
+    act: Activation,
+    t: u32,
+    i: u32,
+    input: &[f32],
+    in_stride: u32,
+    gate_off: u32,
+    up_off: u32,
+    out: &mut [f32],
+    out_stride: u32,
+    out_off: u32,
+) {
     for r in 0..t as usize {
         for c in 0..i as usize {
             let g = f64::from(input[r * in_stride as usize + gate_off as usize + c]);

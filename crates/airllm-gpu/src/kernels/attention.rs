@@ -78,8 +78,12 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
         format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
     })?;
     let hd = u64::from(a.heads) * u64::from(d);
-    ensure(u64::from(a.q_off) + hd <= u64::from(a.q_stride), OP, "q_stride", || format!("q_off + heads x head_dim exceeds {}", a.q_stride))?;
-    ensure(u64::from(a.out_off) + hd <= u64::from(a.out_stride), OP, "out_stride", || format!("out_off + heads x head_dim exceeds {}", a.out_stride))?;
+    ensure(u64::from(a.q_off) + hd <= u64::from(a.q_stride), OP, "q_stride", || {
+        format!("q_off + heads x head_dim exceeds {}", a.q_stride)
+    })?;
+    ensure(u64::from(a.out_off) + hd <= u64::from(a.out_stride), OP, "out_stride", || {
+        format!("out_off + heads x head_dim exceeds {}", a.out_stride)
+    })?;
     let rows = u64::from(l.batch) * u64::from(a.t);
     if rows == 0 || a.heads == 0 {
         return Ok(());
@@ -162,14 +166,14 @@ pub fn reference(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], first_vali
                 let qv = &q[row * s.q_stride as usize + s.q_off as usize + h as usize * d..][..d];
                 let mut scores = Vec::new();
                 for slot in 0..s.past + s.t {
-                    let visible = slot <= qs
-                        && slot >= first_valid[b as usize]
-                        && (s.window == 0 || slot + s.window > qs);
+                    let visible =
+                        slot <= qs && slot >= first_valid[b as usize] && (s.window == 0 || slot + s.window > qs);
                     if !visible {
                         continue;
                     }
                     let kv = &k[l.index(b, kvh, slot) as usize..][..d];
-                    let mut x: f64 = qv.iter().zip(kv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * f64::from(s.scale);
+                    let mut x: f64 =
+                        qv.iter().zip(kv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * f64::from(s.scale);
                     if s.softcap > 0.0 {
                         x = f64::from(s.softcap) * (x / f64::from(s.softcap)).tanh();
                     }

@@ -31,7 +31,11 @@ impl<'a> Mat<'a> {
             format!("off {} + cols {cols} exceeds stride {}", self.off, self.stride)
         })?;
         if rows > 0 {
-            self.view.need_f32(op, arg, u64::from(rows - 1) * u64::from(self.stride) + u64::from(self.off) + u64::from(cols))?;
+            self.view.need_f32(
+                op,
+                arg,
+                u64::from(rows - 1) * u64::from(self.stride) + u64::from(self.off) + u64::from(cols),
+            )?;
         }
         Ok(())
     }

@@ -47,8 +47,12 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
         format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
     })?;
     let row = u64::from(l.kv_heads) * u64::from(l.head_dim);
-    ensure(u64::from(a.k_off) + row <= u64::from(a.k_stride), OP, "k_stride", || format!("k_off + kv_heads x head_dim exceeds {}", a.k_stride))?;
-    ensure(u64::from(a.v_off) + row <= u64::from(a.v_stride), OP, "v_stride", || format!("v_off + kv_heads x head_dim exceeds {}", a.v_stride))?;
+    ensure(u64::from(a.k_off) + row <= u64::from(a.k_stride), OP, "k_stride", || {
+        format!("k_off + kv_heads x head_dim exceeds {}", a.k_stride)
+    })?;
+    ensure(u64::from(a.v_off) + row <= u64::from(a.v_stride), OP, "v_stride", || {
+        format!("v_off + kv_heads x head_dim exceeds {}", a.v_stride)
+    })?;
     let rows = u64::from(l.batch) * u64::from(a.t);
     if rows == 0 || row == 0 {
         return Ok(());
@@ -58,7 +62,9 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
     a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
     a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
     for (arg, c) in [("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
-        ensure(c.buffer != a.k_src.buffer && c.buffer != a.v_src.buffer, OP, arg, || "cache and source must be different buffers".into())?;
+        ensure(c.buffer != a.k_src.buffer && c.buffer != a.v_src.buffer, OP, arg, || {
+            "cache and source must be different buffers".into()
+        })?;
     }
     let key = PipelineKey::KvAppend;
     let groups = groups_for(rec.ctx(), rows * row, key.workgroup_size())?;

@@ -35,17 +35,30 @@ pub struct Route<'a> {
 
 /// Records the routing.
 pub fn route(rec: &mut Recorder<'_>, a: &Route<'_>) -> Result<()> {
-    ensure(a.experts > 0 && a.experts <= MAX_EXPERTS, "moe_route", "experts", || format!("{} must be in 1..={MAX_EXPERTS}", a.experts))?;
-    ensure(a.top_k > 0 && a.top_k <= a.experts, "moe_route", "top_k", || format!("{} must be in 1..={}", a.top_k, a.experts))?;
-    ensure(u64::from(a.logits.off) + u64::from(a.experts) <= u64::from(a.logits.stride), "moe_route", "logits", || {
-        "off + experts exceeds the stride".into()
+    ensure(a.experts > 0 && a.experts <= MAX_EXPERTS, "moe_route", "experts", || {
+        format!("{} must be in 1..={MAX_EXPERTS}", a.experts)
     })?;
+    ensure(a.top_k > 0 && a.top_k <= a.experts, "moe_route", "top_k", || {
+        format!("{} must be in 1..={}", a.top_k, a.experts)
+    })?;
+    ensure(
+        u64::from(a.logits.off) + u64::from(a.experts) <= u64::from(a.logits.stride),
+        "moe_route",
+        "logits",
+        || "off + experts exceeds the stride".into(),
+    )?;
     if a.t == 0 {
         return Ok(());
     }
-    a.logits.view.need_f32("moe_route", "logits", u64::from(a.t - 1) * u64::from(a.logits.stride) + u64::from(a.logits.off) + u64::from(a.experts))?;
+    a.logits.view.need_f32(
+        "moe_route",
+        "logits",
+        u64::from(a.t - 1) * u64::from(a.logits.stride) + u64::from(a.logits.off) + u64::from(a.experts),
+    )?;
     a.weights.need_f32("moe_route", "weights", u64::from(a.t) * u64::from(a.experts))?;
-    ensure(a.weights.buffer != a.logits.view.buffer, "moe_route", "weights", || "logits and weights must be different buffers".into())?;
+    ensure(a.weights.buffer != a.logits.view.buffer, "moe_route", "weights", || {
+        "logits and weights must be different buffers".into()
+    })?;
     let key = PipelineKey::MoeRoute;
     let groups = groups_for(rec.ctx(), u64::from(a.t), key.workgroup_size())?;
     let p = Params::default()
@@ -74,9 +87,15 @@ pub fn combine(
 ) -> Result<()> {
     ensure(expert < experts, "moe_combine", "expert", || format!("{expert} >= {experts} experts"))?;
     for (arg, m) in [("out", out), ("y", y)] {
-        ensure(u64::from(m.off) + u64::from(cols) <= u64::from(m.stride), "moe_combine", arg, || "off + cols exceeds the stride".into())?;
+        ensure(u64::from(m.off) + u64::from(cols) <= u64::from(m.stride), "moe_combine", arg, || {
+            "off + cols exceeds the stride".into()
+        })?;
         if t > 0 {
-            m.view.need_f32("moe_combine", arg, u64::from(t - 1) * u64::from(m.stride) + u64::from(m.off) + u64::from(cols))?;
+            m.view.need_f32(
+                "moe_combine",
+                arg,
+                u64::from(t - 1) * u64::from(m.stride) + u64::from(m.off) + u64::from(cols),
+            )?;
         }
     }
     if t == 0 || cols == 0 {

@@ -32,7 +32,9 @@ impl RowView {
     }
 
     fn start(&self, r: usize) -> usize {
-        (r / self.heads as usize) * self.stride as usize + self.off as usize + (r % self.heads as usize) * self.d as usize
+        (r / self.heads as usize) * self.stride as usize
+            + self.off as usize
+            + (r % self.heads as usize) * self.d as usize
     }
 }
 
@@ -71,7 +73,9 @@ fn need(v: &RowView, rows: u32) -> u64 {
 /// Records the norm.
 pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
     let d = a.x_rows.d;
-    ensure(a.weight_format.is_dense(), OP, "weight_format", || format!("{} norm weights are not supported", a.weight_format))?;
+    ensure(a.weight_format.is_dense(), OP, "weight_format", || {
+        format!("{} norm weights are not supported", a.weight_format)
+    })?;
     ensure(d > 0 && a.x_rows.heads > 0, OP, "x_rows", || format!("d and heads must be positive: {:?}", a.x_rows))?;
     let fits = |v: &RowView| u64::from(v.off) + u64::from(v.heads) * u64::from(v.d) <= u64::from(v.stride);
     // a single token row needs no stride
@@ -80,13 +84,21 @@ pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
     })?;
     a.x.need_f32(OP, "x", need(&a.x_rows, a.rows))?;
     let eb = a.weight_format.elem_bytes().unwrap_or(4);
-    ensure(a.weight.offset.is_multiple_of(eb), OP, "weight", || format!("offset {} not a multiple of {eb}", a.weight.offset))?;
-    ensure(a.weight.size >= u64::from(d) * eb, OP, "weight", || format!("{} bytes for {d} {} values", a.weight.size, a.weight_format))?;
+    ensure(a.weight.offset.is_multiple_of(eb), OP, "weight", || {
+        format!("offset {} not a multiple of {eb}", a.weight.offset)
+    })?;
+    ensure(a.weight.size >= u64::from(d) * eb, OP, "weight", || {
+        format!("{} bytes for {d} {} values", a.weight.size, a.weight_format)
+    })?;
     if let Some((y, yr)) = &a.y {
-        ensure(yr.d == d && yr.heads == a.x_rows.heads, OP, "y", || format!("layout {yr:?} does not match x {:?}", a.x_rows))?;
+        ensure(yr.d == d && yr.heads == a.x_rows.heads, OP, "y", || {
+            format!("layout {yr:?} does not match x {:?}", a.x_rows)
+        })?;
         ensure(a.rows <= yr.heads || fits(yr), OP, "y", || format!("off + heads x d exceeds the stride: {yr:?}"))?;
         y.need_f32(OP, "y", need(yr, a.rows))?;
-        ensure(y.buffer != a.x.buffer, OP, "y", || "x and y must be different buffers (use y: None for in place)".into())?;
+        ensure(y.buffer != a.x.buffer, OP, "y", || {
+            "x and y must be different buffers (use y: None for in place)".into()
+        })?;
     }
     let out = a.y.map_or(a.x.buffer, |(y, _)| y.buffer);
     ensure(a.weight.buffer != out, OP, "weight", || "the weight must be in a different buffer from the output".into())?;

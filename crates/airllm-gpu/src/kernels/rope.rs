@@ -55,9 +55,12 @@ const OP: &str = "rope";
 
 /// Records the rotation.
 pub fn launch(rec: &mut Recorder<'_>, a: &Rope<'_>) -> Result<()> {
-    ensure(a.rotary_dim >= 2 && a.rotary_dim.is_multiple_of(2) && a.rotary_dim <= a.head_dim, OP, "rotary_dim", || {
-        format!("{} must be even, >= 2 and <= head_dim {}", a.rotary_dim, a.head_dim)
-    })?;
+    ensure(
+        a.rotary_dim >= 2 && a.rotary_dim.is_multiple_of(2) && a.rotary_dim <= a.head_dim,
+        OP,
+        "rotary_dim",
+        || format!("{} must be even, >= 2 and <= head_dim {}", a.rotary_dim, a.head_dim),
+    )?;
     ensure(u64::from(a.off) + u64::from(a.heads) * u64::from(a.head_dim) <= u64::from(a.stride), OP, "stride", || {
         format!("off {} + heads {} x head_dim {} exceeds stride {}", a.off, a.heads, a.head_dim, a.stride)
     })?;
@@ -74,15 +77,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Rope<'_>) -> Result<()> {
     let half = a.rotary_dim / 2;
     let threads = u64::from(a.rows) * u64::from(a.heads) * u64::from(half);
     let groups = groups_for(rec.ctx(), threads, key.workgroup_size())?;
-    let params = Params::default()
-        .u(a.rows)
-        .u(a.heads)
-        .u(a.head_dim)
-        .u(half)
-        .u(a.stride)
-        .u(a.off)
-        .f(a.mscale)
-        .u(0);
+    let params = Params::default().u(a.rows).u(a.heads).u(a.head_dim).u(half).u(a.stride).u(a.off).f(a.mscale).u(0);
     rec.dispatch(&key, params.bytes(), &[(1, a.x), (2, a.pos), (3, a.inv_freq)], groups)
 }
 
@@ -124,7 +119,5 @@ pub fn reference(
 /// Standard inverse frequencies `1 / base^(2i / rotary_dim)` (unscaled), in
 /// f32 as transformers computes them.
 pub fn default_inv_freq(base: f32, rotary_dim: u32) -> Vec<f32> {
-    (0..rotary_dim / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / rotary_dim as f32))
-        .collect()
+    (0..rotary_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / rotary_dim as f32)).collect()
 }

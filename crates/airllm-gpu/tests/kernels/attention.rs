@@ -122,13 +122,57 @@ fn attention_decode_and_prefill() {
     for (name, ctx) in &contexts {
         let cases = [
             // decode, GQA 3:1, left padding on sequence 1
-            Case { batch: 2, heads: 6, kv_heads: 2, head_dim: 40, s_max: 80, past: 13, t: 1, first_valid: vec![0, 4], window: 0, softcap: 0.0 },
+            Case {
+                batch: 2,
+                heads: 6,
+                kv_heads: 2,
+                head_dim: 40,
+                s_max: 80,
+                past: 13,
+                t: 1,
+                first_valid: vec![0, 4],
+                window: 0,
+                softcap: 0.0,
+            },
             // short prefill on a cache, sliding window, soft-cap
-            Case { batch: 2, heads: 4, kv_heads: 4, head_dim: 136, s_max: 40, past: 9, t: 5, first_valid: vec![2, 0], window: 7, softcap: 30.0 },
+            Case {
+                batch: 2,
+                heads: 4,
+                kv_heads: 4,
+                head_dim: 136,
+                s_max: 40,
+                past: 9,
+                t: 5,
+                first_valid: vec![2, 0],
+                window: 7,
+                softcap: 30.0,
+            },
             // prefill from empty over several 64-key blocks, MQA, head_dim 256
-            Case { batch: 1, heads: 3, kv_heads: 1, head_dim: 256, s_max: 150, past: 0, t: 139, first_valid: vec![0], window: 0, softcap: 0.0 },
+            Case {
+                batch: 1,
+                heads: 3,
+                kv_heads: 1,
+                head_dim: 256,
+                s_max: 150,
+                past: 0,
+                t: 139,
+                first_valid: vec![0],
+                window: 0,
+                softcap: 0.0,
+            },
             // prefill with padding: queries before first_valid see nothing
-            Case { batch: 2, heads: 2, kv_heads: 1, head_dim: 64, s_max: 100, past: 0, t: 70, first_valid: vec![5, 0], window: 50, softcap: 0.0 },
+            Case {
+                batch: 2,
+                heads: 2,
+                kv_heads: 1,
+                head_dim: 64,
+                s_max: 100,
+                past: 0,
+                t: 70,
+                first_valid: vec![5, 0],
+                window: 50,
+                softcap: 0.0,
+            },
         ];
         for (i, c) in cases.iter().enumerate() {
             run(ctx, &mut rng, c, &format!("attention {name} case {i}"));

@@ -1,7 +1,7 @@
+use airllm_gpu::BufView;
 use airllm_gpu::kernels::act_mul::{self, ActMul, Activation};
 use airllm_gpu::kernels::elementwise::{self, Mat, reference};
 use airllm_gpu::kernels::moe::{self, Route};
-use airllm_gpu::BufView;
 use rand::Rng;
 
 use crate::common::*;
@@ -22,7 +22,18 @@ fn act_mul_silu_and_gelu() {
             let mut rec = ctx.recorder("act_mul");
             act_mul::launch(
                 &mut rec,
-                &ActMul { act, t, i, input: BufView::whole(&gi), in_stride, gate_off, up_off, out: BufView::whole(&go), out_stride, out_off },
+                &ActMul {
+                    act,
+                    t,
+                    i,
+                    input: BufView::whole(&gi),
+                    in_stride,
+                    gate_off,
+                    up_off,
+                    out: BufView::whole(&go),
+                    out_stride,
+                    out_off,
+                },
             )
             .expect("launch");
             rec.submit().expect("submit");
@@ -78,12 +89,28 @@ fn moe_route_and_combine() {
         let mut rec = ctx.recorder("moe");
         moe::route(
             &mut rec,
-            &Route { t, experts: e, top_k: k, renormalize: renorm, logits: Mat::contiguous(BufView::whole(&gl), e), weights: BufView::whole(&gw) },
+            &Route {
+                t,
+                experts: e,
+                top_k: k,
+                renormalize: renorm,
+                logits: Mat::contiguous(BufView::whole(&gl), e),
+                weights: BufView::whole(&gw),
+            },
         )
         .expect("route");
         for ex in [expert, 0] {
-            moe::combine(&mut rec, t, cols, e, ex, Mat::contiguous(BufView::whole(&go), cols), Mat::contiguous(BufView::whole(&gy), cols), BufView::whole(&gw))
-                .expect("combine");
+            moe::combine(
+                &mut rec,
+                t,
+                cols,
+                e,
+                ex,
+                Mat::contiguous(BufView::whole(&go), cols),
+                Mat::contiguous(BufView::whole(&gy), cols),
+                BufView::whole(&gw),
+            )
+            .expect("combine");
         }
         rec.submit().expect("submit");
         let got_w = read(&ctx, &gw, (t * e) as usize);

@@ -169,9 +169,23 @@ fn recordings_submit_together() {
     let Some(ctx) = airllm_gpu::testing::gpu_or_skip() else { return };
     let x = ctx.upload_f32("x", &[1.0; 8]);
     let mut a = ctx.recorder("a");
-    airllm_gpu::kernels::elementwise::scale(&mut a, 1, 8, airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&x), 8), 3.0).expect("a");
+    airllm_gpu::kernels::elementwise::scale(
+        &mut a,
+        1,
+        8,
+        airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&x), 8),
+        3.0,
+    )
+    .expect("a");
     let mut b = ctx.recorder("b");
-    airllm_gpu::kernels::elementwise::scale(&mut b, 1, 8, airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&x), 8), 5.0).expect("b");
+    airllm_gpu::kernels::elementwise::scale(
+        &mut b,
+        1,
+        8,
+        airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&x), 8),
+        5.0,
+    )
+    .expect("b");
     let idx = ctx.submit_recorded(vec![a.finish(), b.finish()]).expect("submit");
     ctx.wait(Some(idx)).expect("wait");
     assert_eq!(read(&ctx, &x, 8), vec![15.0; 8]);
@@ -187,8 +201,14 @@ fn non_storage_buffers_are_rejected() {
         mapped_at_creation: false,
     });
     let mut rec = ctx.recorder("bad");
-    let e = airllm_gpu::kernels::elementwise::scale(&mut rec, 1, 4, airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&plain), 4), 2.0)
-        .expect_err("must fail");
+    let e = airllm_gpu::kernels::elementwise::scale(
+        &mut rec,
+        1,
+        4,
+        airllm_gpu::kernels::elementwise::Mat::contiguous(BufView::whole(&plain), 4),
+        2.0,
+    )
+    .expect_err("must fail");
     assert!(e.to_string().contains("STORAGE"), "{e}");
 }
 

@@ -53,7 +53,9 @@ fn rmsnorm_formats_views_and_forms() {
                     let mut want = if in_place { x.clone() } else { vec![7.0; n] };
                     rmsnorm::reference(rows, &view, &x, &view, &mut want, &w, eps, gemma);
                     let scale: Vec<f32> = want.iter().map(|v| v.abs().max(1e-3)).collect();
-                    let what = format!("rmsnorm {name} {weight_format} gemma={gemma} in_place={in_place} rows={rows} {view:?}");
+                    let what = format!(
+                        "rmsnorm {name} {weight_format} gemma={gemma} in_place={in_place} rows={rows} {view:?}"
+                    );
                     assert_close(&what, &got, &want, &scale, NORM_TOL);
                 }
             }
@@ -103,13 +105,17 @@ fn rope_both_styles_partial_rotary() {
             rope::reference(&mut want, rows, heads, head_dim, rotary_dim, stride, off, &pos, &inv_freq, style, mscale);
             // error relative to the pair's magnitude (values near 0 after rotation)
             let scale = vec![1.0f32; n];
-            let what = format!("rope {style:?} rows={rows} heads={heads} d={head_dim} rot={rotary_dim} max_pos={max_pos}");
+            let what =
+                format!("rope {style:?} rows={rows} heads={heads} d={head_dim} rot={rotary_dim} max_pos={max_pos}");
             assert_close(&what, &got, &want, &scale, ROPE_TOL);
             // values outside the rotated dims are untouched
             for r in 0..rows {
                 for h in 0..heads {
                     let b = (r * stride + off + h * head_dim) as usize;
-                    assert_eq!(got[b + rotary_dim as usize..b + head_dim as usize], x[b + rotary_dim as usize..b + head_dim as usize]);
+                    assert_eq!(
+                        got[b + rotary_dim as usize..b + head_dim as usize],
+                        x[b + rotary_dim as usize..b + head_dim as usize]
+                    );
                 }
             }
         }

@@ -72,7 +72,8 @@ pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
         t.engine.remap_wait.as_secs_f64(),
         t.engine.host.as_secs_f64(),
         t.engine.readback.as_secs_f64(),
-        (t.engine.forward.saturating_sub(t.engine.io_wait + t.engine.remap_wait + t.engine.host + t.engine.readback)).as_secs_f64(),
+        (t.engine.forward.saturating_sub(t.engine.io_wait + t.engine.remap_wait + t.engine.host + t.engine.readback))
+            .as_secs_f64(),
         human_bytes(t.engine.streamed_bytes),
         t.engine.passes
     );
@@ -94,7 +95,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut model = a.model.load(!a.json)?;
     let vocab = model.spec().vocab_size as u64;
     let prompts: Vec<Prompt> = (0..a.batch)
-        .map(|b| Prompt::Ids((0..a.prompt_len as u64).map(|i| ((i * 7919 + b as u64 * 104729 + 3) % vocab) as u32).collect()))
+        .map(|b| {
+            Prompt::Ids((0..a.prompt_len as u64).map(|i| ((i * 7919 + b as u64 * 104729 + 3) % vocab) as u32).collect())
+        })
         .collect();
     let opts = GenerateOptions { max_new_tokens: a.new_tokens.max(1), stop_at_eos: false, ..Default::default() };
     let (_, t) = model.generate(&prompts, &opts, |_| {})?;
@@ -114,7 +117,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             v["tokens_per_s_total"].as_f64().unwrap_or(0.0),
             v["stream_gbps"].as_f64().unwrap_or(0.0),
             human_bytes(model.engine().peak_vram()),
-            if model.engine().plan().budget == u64::MAX { "unlimited".into() } else { human_bytes(model.engine().plan().budget) },
+            if model.engine().plan().budget == u64::MAX {
+                "unlimited".into()
+            } else {
+                human_bytes(model.engine().plan().budget)
+            },
         );
         println!("{}", profile_text(&model, &t));
     }
@@ -127,8 +134,9 @@ fn io_only(a: &BenchArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("--io-only needs a shard directory (run `airllm shard` first)"),
     };
     let sd = airllm_format::ShardDir::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-    let shards: Vec<airllm_io::ShardSpec> =
-        (0..sd.manifest().shards.len()).map(|i| airllm_io::ShardSpec::new(sd.shard_path(i), sd.entry(i).bytes)).collect();
+    let shards: Vec<airllm_io::ShardSpec> = (0..sd.manifest().shards.len())
+        .map(|i| airllm_io::ShardSpec::new(sd.shard_path(i), sd.entry(i).bytes))
+        .collect();
     let mut opts = airllm_io::ReaderOptions { depth: a.model.prefetch_depth.max(1), ..Default::default() };
     if let Some(m) = a.model.read_mode {
         opts.mode = m;

@@ -96,7 +96,8 @@ impl ModelArgs {
         if progress {
             eprintln!("loading {} ...", self.model);
         }
-        let m = AutoModel::from_pretrained(&self.model, self.options(progress)).with_context(|| format!("loading {}", self.model))?;
+        let m = AutoModel::from_pretrained(&self.model, self.options(progress))
+            .with_context(|| format!("loading {}", self.model))?;
         if progress {
             let e = m.engine();
             eprintln!(

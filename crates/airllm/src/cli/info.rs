@@ -33,7 +33,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("airllm {} ({} adapter(s), best first; pick one with --adapter or AIRLLM_ADAPTER)", env!("CARGO_PKG_VERSION"), adapters.len());
+    println!(
+        "airllm {} ({} adapter(s), best first; pick one with --adapter or AIRLLM_ADAPTER)",
+        env!("CARGO_PKG_VERSION"),
+        adapters.len()
+    );
     for r in adapters {
         println!("{r}");
     }

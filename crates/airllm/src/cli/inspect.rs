@@ -38,7 +38,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         _ => {
             let sizes = airllm::inspect::planned_shard_sizes(&loc, a.compression)
                 .with_context(|| format!("reading {}", a.model))?;
-            (sizes.0, sizes.1, format!("{} (sizes as sharded with --compression {})", loc.path().display(), a.compression))
+            (
+                sizes.0,
+                sizes.1,
+                format!("{} (sizes as sharded with --compression {})", loc.path().display(), a.compression),
+            )
         }
     };
     let plan = airllm::inspect::plan_for(&spec, &units, a.max_vram, a.resident_layers, a.max_context)?;
@@ -72,8 +76,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     println!("parameters  {} ({:.2} B)", spec.parameter_count(), spec.parameter_count() as f64 / 1e9);
     println!(
         "rope        theta {}, {:?}, rotary dims {} ({:?}); norm {:?} eps {:e}; act {:?}; tied {}",
-        spec.rope.theta, spec.rope.scaling, spec.rope.rotary_dim, spec.rope.style, spec.norm, spec.norm_eps,
-        spec.activation, spec.tie_word_embeddings
+        spec.rope.theta,
+        spec.rope.scaling,
+        spec.rope.rotary_dim,
+        spec.rope.style,
+        spec.norm,
+        spec.norm_eps,
+        spec.activation,
+        spec.tie_word_embeddings
     );
     let total: u64 = units.iter().map(|u| u.2).sum();
     println!("shards      {} files, {}", units.len(), human_bytes(total));

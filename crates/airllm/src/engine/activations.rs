@@ -1,8 +1,8 @@
 //! The activation buffers, sized once for the largest pass and reused: no
 //! allocation per token.
 
-use airllm_gpu::wgpu;
 use airllm_format::ModelSpec;
+use airllm_gpu::wgpu;
 use airllm_gpu::{BufView, GpuContext};
 
 /// Activation buffers for up to `rows` token rows and `logit_rows` logit rows.
@@ -72,8 +72,20 @@ impl Activations {
     /// Bytes allocated.
     pub fn bytes(&self) -> u64 {
         [
-            &self.x, &self.h, &self.qkv, &self.attn, &self.gu, &self.act, &self.expert_out, &self.router_logits,
-            &self.router_weights, &self.positions, &self.first_valid, &self.inv_freq, &self.last_x, &self.last_h,
+            &self.x,
+            &self.h,
+            &self.qkv,
+            &self.attn,
+            &self.gu,
+            &self.act,
+            &self.expert_out,
+            &self.router_logits,
+            &self.router_weights,
+            &self.positions,
+            &self.first_valid,
+            &self.inv_freq,
+            &self.last_x,
+            &self.last_h,
             &self.logits,
         ]
         .iter()
@@ -82,33 +94,63 @@ impl Activations {
     }
 
     /// Residual stream `[rows, hidden]`.
-    pub fn x(&self) -> BufView<'_> { whole(&self.x) }
+    pub fn x(&self) -> BufView<'_> {
+        whole(&self.x)
+    }
     /// The x buffer itself (for uploads and row copies).
-    pub fn x_buffer(&self) -> &wgpu::Buffer { &self.x }
+    pub fn x_buffer(&self) -> &wgpu::Buffer {
+        &self.x
+    }
     /// Normed hidden `[rows, hidden]`.
-    pub fn h(&self) -> BufView<'_> { whole(&self.h) }
+    pub fn h(&self) -> BufView<'_> {
+        whole(&self.h)
+    }
     /// Fused q|k|v `[rows, q+2kv]`.
-    pub fn qkv(&self) -> BufView<'_> { whole(&self.qkv) }
+    pub fn qkv(&self) -> BufView<'_> {
+        whole(&self.qkv)
+    }
     /// Attention output `[rows, q]`.
-    pub fn attn(&self) -> BufView<'_> { whole(&self.attn) }
+    pub fn attn(&self) -> BufView<'_> {
+        whole(&self.attn)
+    }
     /// Gate|up `[rows, 2i]`.
-    pub fn gu(&self) -> BufView<'_> { whole(&self.gu) }
+    pub fn gu(&self) -> BufView<'_> {
+        whole(&self.gu)
+    }
     /// Activated MLP `[rows, i]`.
-    pub fn act(&self) -> BufView<'_> { whole(&self.act) }
+    pub fn act(&self) -> BufView<'_> {
+        whole(&self.act)
+    }
     /// One expert's output `[rows, hidden]`.
-    pub fn expert_out(&self) -> BufView<'_> { whole(&self.expert_out) }
+    pub fn expert_out(&self) -> BufView<'_> {
+        whole(&self.expert_out)
+    }
     /// Router logits `[rows, experts]`.
-    pub fn router_logits(&self) -> BufView<'_> { whole(&self.router_logits) }
+    pub fn router_logits(&self) -> BufView<'_> {
+        whole(&self.router_logits)
+    }
     /// Routing weights `[rows, experts]`.
-    pub fn router_weights(&self) -> BufView<'_> { whole(&self.router_weights) }
+    pub fn router_weights(&self) -> BufView<'_> {
+        whole(&self.router_weights)
+    }
     /// Positions `[rows]` u32.
-    pub fn positions(&self) -> BufView<'_> { whole(&self.positions) }
+    pub fn positions(&self) -> BufView<'_> {
+        whole(&self.positions)
+    }
     /// The positions buffer.
-    pub fn positions_buffer(&self) -> &wgpu::Buffer { &self.positions }
+    pub fn positions_buffer(&self) -> &wgpu::Buffer {
+        &self.positions
+    }
     /// First valid slot per sequence `[batch]` u32.
-    pub fn first_valid(&self) -> BufView<'_> { whole(&self.first_valid) }
+    pub fn first_valid(&self) -> BufView<'_> {
+        whole(&self.first_valid)
+    }
     /// The first_valid buffer.
-    pub fn first_valid_buffer(&self) -> &wgpu::Buffer { &self.first_valid }
+    pub fn first_valid_buffer(&self) -> &wgpu::Buffer {
+        &self.first_valid
+    }
     /// Inverse RoPE frequencies.
-    pub fn inv_freq(&self) -> BufView<'_> { whole(&self.inv_freq) }
+    pub fn inv_freq(&self) -> BufView<'_> {
+        whole(&self.inv_freq)
+    }
 }

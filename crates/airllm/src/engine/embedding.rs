@@ -2,7 +2,7 @@
 //! only the rows of the tokens in the batch are read, never the whole table.
 
 use airllm_format::shard_file::MappedShard;
-use airllm_format::{DType, ShardDir, StorageFormat, TensorEntry, Unit, Role};
+use airllm_format::{DType, Role, ShardDir, StorageFormat, TensorEntry, Unit};
 
 use crate::error::{EngineError, Result};
 
@@ -55,8 +55,10 @@ impl EmbeddingTable {
                 StorageFormat::Dense(d) => out.extend(airllm_format::dtype::dense_to_f32(d, row)),
                 StorageFormat::Quant(c) => {
                     out.resize(start + self.cols, 0.0);
-                    c.decode_row(row, self.cols, &mut out[start..])
-                        .map_err(|e| airllm_format::FormatError::Quant { tensor: self.entry.name.clone(), source: e })?;
+                    c.decode_row(row, self.cols, &mut out[start..]).map_err(|e| airllm_format::FormatError::Quant {
+                        tensor: self.entry.name.clone(),
+                        source: e,
+                    })?;
                 }
             }
             if let Some(s) = self.scale {

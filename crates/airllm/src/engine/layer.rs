@@ -55,7 +55,14 @@ fn linear(
 }
 
 /// RMSNorm of contiguous `[rows, d]` `x` into `y`.
-fn norm(rec: &mut Recorder<'_>, spec: &ModelSpec, w: BoundTensor<'_>, rows: u32, x: BufView<'_>, y: BufView<'_>) -> Result<()> {
+fn norm(
+    rec: &mut Recorder<'_>,
+    spec: &ModelSpec,
+    w: BoundTensor<'_>,
+    rows: u32,
+    x: BufView<'_>,
+    y: BufView<'_>,
+) -> Result<()> {
     let d = spec.hidden_size as u32;
     rmsnorm::launch(
         rec,
@@ -74,7 +81,14 @@ fn norm(rec: &mut Recorder<'_>, spec: &ModelSpec, w: BoundTensor<'_>, rows: u32,
 }
 
 /// The final norm: `y = norm(x)` over `rows` rows.
-pub fn final_norm(rec: &mut Recorder<'_>, spec: &ModelSpec, w: &UnitWeights<'_>, rows: u32, x: BufView<'_>, y: BufView<'_>) -> Result<()> {
+pub fn final_norm(
+    rec: &mut Recorder<'_>,
+    spec: &ModelSpec,
+    w: &UnitWeights<'_>,
+    rows: u32,
+    x: BufView<'_>,
+    y: BufView<'_>,
+) -> Result<()> {
     norm(rec, spec, w.need(Role::FinalNorm)?, rows, x, y)
 }
 
@@ -112,7 +126,9 @@ pub fn decoder_layer(
         linear(rec, w.need(Role::V)?, w.get(Role::VBias), n, a.h(), h, a.qkv(), qkv_w, q_dim + kv_dim, false)?;
     }
     if spec.qk_norm {
-        for (role, heads, off) in [(Role::QNorm, spec.num_heads as u32, 0), (Role::KNorm, spec.num_kv_heads as u32, q_dim)] {
+        for (role, heads, off) in
+            [(Role::QNorm, spec.num_heads as u32, 0), (Role::KNorm, spec.num_kv_heads as u32, q_dim)]
+        {
             let wn = w.need(role)?;
             rmsnorm::launch(
                 rec,

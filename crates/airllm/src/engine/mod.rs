@@ -121,7 +121,9 @@ pub fn gpu_units(dir: &ShardDir) -> Result<Vec<(Unit, usize, u64)>> {
     let m = dir.manifest();
     let mut out = Vec::new();
     for l in 0..m.spec.num_layers as u32 {
-        let i = m.shard_index(Unit::Layer(l)).ok_or_else(|| EngineError::invalid("manifest", format!("no shard for layer {l}")))?;
+        let i = m
+            .shard_index(Unit::Layer(l))
+            .ok_or_else(|| EngineError::invalid("manifest", format!("no shard for layer {l}")))?;
         out.push((Unit::Layer(l), i, m.shards[i].bytes));
     }
     let norm = m.shard_index(Unit::FinalNorm).ok_or_else(|| EngineError::invalid("manifest", "no final norm shard"))?;
@@ -175,8 +177,16 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
         // SAFETY: `ptr` points at `size` mapped bytes that stay mapped while `view` lives;
         // nothing else accesses the buffer before it is unmapped below.
         let dst = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), entry.bytes as usize) };
-        let mut f = File::open(&path).map_err(|e| airllm_format::FormatError::Io { op: "opening shard", path: path.clone(), source: e })?;
-        f.read_exact(dst).map_err(|e| airllm_format::FormatError::Io { op: "reading shard", path: path.clone(), source: e })?;
+        let mut f = File::open(&path).map_err(|e| airllm_format::FormatError::Io {
+            op: "opening shard",
+            path: path.clone(),
+            source: e,
+        })?;
+        f.read_exact(dst).map_err(|e| airllm_format::FormatError::Io {
+            op: "reading shard",
+            path: path.clone(),
+            source: e,
+        })?;
         drop(view);
     }
     buffer.unmap();
@@ -299,7 +309,14 @@ impl Engine {
     /// `tokens` is `[batch, t]` row-major; `past` slots are already filled;
     /// `first_valid[b]` is sequence b's first non-padding slot. Returns the logits
     /// of the token rows in `logit_rows` (indices `b * t + i`), `[len, vocab]`.
-    pub fn forward(&mut self, tokens: &[u32], batch: usize, past: usize, first_valid: &[u32], logit_rows: &[usize]) -> Result<Vec<f32>> {
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        batch: usize,
+        past: usize,
+        first_valid: &[u32],
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>> {
         let t = tokens.len() / batch.max(1);
         if batch == 0 || t == 0 || tokens.len() != batch * t || first_valid.len() != batch {
             return Err(EngineError::invalid("forward", "tokens must be [batch, t] with one first_valid per sequence"));
@@ -321,7 +338,8 @@ impl Engine {
         let mut start = 0;
         while start < t {
             let c = chunk.min(t - start);
-            let toks: Vec<u32> = (0..batch).flat_map(|b| tokens[b * t + start..b * t + start + c].iter().copied()).collect();
+            let toks: Vec<u32> =
+                (0..batch).flat_map(|b| tokens[b * t + start..b * t + start + c].iter().copied()).collect();
             // Logit rows inside this chunk, and where they go in `out`.
             let mut sel = Vec::new();
             for (j, &r) in logit_rows.iter().enumerate() {
@@ -330,7 +348,8 @@ impl Engine {
                     sel.push((b * c + (i - start), j));
                 }
             }
-            let logits = self.pass(&toks, batch, c, past + start, first_valid, &sel.iter().map(|s| s.0).collect::<Vec<_>>())?;
+            let logits =
+                self.pass(&toks, batch, c, past + start, first_valid, &sel.iter().map(|s| s.0).collect::<Vec<_>>())?;
             let v = self.spec.vocab_size;
             for (k, &(_, j)) in sel.iter().enumerate() {
                 out[j * v..(j + 1) * v].copy_from_slice(&logits[k * v..(k + 1) * v]);
@@ -341,16 +360,23 @@ impl Engine {
     }
 
     /// One forward pass over `[batch, t]` rows.
-    fn pass(&mut self, tokens: &[u32], batch: usize, t: usize, past: usize, first_valid: &[u32], logit_rows: &[usize]) -> Result<Vec<f32>> {
+    fn pass(
+        &mut self,
+        tokens: &[u32],
+        batch: usize,
+        t: usize,
+        past: usize,
+        first_valid: &[u32],
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>> {
         let t0 = Instant::now();
         let spec = self.spec.clone();
         let h = spec.hidden_size;
         // Inputs: embedding rows gathered on the host, positions, padding offsets.
         let mut x = Vec::with_capacity(tokens.len() * h);
         self.embed.gather(tokens, &mut x)?;
-        let positions: Vec<u32> = (0..batch)
-            .flat_map(|b| (0..t).map(move |i| ((past + i) as u32).saturating_sub(first_valid[b])))
-            .collect();
+        let positions: Vec<u32> =
+            (0..batch).flat_map(|b| (0..t).map(move |i| ((past + i) as u32).saturating_sub(first_valid[b]))).collect();
         let q = self.ctx.queue();
         q.write_buffer(self.act.x_buffer(), 0, bytemuck::cast_slice(&x));
         q.write_buffer(self.act.positions_buffer(), 0, bytemuck::cast_slice(&positions));
@@ -404,7 +430,14 @@ impl Engine {
                             row_bytes,
                         );
                     }
-                    layer::final_norm(&mut rec, &spec, &w, rows_sel, BufView::whole(&self.act.last_x), BufView::whole(&self.act.last_h))?;
+                    layer::final_norm(
+                        &mut rec,
+                        &spec,
+                        &w,
+                        rows_sel,
+                        BufView::whole(&self.act.last_x),
+                        BufView::whole(&self.act.last_h),
+                    )?;
                 }
                 Unit::LmHead | Unit::LmHeadPart(_) => {
                     let head = w
@@ -455,7 +488,13 @@ impl Engine {
 }
 
 /// The streamer for the units the plan does not keep resident (None if all are).
-fn new_streamer(ctx: &GpuContext, dir: &ShardDir, units: &[PlanUnit], plan: &ResidencyPlan, opts: &ReaderOptions) -> Result<Option<Streamer>> {
+fn new_streamer(
+    ctx: &GpuContext,
+    dir: &ShardDir,
+    units: &[PlanUnit],
+    plan: &ResidencyPlan,
+    opts: &ReaderOptions,
+) -> Result<Option<Streamer>> {
     let streamed: Vec<usize> = units.iter().filter(|u| u.resident.is_none()).map(|u| u.shard).collect();
     if streamed.is_empty() {
         return Ok(None);

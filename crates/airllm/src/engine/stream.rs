@@ -84,9 +84,10 @@ impl std::fmt::Debug for Streamer {
 }
 
 fn map_view(label: usize, buffer: &wgpu::Buffer) -> Result<(wgpu::BufferViewMut, NonNull<u8>)> {
-    let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| {
-        EngineError::invalid(format!("staging buffer {label}"), format!("cannot map: {e}"))
-    })?;
+    let mut view = buffer
+        .slice(..)
+        .get_mapped_range_mut()
+        .map_err(|e| EngineError::invalid(format!("staging buffer {label}"), format!("cannot map: {e}")))?;
     let ptr = view.slice(..).as_raw_element_ptr();
     Ok((view, ptr))
 }
@@ -152,7 +153,12 @@ impl Streamer {
 
     /// Wait for the next streamed unit, record its copy into a ring slot on
     /// `encoder`, and return that slot.
-    pub fn acquire(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, expected_shard: usize) -> Result<&wgpu::Buffer> {
+    pub fn acquire(
+        &mut self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        expected_shard: usize,
+    ) -> Result<&wgpu::Buffer> {
         // The reader needs a free staging buffer to make progress on the next unit.
         let lent = self.staging.len() - self.held.len() - self.unsubmitted.len();
         self.recycle(ctx, lent == 0)?;

@@ -2,8 +2,8 @@
 //! whole shard file is one buffer (resident, or a ring slot it was copied into),
 //! and each tensor is a view at its 256-byte-aligned file offset.
 
-use airllm_gpu::wgpu;
 use airllm_format::{Role, ShardEntry, StorageFormat, TensorEntry};
+use airllm_gpu::wgpu;
 use airllm_gpu::{BufView, WeightFormat};
 
 use crate::error::{EngineError, Result};
