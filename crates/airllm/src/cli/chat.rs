@@ -48,6 +48,27 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         history.push(ChatMessage::new("user", line));
+        // Keep the conversation inside the context: drop the oldest turns (never the
+        // system message or the new question) until prompt + reply fit.
+        let limit = model.engine().max_context().saturating_sub(opts.max_new_tokens);
+        loop {
+            let len = model.tokenizer().encode_chat(&history)?.len();
+            let first = history.iter().position(|m| m.role != "system");
+            match first {
+                Some(i) if len > limit && i + 1 < history.len() => {
+                    history.remove(i);
+                    // Drop the reply with its question, so turns keep alternating.
+                    if history.get(i).is_some_and(|m| m.role == "assistant") && i + 1 < history.len() {
+                        history.remove(i);
+                    }
+                    eprintln!("(dropped the oldest turn to stay within the context of {})", model.engine().max_context());
+                }
+                _ if len > limit => {
+                    anyhow::bail!("the message needs {len} tokens, more than the context allows ({limit} after --max-new-tokens); raise --max-context");
+                }
+                _ => break,
+            }
+        }
         let (gens, t) = model.generate(&[Prompt::Chat(history.clone())], &opts, |ev| {
             if let Some(s) = &ev.text {
                 print!("{s}");
