@@ -222,7 +222,7 @@ fn bench_act_mul(c: &mut Criterion, ctx: &GpuContext, adapter: &str, t: u32, i: 
 /// Decode attention of one token over `past` cached positions (8B shapes:
 /// 32 heads, 8 kv heads, head_dim 128).
 fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32, suffix: &str) {
-    let layout = KvLayout { batch: 1, kv_heads: 8, s_max: past + 1, head_dim: 128 };
+    let layout = KvLayout { batch: 1, kv_heads: 8, s_max: past + 1, head_dim: 128, f16: false };
     let heads = 32u32;
     let cache = KvCache::new(ctx, 1, layout).expect("cache");
     let q = ctx.create_storage_buffer("q", u64::from(heads * 128) * 4);

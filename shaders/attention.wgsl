@@ -38,8 +38,32 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+#ifdef KV_F16
+// f16 cache: two values per u32, widened in registers.
+@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
+
+fn k_at(i: u32) -> f32 {
+    let p = unpack2x16float(k_cache[i >> 1u]);
+    return select(p.x, p.y, (i & 1u) == 1u);
+}
+
+fn v_at(i: u32) -> f32 {
+    let p = unpack2x16float(v_cache[i >> 1u]);
+    return select(p.x, p.y, (i & 1u) == 1u);
+}
+#else
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+
+fn k_at(i: u32) -> f32 {
+    return k_cache[i];
+}
+
+fn v_at(i: u32) -> f32 {
+    return v_cache[i];
+}
+#endif
 @group(0) @binding(4) var<storage, read> first_valid: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
@@ -87,7 +111,7 @@ fn main(ids: Ids) {
             let kb = (kv_base + s) * d;
             var acc = 0.0;
             for (var i = 0u; i < d; i++) {
-                acc += q_sh[i] * k_cache[kb + i];
+                acc += q_sh[i] * k_at(kb + i);
             }
             score = acc * P.scale;
             if (P.softcap > 0.0) {
@@ -114,7 +138,7 @@ fn main(ids: Ids) {
             for (var j = 0u; j < DPT; j++) {
                 let dd = ids.lid + j * WG;
                 if (dd < d) {
-                    o[j] += pv * v_cache[vb + dd];
+                    o[j] += pv * v_at(vb + dd);
                 }
             }
         }

@@ -119,11 +119,16 @@ pub enum PipelineKey {
         interleaved: bool,
     },
     /// KV-cache append.
-    KvAppend,
+    KvAppend {
+        /// The cache holds f16 (packed pairs) instead of f32.
+        f16: bool,
+    },
     /// Attention.
     Attention {
         /// Subgroup reductions.
         subgroup: bool,
+        /// The cache holds f16 (packed pairs) instead of f32.
+        f16: bool,
     },
     /// Gated activation.
     ActMul {
@@ -157,7 +162,7 @@ impl PipelineKey {
             PipelineKey::Gemm { .. } => Shader::Gemm,
             PipelineKey::RmsNorm { .. } => Shader::RmsNorm,
             PipelineKey::Rope { .. } => Shader::Rope,
-            PipelineKey::KvAppend => Shader::KvAppend,
+            PipelineKey::KvAppend { .. } => Shader::KvAppend,
             PipelineKey::Attention { .. } => Shader::Attention,
             PipelineKey::ActMul { .. } => Shader::ActMul,
             PipelineKey::Add => Shader::Add,
@@ -199,7 +204,7 @@ impl PipelineKey {
             self,
             PipelineKey::Gemv { subgroup: true, .. }
                 | PipelineKey::RmsNorm { subgroup: true, .. }
-                | PipelineKey::Attention { subgroup: true }
+                | PipelineKey::Attention { subgroup: true, .. }
         )
     }
 
@@ -218,6 +223,9 @@ impl PipelineKey {
         let mut d = vec![Define::U32("WG", self.workgroup_size())];
         if self.uses_subgroup() {
             d.push(Define::Flag("SUBGROUP"));
+        }
+        if matches!(self, PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. }) {
+            d.push(Define::Flag("KV_F16"));
         }
         match *self {
             PipelineKey::Gemv { format, tokens, wide, x_vec4, team, .. } => {
@@ -304,9 +312,11 @@ impl PipelineKey {
         }
         v.push(PipelineKey::Rope { interleaved: false });
         v.push(PipelineKey::Rope { interleaved: true });
-        v.push(PipelineKey::KvAppend);
-        v.push(PipelineKey::Attention { subgroup: false });
-        v.push(PipelineKey::Attention { subgroup: true });
+        for f16 in [false, true] {
+            v.push(PipelineKey::KvAppend { f16 });
+            v.push(PipelineKey::Attention { subgroup: false, f16 });
+            v.push(PipelineKey::Attention { subgroup: true, f16 });
+        }
         v.push(PipelineKey::ActMul { act: Activation::Silu });
         v.push(PipelineKey::ActMul { act: Activation::GeluTanh });
         v.extend([
@@ -373,6 +383,7 @@ impl fmt::Display for PipelineKey {
                 f.write_str(if interleaved { "/interleaved" } else { "/half" })?;
             }
             PipelineKey::ActMul { act } => write!(f, "/{}", act.name())?,
+            PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. } => f.write_str("/kv_f16")?,
             _ => {}
         }
         if self.uses_subgroup() {

@@ -187,12 +187,17 @@ pub struct KvLayout {
     pub s_max: u32,
     /// Values per head.
     pub head_dim: u32,
+    /// Store f16 instead of f32 (half the memory; head_dim must be even).
+    pub f16: bool,
 }
 
 impl KvLayout {
     /// Bytes of one k (or v) tensor of one layer.
     pub fn tensor_bytes(&self) -> u64 {
-        u64::from(self.batch) * u64::from(self.kv_heads) * u64::from(self.s_max) * u64::from(self.head_dim) * 4
+        let elem = if self.f16 { 2 } else { 4 };
+        (u64::from(self.batch) * u64::from(self.kv_heads) * u64::from(self.s_max) * u64::from(self.head_dim) * elem)
+            .div_ceil(4)
+            * 4
     }
 
     /// Index (in f32 values) of `(b, h, slot, 0)`.
@@ -214,6 +219,13 @@ pub struct KvCache {
 impl KvCache {
     /// Allocates `layers` layers of `layout`.
     pub fn new(ctx: &GpuContext, layers: usize, layout: KvLayout) -> Result<Self> {
+        if layout.f16 && !layout.head_dim.is_multiple_of(2) {
+            return Err(GpuError::arg(
+                "KvCache::new",
+                "layout",
+                format!("an f16 cache needs an even head_dim, not {}", layout.head_dim),
+            ));
+        }
         let t = layout.tensor_bytes();
         if t == 0 || t > ctx.caps().max_binding {
             return Err(GpuError::arg(
@@ -393,7 +405,7 @@ mod tests {
 
     #[test]
     fn kv_index() {
-        let l = KvLayout { batch: 2, kv_heads: 3, s_max: 5, head_dim: 4 };
+        let l = KvLayout { batch: 2, kv_heads: 3, s_max: 5, head_dim: 4, f16: false };
         assert_eq!(l.index(1, 2, 3), ((3 + 2) * 5 + 3) * 4);
         assert_eq!(l.tensor_bytes(), 2 * 3 * 5 * 4 * 4);
     }

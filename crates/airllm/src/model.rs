@@ -153,6 +153,7 @@ impl AutoModel {
             prefill_chunk: opts.prefill_chunk,
             read_mode: opts.read_mode,
             read_threads: None,
+            kv_f16: opts.kv_f16,
         };
         let engine = Engine::new(ctx, dir, cfg)?;
         Ok(AutoModel { engine, tokenizer, shards_dir })

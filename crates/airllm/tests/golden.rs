@@ -186,3 +186,33 @@ fn split_tied_head_matches_transformers() {
         assert!(d <= TOL, "{family}: tied split head logits differ by {d}");
     }
 }
+
+/// The f16 KV cache (`--kv-cache f16`) halves the cache and moves logits by
+/// a few 1e-3: within 1e-2 of transformers' f32 logits, same greedy continuation.
+#[test]
+fn f16_kv_cache_stays_close() {
+    for family in FAMILIES {
+        let g = Golden::load(family);
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = Options {
+            shards_dir: Some(tmp.path().to_path_buf()),
+            max_context: Some(128),
+            kv_f16: true,
+            ..Options::default()
+        };
+        let mut model = match AutoModel::from_pretrained(fixture(family).to_str().unwrap(), opts) {
+            Ok(m) => m,
+            Err(airllm::EngineError::Gpu(_)) if std::env::var_os("CI").is_none() => return,
+            Err(e) => panic!("{family}: {e}"),
+        };
+        let p1 = g.ids("prompt1.input_ids");
+        let logits = model.forward_logits(std::slice::from_ref(&p1)).unwrap().remove(0);
+        let d = max_abs(&logits, &g.f32("prompt1.logits"));
+        eprintln!("{family}: f16 KV cache, prompt1 logits max abs diff {d:.2e}");
+        assert!(d <= 1e-2, "{family}: f16 KV logits differ by {d}");
+        let p0 = g.ids("prompt0.input_ids");
+        let opts = GenerateOptions { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
+        let (gens, _) = model.generate(&[Prompt::Ids(p0)], &opts, |_| {}).unwrap();
+        assert_eq!(gens[0].new_ids, g.ids("greedy.prompt0.new_ids"), "{family}: f16 KV greedy");
+    }
+}

@@ -97,7 +97,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
         ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
     }
     let ctx = rec.ctx();
-    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup };
+    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup, f16: l.f16 };
     let groups = grid(ctx, rows * u64::from(a.heads))?;
     let params = Params::default()
         .u(l.batch)

@@ -66,8 +66,10 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
             "cache and source must be different buffers".into()
         })?;
     }
-    let key = PipelineKey::KvAppend;
-    let groups = groups_for(rec.ctx(), rows * row, key.workgroup_size())?;
+    let key = PipelineKey::KvAppend { f16: l.f16 };
+    // An f16 cache is written in packed pairs: one invocation per two values.
+    let per_row = if l.f16 { row / 2 } else { row };
+    let groups = groups_for(rec.ctx(), rows * per_row, key.workgroup_size())?;
     let params = Params::default()
         .u(l.batch)
         .u(a.t)
@@ -95,6 +97,12 @@ pub fn reference(layout: &KvLayout, t: u32, past: u32, src: &[f32], stride: u32,
                 let dst = layout.index(b, h, past + tt) as usize;
                 let s = row + h as usize * d;
                 cache[dst..dst + d].copy_from_slice(&src[s..s + d]);
+                if layout.f16 {
+                    // The GPU stores f16: the reference keeps the rounded values.
+                    for v in &mut cache[dst..dst + d] {
+                        *v = half::f16::from_f32(*v).to_f32();
+                    }
+                }
             }
         }
     }

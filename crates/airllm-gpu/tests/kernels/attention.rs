@@ -18,27 +18,35 @@ struct Case {
     first_valid: Vec<u32>,
     window: u32,
     softcap: f32,
+    /// f16 cache.
+    f16: bool,
 }
 
 /// Fills the cache's first `past` slots, appends T new tokens from a fused
 /// qkv buffer with kv_append, runs attention, and checks both against the
 /// references.
 fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
-    let layout = KvLayout { batch: c.batch, kv_heads: c.kv_heads, s_max: c.s_max, head_dim: c.head_dim };
+    let layout = KvLayout { batch: c.batch, kv_heads: c.kv_heads, s_max: c.s_max, head_dim: c.head_dim, f16: c.f16 };
     let d = c.head_dim;
     let (qw, kvw) = (c.heads * d, c.kv_heads * d);
     // fused [B*T, q | k | v | pad] rows
     let stride = qw + 2 * kvw + 3;
     let rows = (c.batch * c.t) as usize;
     let qkv = randn(rng, rows * stride as usize, 1.0);
-    let tensor = (layout.tensor_bytes() / 4) as usize;
+    // values in the cache (f32 either way on the CPU side)
+    let tensor = (c.batch * c.kv_heads * c.s_max * c.head_dim) as usize;
     let mut k_cache = randn(rng, tensor, 1.0);
     let mut v_cache = randn(rng, tensor, 1.0);
+    if c.f16 {
+        for x in k_cache.iter_mut().chain(v_cache.iter_mut()) {
+            *x = half::f16::from_f32(*x).to_f32();
+        }
+    }
 
     let cache = KvCache::new(ctx, 1, layout).expect("cache");
     let (kv, vv) = (cache.k(0).expect("k"), cache.v(0).expect("v"));
-    ctx.queue().write_buffer(kv.buffer, kv.offset, bytemuck::cast_slice(&k_cache));
-    ctx.queue().write_buffer(vv.buffer, vv.offset, bytemuck::cast_slice(&v_cache));
+    ctx.queue().write_buffer(kv.buffer, kv.offset, &cache_bytes(&k_cache, c.f16));
+    ctx.queue().write_buffer(vv.buffer, vv.offset, &cache_bytes(&v_cache, c.f16));
     let gqkv = ctx.upload_f32("qkv", &qkv);
     let gfv = ctx.upload_u32("first_valid", &c.first_valid);
     let out_stride = qw + 5;
@@ -90,8 +98,8 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
 
     kv_append::reference(&layout, c.t, c.past, &qkv, stride, qw, &mut k_cache);
     kv_append::reference(&layout, c.t, c.past, &qkv, stride, qw + kvw, &mut v_cache);
-    let got_k = airllm_gpu::read_buffer_f32(ctx, kv.buffer, kv.offset, tensor).expect("read k");
-    let got_v = airllm_gpu::read_buffer_f32(ctx, vv.buffer, vv.offset, tensor).expect("read v");
+    let got_k = read_cache(ctx, kv, tensor, c.f16);
+    let got_v = read_cache(ctx, vv, tensor, c.f16);
     assert_eq!(got_k, k_cache, "{what}: k cache");
     assert_eq!(got_v, v_cache, "{what}: v cache");
 
@@ -115,6 +123,26 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     assert_close(what, &got, &want, &vec![1.0; out_len], TOL);
 }
 
+/// Cache contents as uploaded: f32, or packed f16.
+fn cache_bytes(v: &[f32], f16: bool) -> Vec<u8> {
+    if f16 {
+        v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    } else {
+        bytemuck::cast_slice(v).to_vec()
+    }
+}
+
+/// Cache contents read back as f32.
+fn read_cache(ctx: &GpuContext, view: BufView<'_>, n: usize, f16: bool) -> Vec<f32> {
+    let bytes = airllm_gpu::read_buffer_bytes(ctx, view.buffer, view.offset, if f16 { 2 * n } else { 4 * n } as u64)
+        .expect("read cache");
+    if f16 {
+        bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+    } else {
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+}
+
 #[test]
 fn attention_decode_and_prefill() {
     let contexts = contexts();
@@ -133,6 +161,7 @@ fn attention_decode_and_prefill() {
                 first_valid: vec![0, 4],
                 window: 0,
                 softcap: 0.0,
+                f16: false,
             },
             // short prefill on a cache, sliding window, soft-cap
             Case {
@@ -146,6 +175,7 @@ fn attention_decode_and_prefill() {
                 first_valid: vec![2, 0],
                 window: 7,
                 softcap: 30.0,
+                f16: false,
             },
             // prefill from empty over several 64-key blocks, MQA, head_dim 256
             Case {
@@ -159,6 +189,7 @@ fn attention_decode_and_prefill() {
                 first_valid: vec![0],
                 window: 0,
                 softcap: 0.0,
+                f16: false,
             },
             // prefill with padding: queries before first_valid see nothing
             Case {
@@ -172,10 +203,14 @@ fn attention_decode_and_prefill() {
                 first_valid: vec![5, 0],
                 window: 50,
                 softcap: 0.0,
+                f16: false,
             },
         ];
         for (i, c) in cases.iter().enumerate() {
             run(ctx, &mut rng, c, &format!("attention {name} case {i}"));
+            // The same with an f16 cache (its reference rounds k and v to f16 too).
+            let c16 = Case { f16: true, first_valid: c.first_valid.clone(), ..*c };
+            run(ctx, &mut rng, &c16, &format!("attention {name} case {i} f16 cache"));
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct ModelArgs {
     /// Longest context (prompt + new tokens) to size the KV cache for.
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// KV cache element type: f32 (matches transformers to 1e-5) or f16 (half the
+    /// memory, for long contexts in a small budget; logits move by a few 1e-3).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub kv_cache: String,
     /// Reader mode: pread, direct (O_DIRECT, for models larger than RAM) or mmap.
     #[arg(long)]
     pub read_mode: Option<airllm_io::ReadMode>,

@@ -61,10 +61,15 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                     if history.get(i).is_some_and(|m| m.role == "assistant") && i + 1 < history.len() {
                         history.remove(i);
                     }
-                    eprintln!("(dropped the oldest turn to stay within the context of {})", model.engine().max_context());
+                    eprintln!(
+                        "(dropped the oldest turn to stay within the context of {})",
+                        model.engine().max_context()
+                    );
                 }
                 _ if len > limit => {
-                    anyhow::bail!("the message needs {len} tokens, more than the context allows ({limit} after --max-new-tokens); raise --max-context");
+                    anyhow::bail!(
+                        "the message needs {len} tokens, more than the context allows ({limit} after --max-new-tokens); raise --max-context"
+                    );
                 }
                 _ => break,
             }

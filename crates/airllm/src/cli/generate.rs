@@ -87,6 +87,7 @@ impl ModelArgs {
             adapter: self.adapter.clone(),
             backend: self.backend.clone(),
             read_mode: self.read_mode,
+            kv_f16: self.kv_cache == "f16",
             progress,
             ..Options::default()
         }

@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub read_mode: Option<ReadMode>,
     /// Reader threads (None: one per core, at most 16).
     pub read_threads: Option<usize>,
+    /// Keep the KV cache in f16 (half the memory; logits move by a few 1e-3).
+    pub kv_f16: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             prefill_chunk: 512,
             read_mode: None,
             read_threads: None,
+            kv_f16: false,
         }
     }
 }
@@ -145,7 +148,7 @@ pub fn plan_for_dir(dir: &ShardDir, cfg: &EngineConfig, staging_in_vram: bool) -
     let rows = cfg.max_batch * cfg.prefill_chunk.min(cfg.max_context);
     crate::planner::plan(&PlanInput {
         units: units.iter().map(|(u, _, b)| (*u, *b)).collect(),
-        kv_bytes: sizing::kv_bytes(spec, cfg.max_context, cfg.max_batch),
+        kv_bytes: sizing::kv_bytes(spec, cfg.max_context, cfg.max_batch) / if cfg.kv_f16 { 2 } else { 1 },
         activation_bytes: sizing::activation_bytes(spec, rows, cfg.max_batch),
         staging_in_vram,
         prefetch_depth: cfg.prefetch_depth,
@@ -217,7 +220,7 @@ impl Engine {
             read_opts.threads = t.max(1);
         }
         let streamer = new_streamer(&ctx, &dir, &units, &plan, &read_opts)?;
-        let kv = KvCache::new(&ctx, spec.num_layers, kv_layout(&spec, cfg.max_batch, cfg.max_context))?;
+        let kv = KvCache::new(&ctx, spec.num_layers, kv_layout(&spec, cfg.max_batch, cfg.max_context, cfg.kv_f16))?;
         let rows = (cfg.max_batch * cfg.prefill_chunk.min(cfg.max_context)) as u32;
         let act = Activations::new(&ctx, &spec, rows, logit_capacity(rows, cfg.max_batch), cfg.max_batch as u32);
         let embed = EmbeddingTable::open(&dir)?;
@@ -297,7 +300,11 @@ impl Engine {
             return Ok(());
         }
         self.cfg.max_batch = batch;
-        self.kv = KvCache::new(&self.ctx, self.spec.num_layers, kv_layout(&self.spec, batch, self.cfg.max_context))?;
+        self.kv = KvCache::new(
+            &self.ctx,
+            self.spec.num_layers,
+            kv_layout(&self.spec, batch, self.cfg.max_context, self.cfg.kv_f16),
+        )?;
         let rows = (batch * self.cfg.prefill_chunk.min(self.cfg.max_context)) as u32;
         self.act = Activations::new(&self.ctx, &self.spec, rows, logit_capacity(rows, batch), batch as u32);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
@@ -516,8 +523,10 @@ fn logit_capacity(rows: u32, batch: usize) -> u32 {
     (batch as u32).max(rows.min(64))
 }
 
-fn kv_layout(spec: &ModelSpec, batch: usize, context: usize) -> KvLayout {
+fn kv_layout(spec: &ModelSpec, batch: usize, context: usize, f16: bool) -> KvLayout {
     KvLayout {
+        // An f16 cache packs pairs, so it needs an even head_dim (all supported models have one).
+        f16: f16 && spec.head_dim.is_multiple_of(2),
         batch: batch.max(1) as u32,
         kv_heads: spec.num_kv_heads as u32,
         s_max: context as u32,
