@@ -326,6 +326,7 @@ fn diff_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
         forward: b.forward - a.forward,
         io_wait: b.io_wait.saturating_sub(a.io_wait),
         remap_wait: b.remap_wait.saturating_sub(a.remap_wait),
+        upload: b.upload.saturating_sub(a.upload),
         host: b.host - a.host,
         readback: b.readback - a.readback,
         streamed_bytes: b.streamed_bytes - a.streamed_bytes,

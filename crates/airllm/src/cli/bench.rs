@@ -51,6 +51,7 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
         "stream_gbps": if per_token > 0.0 { per_pass as f64 / per_token / 1e9 } else { 0.0 },
         "io_wait_s": t.engine.io_wait.as_secs_f64(),
         "remap_wait_s": t.engine.remap_wait.as_secs_f64(),
+        "upload_s": t.engine.upload.as_secs_f64(),
         "host_s": t.engine.host.as_secs_f64(),
         "readback_s": t.engine.readback.as_secs_f64(),
         "forward_s": t.engine.forward.as_secs_f64(),
@@ -64,18 +65,20 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
 
 pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
     let e = model.engine();
+    let g = &t.engine;
+    let accounted = g.io_wait + g.remap_wait + g.upload + g.host + g.readback;
     let mut s = format!(
-        "profile: forward {:.3} s = io wait {:.3} s + staging remap {:.3} s + host (embeddings, uploads) {:.3} s + \
-         readback {:.3} s + GPU/submit {:.3} s; streamed {} in {} passes",
-        t.engine.forward.as_secs_f64(),
-        t.engine.io_wait.as_secs_f64(),
-        t.engine.remap_wait.as_secs_f64(),
-        t.engine.host.as_secs_f64(),
-        t.engine.readback.as_secs_f64(),
-        (t.engine.forward.saturating_sub(t.engine.io_wait + t.engine.remap_wait + t.engine.host + t.engine.readback))
-            .as_secs_f64(),
-        human_bytes(t.engine.streamed_bytes),
-        t.engine.passes
+        "profile: forward {:.3} s = io wait {:.3} s + staging remap {:.3} s + upload (staging -> slot) {:.3} s + \
+         host (embeddings, inputs) {:.3} s + readback {:.3} s + compute/submit {:.3} s; streamed {} in {} passes",
+        g.forward.as_secs_f64(),
+        g.io_wait.as_secs_f64(),
+        g.remap_wait.as_secs_f64(),
+        g.upload.as_secs_f64(),
+        g.host.as_secs_f64(),
+        g.readback.as_secs_f64(),
+        g.forward.saturating_sub(accounted).as_secs_f64(),
+        human_bytes(g.streamed_bytes),
+        g.passes
     );
     if let Some(r) = e.reader_stats() {
         s += &format!("\nreader: {r}");

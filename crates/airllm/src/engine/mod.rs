@@ -84,6 +84,8 @@ pub struct EngineStats {
     pub io_wait: Duration,
     /// Time waiting for staging buffers to be re-mapped.
     pub remap_wait: Duration,
+    /// GPU copies of streamed units into slots (only measured with profiling on).
+    pub upload: Duration,
     /// Time gathering embeddings and uploading inputs.
     pub host: Duration,
     /// Time waiting for the GPU to finish and reading logits back.
@@ -267,6 +269,7 @@ impl Engine {
             let ss = st.stats();
             s.io_wait = ss.io_wait;
             s.remap_wait = ss.remap_wait;
+            s.upload = ss.upload;
             s.streamed_bytes = ss.bytes;
         }
         s

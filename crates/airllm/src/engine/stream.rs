@@ -59,6 +59,9 @@ pub struct StreamStats {
     pub io_wait: Duration,
     /// Time spent waiting for staging buffers to be re-mapped.
     pub remap_wait: Duration,
+    /// GPU copies from staging into slots (measured only when profiling: each copy
+    /// is then submitted alone and waited for, which costs some overlap).
+    pub upload: Duration,
 }
 
 /// The ring of VRAM slots and the reader feeding it.
@@ -186,7 +189,18 @@ impl Streamer {
         st.buffer.unmap();
         let slot = self.next_slot;
         self.next_slot = (self.next_slot + 1) % self.ring.len();
-        encoder.copy_buffer_to_buffer(&st.buffer, 0, &self.ring[slot], 0, len);
+        if ctx.profiling() {
+            // Time the upload on its own: submit just the copy and wait for it.
+            let t = Instant::now();
+            let mut enc =
+                ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("upload") });
+            enc.copy_buffer_to_buffer(&st.buffer, 0, &self.ring[slot], 0, len);
+            let index = ctx.queue().submit([enc.finish()]);
+            ctx.wait(Some(index))?;
+            self.stats.upload += t.elapsed();
+        } else {
+            encoder.copy_buffer_to_buffer(&st.buffer, 0, &self.ring[slot], 0, len);
+        }
         self.unsubmitted.push(idx);
         self.stats.units += 1;
         self.stats.bytes += filled.len as u64;
