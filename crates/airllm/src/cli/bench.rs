@@ -69,7 +69,8 @@ pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
     let accounted = g.io_wait + g.remap_wait + g.upload + g.host + g.readback;
     let mut s = format!(
         "profile: forward {:.3} s = io wait {:.3} s + staging remap {:.3} s + upload (staging -> slot) {:.3} s + \
-         host (embeddings, inputs) {:.3} s + readback {:.3} s + compute/submit {:.3} s; streamed {} in {} passes",
+         host (embeddings, inputs) {:.3} s + waiting for the GPU and reading logits {:.3} s + recording/submitting \
+         {:.3} s; streamed {} in {} passes",
         g.forward.as_secs_f64(),
         g.io_wait.as_secs_f64(),
         g.remap_wait.as_secs_f64(),

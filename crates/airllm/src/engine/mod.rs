@@ -88,7 +88,8 @@ pub struct EngineStats {
     pub upload: Duration,
     /// Time gathering embeddings and uploading inputs.
     pub host: Duration,
-    /// Time waiting for the GPU to finish and reading logits back.
+    /// Time waiting for the GPU to finish the pass and reading logits back (GPU work
+    /// runs asynchronously, so most compute time of a resident pass lands here).
     pub readback: Duration,
     /// Bytes of weights streamed.
     pub streamed_bytes: u64,
@@ -209,6 +210,20 @@ impl Engine {
         let staging_in_vram = !ctx.caps().is_software() && ctx.caps().device_type != wgpu::DeviceType::IntegratedGpu;
         let plan = plan_for_dir(&dir, &cfg, staging_in_vram)?;
         let listed = gpu_units(&dir)?;
+        // Each unit lives in one buffer (resident, or a ring slot and a staging buffer).
+        let max_buffer = ctx.caps().max_buffer;
+        if let Some((_, shard, bytes)) = listed.iter().find(|(_, _, b)| *b > max_buffer) {
+            return Err(EngineError::invalid(
+                dir.entry(*shard).file.clone(),
+                format!(
+                    "{} is larger than the largest buffer {} allows ({}); re-shard with --compression 8bit or 4bit, \
+                     or use another adapter (--adapter)",
+                    airllm_format::human_bytes(*bytes),
+                    ctx.caps().adapter_name,
+                    airllm_format::human_bytes(max_buffer)
+                ),
+            ));
+        }
         let mut units = Vec::new();
         for (i, (unit, shard, _)) in listed.iter().enumerate() {
             let resident = if plan.resident[i] { Some(load_resident(&ctx, &dir, *shard)?) } else { None };
