@@ -82,6 +82,9 @@ pub struct GpuOptions {
     pub force_no_f16: bool,
     /// Cap the largest storage binding (bytes), e.g. to test row splitting.
     pub max_binding_override: Option<u64>,
+    /// Cap the largest buffer the engine plans with (bytes), e.g. to test the
+    /// error for units that do not fit one buffer.
+    pub max_buffer_override: Option<u64>,
 }
 
 /// The features the kernels use when the adapter has them.
@@ -196,7 +199,7 @@ impl GpuContext {
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding,
-            max_buffer: limits.max_buffer_size,
+            max_buffer: opts.max_buffer_override.map_or(limits.max_buffer_size, |c| c.min(limits.max_buffer_size)),
             storage_align: u64::from(limits.min_storage_buffer_offset_alignment),
             uniform_align: u64::from(limits.min_uniform_buffer_offset_alignment),
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,

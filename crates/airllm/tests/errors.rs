@@ -127,3 +127,23 @@ fn damaged_shard_while_streaming_is_named_and_recovery_is_clean() {
     let (again, _) = m.generate(std::slice::from_ref(&prompt), &g, |_| {}).unwrap();
     assert_eq!(again[0].new_ids, good[0].new_ids);
 }
+
+#[test]
+fn unit_larger_than_the_largest_buffer_is_named() {
+    let opts = airllm_gpu::GpuOptions { max_buffer_override: Some(32 << 10), ..Default::default() };
+    let Ok(ctx) = airllm_gpu::GpuContext::new(&opts) else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have lavapipe");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = airllm_format::Checkpoint::open(&fixture("mistral")).unwrap();
+    airllm_format::write_shards(
+        &ck,
+        tmp.path(),
+        &airllm_format::ShardOptions { progress: false, ..Default::default() },
+    )
+    .unwrap();
+    let dir = airllm_format::ShardDir::open(tmp.path()).unwrap();
+    let e = airllm::engine::Engine::new(ctx, dir, airllm::engine::EngineConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("layer.00.shard") && e.contains("largest buffer") && e.contains("--compression"), "{e}");
+}
