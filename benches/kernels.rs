@@ -222,24 +222,40 @@ fn bench_act_mul(c: &mut Criterion, ctx: &GpuContext, adapter: &str, t: u32, i: 
 /// Decode attention of one token over `past` cached positions (8B shapes:
 /// 32 heads, 8 kv heads, head_dim 128).
 fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32, suffix: &str) {
-    let layout = KvLayout { batch: 1, kv_heads: 8, s_max: past + 1, head_dim: 128, f16: false };
+    use airllm_gpu::kernels::paged::{NO_TREE, StepRow, StepSeq, StepViews};
+    let block = 16u32;
+    let blocks = (past + 1).div_ceil(block);
+    let layout = KvLayout { num_blocks: blocks, block, kv_heads: 8, head_dim: 128, f16: false };
     let heads = 32u32;
     let cache = KvCache::new(ctx, 1, layout).expect("cache");
     let q = ctx.create_storage_buffer("q", u64::from(heads * 128) * 4);
     let out = ctx.create_storage_buffer("out", u64::from(heads * 128) * 4);
-    let fv = ctx.upload_u32("first_valid", &[0]);
+    // One decode row at position `past` of one sequence owning every block.
+    let rows =
+        ctx.create_buffer_init("rows", bytemuck::bytes_of(&StepRow { seq: 0, pos: past, slot: past, mask: NO_TREE }));
+    let seqs = ctx.create_buffer_init(
+        "seqs",
+        bytemuck::bytes_of(&StepSeq { bt_off: 0, kv_len: past + 1, tree_base: 0, tree_len: 0 }),
+    );
+    let table = ctx.upload_u32("block_table", &(0..blocks).collect::<Vec<_>>());
+    let masks = ctx.upload_u32("tree_masks", &[0]);
+    let step = StepViews {
+        rows: BufView::whole(&rows),
+        seqs: BufView::whole(&seqs),
+        block_table: BufView::whole(&table),
+        tree_masks: BufView::whole(&masks),
+    };
     let (k, v) = (cache.k(0).expect("k"), cache.v(0).expect("v"));
     let a = Attention {
         layout,
-        t: 1,
+        rows: 1,
         heads,
-        past,
+        step,
         q: BufView::whole(&q),
         q_stride: heads * 128,
         q_off: 0,
         k_cache: k,
         v_cache: v,
-        first_valid: BufView::whole(&fv),
         out: BufView::whole(&out),
         out_stride: heads * 128,
         out_off: 0,

@@ -83,6 +83,10 @@ pub enum Role {
     KNorm,
     /// Norm before the MLP.
     MlpNorm,
+    /// Norm of the attention output before the residual add (Gemma 2/3 sandwich norms).
+    PostAttnNorm,
+    /// Norm of the MLP output before the residual add (Gemma 2/3 sandwich norms).
+    PostMlpNorm,
     /// MLP gate projection `[inter, hidden]`.
     Gate,
     /// MLP up projection `[inter, hidden]`.
@@ -152,6 +156,8 @@ impl fmt::Display for Role {
             Role::QNorm => "q_norm",
             Role::KNorm => "k_norm",
             Role::MlpNorm => "mlp_norm",
+            Role::PostAttnNorm => "post_attn_norm",
+            Role::PostMlpNorm => "post_mlp_norm",
             Role::Gate => "gate",
             Role::Up => "up",
             Role::GateUp => "gate_up",
@@ -199,6 +205,8 @@ impl FromStr for Role {
             "q_norm" => Role::QNorm,
             "k_norm" => Role::KNorm,
             "mlp_norm" => Role::MlpNorm,
+            "post_attn_norm" => Role::PostAttnNorm,
+            "post_mlp_norm" => Role::PostMlpNorm,
             "gate" => Role::Gate,
             "up" => Role::Up,
             "gate_up" => Role::GateUp,
@@ -316,6 +324,10 @@ pub fn hf_name(unit: Unit, role: Role) -> String {
     let rest = match role {
         Role::AttnNorm => "input_layernorm.weight".to_string(),
         Role::MlpNorm => "post_attention_layernorm.weight".into(),
+        // Sandwich-norm families (Gemma 2/3) name their norms differently; synth
+        // does not write those families.
+        Role::PostAttnNorm => "post_attention_norm.weight".into(),
+        Role::PostMlpNorm => "post_feedforward_layernorm.weight".into(),
         Role::Q => "self_attn.q_proj.weight".into(),
         Role::K => "self_attn.k_proj.weight".into(),
         Role::V => "self_attn.v_proj.weight".into(),

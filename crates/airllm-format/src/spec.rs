@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{FormatError, IoContext, Result};
+use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 
 /// Model families with a graph in the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,6 +255,9 @@ pub struct ModelSpec {
     pub eos_token_ids: Vec<u32>,
     /// Padding token.
     pub pad_token_id: Option<u32>,
+    /// What differs between layers (empty for uniform models); see [`ModelSpec::layer`].
+    #[serde(default)]
+    pub layers: LayerOverrides,
 }
 
 impl ModelSpec {
@@ -373,6 +377,7 @@ impl ModelSpec {
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
             pad_token_id: token_ids(v.get("pad_token_id")).first().copied(),
+            layers: cfg.layer_overrides(num_layers)?,
         };
         spec.validate().map_err(|m| cfg.err(&m))?;
         Ok(spec)
@@ -404,7 +409,7 @@ impl ModelSpec {
                 return Err(format!("num_experts_per_tok {} must be in 1..={}", m.top_k, m.num_experts));
             }
         }
-        Ok(())
+        self.validate_layers()
     }
 
     /// Width of the q projection output.
@@ -516,6 +521,41 @@ impl Cfg<'_> {
     }
     fn opt_str(&self, key: &str) -> Option<&str> {
         self.v.get(key).and_then(Value::as_str)
+    }
+
+    /// Per-layer attention types: transformers 5 `layer_types` (`"sliding_attention"` /
+    /// `"full_attention"`), else `sliding_window_pattern`. Family-specific fields
+    /// (soft-caps, sandwich norms, local RoPE) are filled by the family's parser.
+    fn layer_overrides(&self, num_layers: usize) -> Result<LayerOverrides> {
+        let mut o = LayerOverrides::default();
+        match self.v.get("layer_types") {
+            None | Some(Value::Null) => {
+                if let Some(p) = self.opt_usize("sliding_window_pattern")? {
+                    o.layer_types = layer_types_from_pattern(num_layers, p);
+                }
+            }
+            Some(Value::Array(a)) => {
+                for (i, t) in a.iter().enumerate() {
+                    o.layer_types.push(match t.as_str() {
+                        Some("sliding_attention") => LayerType::Sliding,
+                        Some("full_attention") => LayerType::Full,
+                        _ => {
+                            return Err(self.err(&format!(
+                                "layer_types[{i}] must be \"sliding_attention\" or \"full_attention\", found {}",
+                                crate::layers::excerpt(&t.to_string())
+                            )));
+                        }
+                    });
+                }
+            }
+            Some(other) => {
+                return Err(self.err(&format!(
+                    "field `layer_types` must be a list, found {}",
+                    crate::layers::excerpt(&other.to_string())
+                )));
+            }
+        }
+        Ok(o)
     }
 
     /// RoPE settings from either layout: transformers 5 `rope_parameters`, or

@@ -296,7 +296,7 @@ impl GpuContext {
 
     /// A storage buffer holding `data` (padded to 16 bytes). For small data:
     /// activations, tokens, tests. Weights go through
-    /// [`StagingBuffer`](crate::StagingBuffer) instead.
+    /// the [`Ring`](crate::Ring) instead.
     pub fn create_buffer_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let buffer = self.create_storage_buffer(label, data.len() as u64);
         // write_buffer is fine for small data (it measured 3.8 GB/s, far

@@ -126,6 +126,14 @@ pub enum GpuError {
     /// Waiting for submitted work failed (device lost, timeout).
     #[error("waiting for the GPU failed")]
     Poll(#[source] wgpu::PollError),
+
+    /// The shard reader feeding the streaming ring failed.
+    #[error(transparent)]
+    Reader(Box<airllm_io::IoError>),
+
+    /// The streaming ring got out of step with the pass (a unit delivered out of order).
+    #[error("streaming: {0}")]
+    Stream(String),
 }
 
 impl GpuError {

@@ -15,10 +15,10 @@
 //!   [`kernels::attention`], [`kernels::act_mul`], [`kernels::elementwise`],
 //!   [`kernels::moe`].
 //!
-//! Weights reach VRAM through [`StagingBuffer`] (mapped memory filled by
-//! threads, then `copy_buffer_to_buffer` into a [`SlotPool`] slot), never
-//! `write_buffer`. [`read_buffer_f32`] reads results back; [`timing`] gives
-//! per-kernel GPU times.
+//! Streamed weights reach VRAM through the [`Ring`] (an `airllm-io` reader
+//! fills mapped staging buffers, then `copy_buffer_to_buffer` into a ring
+//! slot), never `write_buffer`. [`read_buffer_f32`] reads results back;
+//! [`timing`] gives per-kernel GPU times.
 //!
 //! ```
 //! use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
@@ -63,8 +63,8 @@ pub mod pipeline;
 pub mod pool;
 pub mod readback;
 pub mod recorder;
+pub mod ring;
 pub mod shaders;
-pub mod staging;
 pub mod testing;
 pub mod timing;
 
@@ -73,11 +73,11 @@ pub use device::{GpuBackend, GpuContext, GpuOptions};
 pub use error::GpuError;
 pub use kernels::WeightFormat;
 pub use pipeline::{Activation, GemmTile, PipelineCache, PipelineKey};
-pub use pool::{BufView, BufferPool, KvCache, KvLayout, SlotLayout, SlotPool};
+pub use pool::{BufView, KvCache, KvLayout};
 pub use readback::{read_buffer_bytes, read_buffer_f32, read_buffer_u32};
 pub use recorder::{Recorded, Recorder};
+pub use ring::{Ring, RingStats};
 pub use shaders::{dump_wgsl, validate_all_shaders};
-pub use staging::{MappedPtr, StagingBuffer};
 pub use timing::{GpuProfile, KernelTime};
 
 #[cfg(test)]
@@ -89,7 +89,6 @@ mod tests {
     fn shareable_across_threads() {
         send_sync::<crate::GpuContext>();
         send::<crate::Recorder<'static>>();
-        send::<crate::StagingBuffer>();
-        send_sync::<crate::MappedPtr>();
+        send::<crate::Ring>();
     }
 }

@@ -141,6 +141,8 @@ pub enum PipelineKey {
     BiasAdd,
     /// Scale.
     Scale,
+    /// Soft-cap `cap * tanh(x / cap)`.
+    Softcap,
     /// MoE routing.
     MoeRoute,
     /// MoE combine.
@@ -168,6 +170,7 @@ impl PipelineKey {
             PipelineKey::Add => Shader::Add,
             PipelineKey::BiasAdd => Shader::BiasAdd,
             PipelineKey::Scale => Shader::Scale,
+            PipelineKey::Softcap => Shader::Softcap,
             PipelineKey::MoeRoute => Shader::MoeRoute,
             PipelineKey::MoeCombine => Shader::MoeCombine,
         }
@@ -323,6 +326,7 @@ impl PipelineKey {
             PipelineKey::Add,
             PipelineKey::BiasAdd,
             PipelineKey::Scale,
+            PipelineKey::Softcap,
             PipelineKey::MoeRoute,
             PipelineKey::MoeCombine,
         ]);

@@ -1,7 +1,7 @@
 //! Memory: [`BufView`] (a typed window on a buffer, what every kernel binds),
-//! layer weight slots ([`SlotLayout`], [`SlotPool`]), the KV cache
-//! ([`KvCache`]), reusable activation buffers ([`BufferPool`]) and the pool of
-//! uniform buffers behind every dispatch's parameters.
+//! the paged KV cache ([`KvCache`], [`KvLayout`]) and the pool of uniform
+//! buffers behind every dispatch's parameters. Weight slots and staging are
+//! the [`Ring`](crate::Ring)'s.
 //!
 //! Everything is sized once (or grows to a high-water mark and stays): no
 //! buffer is created per token. Bind groups are created per dispatch: they
@@ -9,7 +9,6 @@
 //! at this rate (a cache keyed by buffer ids and offsets is a possible later
 //! step).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::device::GpuContext;
@@ -89,102 +88,18 @@ impl<'a> BufView<'a> {
     }
 }
 
-/// Offsets of a layer's tensors inside one slot buffer: each tensor starts
-/// at a multiple of [`TENSOR_ALIGN`], so kernels bind it directly.
-#[derive(Clone, Debug, Default)]
-pub struct SlotLayout {
-    entries: Vec<(String, u64, u64)>,
-    end: u64,
-}
-
-impl SlotLayout {
-    /// An empty layout.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Places a tensor of `bytes`; returns its offset.
-    pub fn push(&mut self, name: impl Into<String>, bytes: u64) -> u64 {
-        let off = self.end.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-        self.entries.push((name.into(), off, bytes));
-        self.end = off + bytes;
-        off
-    }
-
-    /// `(offset, bytes)` of a named tensor.
-    pub fn get(&self, name: &str) -> Option<(u64, u64)> {
-        self.entries.iter().find(|e| e.0 == name).map(|e| (e.1, e.2))
-    }
-
-    /// Bytes a slot needs (rounded up to [`TENSOR_ALIGN`]).
-    pub fn total(&self) -> u64 {
-        self.end.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
-    }
-
-    /// The tensors in placement order: `(name, offset, bytes)`.
-    pub fn entries(&self) -> &[(String, u64, u64)] {
-        &self.entries
-    }
-}
-
-/// A fixed ring of equally sized weight slots, allocated once. Which slot a
-/// layer uses, and when it may be overwritten (after the submission that
-/// reads it completes), is the streaming scheduler's business.
-#[derive(Debug)]
-pub struct SlotPool {
-    slots: Vec<wgpu::Buffer>,
-    slot_bytes: u64,
-}
-
-impl SlotPool {
-    /// `count` slots of `slot_bytes` each (STORAGE | COPY_DST | COPY_SRC).
-    pub fn new(ctx: &GpuContext, label: &str, count: usize, slot_bytes: u64) -> Result<Self> {
-        let slot_bytes = slot_bytes.max(TENSOR_ALIGN).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-        if slot_bytes > ctx.caps().max_buffer {
-            return Err(GpuError::arg(
-                "SlotPool::new",
-                "slot_bytes",
-                format!(
-                    "{slot_bytes} bytes exceeds the adapter's largest buffer ({} bytes); split the layer",
-                    ctx.caps().max_buffer
-                ),
-            ));
-        }
-        let slots = (0..count).map(|i| ctx.create_storage_buffer(&format!("{label}[{i}]"), slot_bytes)).collect();
-        Ok(SlotPool { slots, slot_bytes })
-    }
-
-    /// Slot `i`.
-    pub fn slot(&self, i: usize) -> Option<&wgpu::Buffer> {
-        self.slots.get(i)
-    }
-
-    /// Number of slots.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether the pool has no slots.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Bytes per slot.
-    pub fn slot_bytes(&self) -> u64 {
-        self.slot_bytes
-    }
-}
-
-/// Shape of a KV cache: per layer, k and v are each
-/// `[batch, kv_heads, s_max, head_dim]` f32.
+/// Shape of a paged KV cache: a pool of `num_blocks` blocks of `block` slots;
+/// per layer, k and v are each `[num_blocks, kv_heads, block, head_dim]` f32
+/// (or f16). Which blocks a sequence owns is the caller's block table (see
+/// [`kernels::paged`](crate::kernels::paged)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
-    /// Sequences.
-    pub batch: u32,
+    /// Blocks in the pool.
+    pub num_blocks: u32,
+    /// Slots per block.
+    pub block: u32,
     /// Key/value heads.
     pub kv_heads: u32,
-    /// Slots per sequence (the context length).
-    pub s_max: u32,
     /// Values per head.
     pub head_dim: u32,
     /// Store f16 instead of f32 (half the memory; head_dim must be even).
@@ -192,23 +107,37 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
+    /// Bytes per stored value.
+    pub fn elem_bytes(&self) -> u64 {
+        if self.f16 { 2 } else { 4 }
+    }
+
     /// Bytes of one k (or v) tensor of one layer.
     pub fn tensor_bytes(&self) -> u64 {
-        let elem = if self.f16 { 2 } else { 4 };
-        (u64::from(self.batch) * u64::from(self.kv_heads) * u64::from(self.s_max) * u64::from(self.head_dim) * elem)
-            .div_ceil(4)
+        (u64::from(self.num_blocks)
+            * u64::from(self.block)
+            * u64::from(self.kv_heads)
+            * u64::from(self.head_dim)
+            * self.elem_bytes())
+        .div_ceil(4)
             * 4
     }
 
-    /// Index (in f32 values) of `(b, h, slot, 0)`.
-    pub fn index(&self, b: u32, h: u32, slot: u32) -> u64 {
-        ((u64::from(b) * u64::from(self.kv_heads) + u64::from(h)) * u64::from(self.s_max) + u64::from(slot))
+    /// Bytes one layer's buffer takes (k, then v at an aligned offset).
+    pub fn layer_bytes(&self) -> u64 {
+        self.tensor_bytes().div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN + self.tensor_bytes()
+    }
+
+    /// Index (in values) of `(block, head, offset in block, 0)`.
+    pub fn index(&self, block: u32, h: u32, off: u32) -> u64 {
+        ((u64::from(block) * u64::from(self.kv_heads) + u64::from(h)) * u64::from(self.block) + u64::from(off))
             * u64::from(self.head_dim)
     }
 }
 
 /// The KV cache of a model: one buffer per layer holding k then v (v at a
-/// [`TENSOR_ALIGN`]ed offset), allocated once.
+/// [`TENSOR_ALIGN`]ed offset), allocated once. Sequences come and go by
+/// taking and returning blocks; the buffers never move.
 #[derive(Debug)]
 pub struct KvCache {
     layout: KvLayout,
@@ -232,7 +161,7 @@ impl KvCache {
                 "KvCache::new",
                 "layout",
                 format!(
-                    "one k tensor is {t} bytes; it must be non-empty and at most the adapter's largest binding ({} bytes): lower s_max or batch",
+                    "one k tensor is {t} bytes; it must be non-empty and at most the adapter's largest binding ({} bytes): lower the KV capacity (--kv-tokens / --max-context)",
                     ctx.caps().max_binding
                 ),
             ));
@@ -260,41 +189,6 @@ impl KvCache {
     /// The v tensor of `layer`.
     pub fn v(&self, layer: usize) -> Option<BufView<'_>> {
         self.layers.get(layer).map(|b| BufView::new(b, self.v_offset, self.layout.tensor_bytes()))
-    }
-}
-
-/// Named activation buffers that grow to their high-water mark and are then
-/// reused: `get("hidden", bytes)` allocates only when `bytes` exceeds what
-/// the buffer of that name already has.
-#[derive(Default)]
-pub struct BufferPool {
-    map: Mutex<HashMap<String, wgpu::Buffer>>,
-}
-
-impl BufferPool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The buffer named `name`, at least `bytes` long (STORAGE | COPY_SRC | COPY_DST).
-    pub fn get(&self, ctx: &GpuContext, name: &str, bytes: u64) -> wgpu::Buffer {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(name) {
-            if b.size() >= bytes {
-                return b.clone();
-            }
-        }
-        // grow with headroom so a slowly growing prompt does not reallocate each step
-        let size = bytes.max(256).next_power_of_two().max(bytes);
-        let b = ctx.create_storage_buffer(name, size);
-        map.insert(name.to_string(), b.clone());
-        b
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.map.lock().map(|m| m.values().map(|b| b.size()).sum()).unwrap_or(0)
     }
 }
 
@@ -394,19 +288,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slot_layout_aligns() {
-        let mut l = SlotLayout::new();
-        assert_eq!(l.push("a", 10), 0);
-        assert_eq!(l.push("b", 300), 256);
-        assert_eq!(l.push("c", 1), 768);
-        assert_eq!(l.total(), 1024);
-        assert_eq!(l.get("b"), Some((256, 300)));
-    }
-
-    #[test]
     fn kv_index() {
-        let l = KvLayout { batch: 2, kv_heads: 3, s_max: 5, head_dim: 4, f16: false };
+        let l = KvLayout { num_blocks: 2, block: 5, kv_heads: 3, head_dim: 4, f16: false };
         assert_eq!(l.index(1, 2, 3), ((3 + 2) * 5 + 3) * 4);
         assert_eq!(l.tensor_bytes(), 2 * 3 * 5 * 4 * 4);
+        assert_eq!(l.layer_bytes(), 512 + 480);
     }
 }

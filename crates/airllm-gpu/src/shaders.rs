@@ -41,6 +41,8 @@ pub enum Shader {
     BiasAdd,
     /// Scale (`shaders/scale.wgsl`).
     Scale,
+    /// Soft-cap (`shaders/softcap.wgsl`).
+    Softcap,
     /// MoE router (`shaders/moe_route.wgsl`).
     MoeRoute,
     /// MoE weighted combine (`shaders/moe_combine.wgsl`).
@@ -49,7 +51,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader.
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Gemv,
         Shader::Gemm,
         Shader::RmsNorm,
@@ -60,6 +62,7 @@ impl Shader {
         Shader::Add,
         Shader::BiasAdd,
         Shader::Scale,
+        Shader::Softcap,
         Shader::MoeRoute,
         Shader::MoeCombine,
     ];
@@ -77,6 +80,7 @@ impl Shader {
             Shader::Add => "add",
             Shader::BiasAdd => "bias_add",
             Shader::Scale => "scale",
+            Shader::Softcap => "softcap",
             Shader::MoeRoute => "moe_route",
             Shader::MoeCombine => "moe_combine",
         }
@@ -100,6 +104,7 @@ impl Shader {
             Shader::Add => include_str!("../../../shaders/add.wgsl"),
             Shader::BiasAdd => include_str!("../../../shaders/bias_add.wgsl"),
             Shader::Scale => include_str!("../../../shaders/scale.wgsl"),
+            Shader::Softcap => include_str!("../../../shaders/softcap.wgsl"),
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::MoeCombine => include_str!("../../../shaders/moe_combine.wgsl"),
         }
@@ -169,6 +174,14 @@ fn expand(
             match dir {
                 "ifdef" | "ifndef" => {
                     let name = arg.ok_or_else(|| format!("{}: #{dir} without a name", at()))?;
+                    // A misspelt flag would silently build another variant.
+                    if !known_flags().contains(name) {
+                        return Err(format!(
+                            "{}: #{dir} {name}: no pipeline key defines {name:?} (known: {})",
+                            at(),
+                            sorted(known_flags())
+                        ));
+                    }
                     let cond = defines.contains(name) == (dir == "ifdef");
                     let parent = active(&stack);
                     stack.push((parent && cond, parent, false));
@@ -212,6 +225,19 @@ fn expand(
         return Err(format!("{file}: {} unclosed #ifdef", stack.len()));
     }
     Ok(())
+}
+
+/// Every define name some [`PipelineKey`] variant sets: the names an
+/// `#ifdef` may test.
+fn known_flags() -> &'static HashSet<&'static str> {
+    static KNOWN: std::sync::OnceLock<HashSet<&'static str>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| PipelineKey::all_variants().iter().flat_map(|k| k.defines()).map(|d| d.name()).collect())
+}
+
+fn sorted(set: &HashSet<&str>) -> String {
+    let mut v: Vec<&str> = set.iter().copied().collect();
+    v.sort_unstable();
+    v.join(", ")
 }
 
 /// Preprocesses every [`PipelineKey`] variant and validates it with naga,
@@ -266,15 +292,22 @@ mod tests {
 
     #[test]
     fn nested_conditionals() {
-        let src = "a\n#ifdef X\nb\n#ifndef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
-        let set: HashSet<&str> = ["X"].into_iter().collect();
+        let src = "a\n#ifdef SUBGROUP\nb\n#ifndef KV_F16\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        let set: HashSet<&str> = ["SUBGROUP"].into_iter().collect();
         let mut out = String::new();
         expand("t", src, &set, &mut HashSet::new(), &mut out).unwrap();
         assert_eq!(out, "a\nb\nc\nf\n");
-        let set: HashSet<&str> = ["Y"].into_iter().collect();
+        let set: HashSet<&str> = ["KV_F16"].into_iter().collect();
         let mut out = String::new();
         expand("t", src, &set, &mut HashSet::new(), &mut out).unwrap();
         assert_eq!(out, "a\ne\nf\n");
+    }
+
+    #[test]
+    fn unknown_ifdef_name_is_an_error() {
+        let src = "a\n#ifdef SUBGRUOP\nb\n#endif\n";
+        let e = expand("t.wgsl", src, &HashSet::new(), &mut HashSet::new(), &mut String::new()).unwrap_err();
+        assert!(e.contains("t.wgsl:2") && e.contains("SUBGRUOP") && e.contains("SUBGROUP"), "{e}");
     }
 
     #[test]
@@ -282,7 +315,7 @@ mod tests {
         let mut out = String::new();
         let e = expand("f.wgsl", "x\n#endif\n", &HashSet::new(), &mut HashSet::new(), &mut out).unwrap_err();
         assert!(e.contains("f.wgsl:2"), "{e}");
-        let e = expand("f.wgsl", "#ifdef A\n", &HashSet::new(), &mut HashSet::new(), &mut out).unwrap_err();
+        let e = expand("f.wgsl", "#ifdef SUBGROUP\n", &HashSet::new(), &mut HashSet::new(), &mut out).unwrap_err();
         assert!(e.contains("unclosed"), "{e}");
         let e = expand("f.wgsl", "#include nope\n", &HashSet::new(), &mut HashSet::new(), &mut out).unwrap_err();
         assert!(e.contains("unknown include"), "{e}");

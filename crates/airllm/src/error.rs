@@ -35,6 +35,37 @@ pub enum EngineError {
         /// What the minimum is made of.
         breakdown: String,
     },
+    /// The KV pool has too few free blocks.
+    #[error(
+        "the KV cache is full: {needed} more blocks of {block} tokens are needed, {free} of {total} are free; \
+         raise --kv-tokens (and --max-vram if needed), or run fewer sequences at once"
+    )]
+    KvFull {
+        /// Blocks asked for.
+        needed: usize,
+        /// Blocks free.
+        free: usize,
+        /// Blocks in the pool.
+        total: usize,
+        /// Tokens per block.
+        block: usize,
+    },
+    /// A prompt does not fit the context.
+    #[error(
+        "the prompt has {prompt} tokens but the context holds {context}; shorten the prompt or raise --max-context"
+    )]
+    PromptTooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context size.
+        context: usize,
+    },
+    /// Too many requests are waiting.
+    #[error("{waiting} requests are already waiting; try again later")]
+    QueueFull {
+        /// Requests waiting.
+        waiting: usize,
+    },
     /// A request is invalid (prompt too long, bad option value, ...).
     #[error("{option}: {message}")]
     Invalid {

@@ -3,9 +3,9 @@
 use airllm_format::{ModelLocation, ModelSpec, TensorSource, Unit};
 use airllm_quant::Compression;
 
+use crate::engine::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::planner::{PlanInput, ResidencyPlan};
-use crate::sizing;
+use crate::planner::Plan;
 
 /// (unit, file, bytes, tensors) per shard.
 pub type ShardSizes = Vec<(Unit, String, u64, usize)>;
@@ -29,17 +29,9 @@ pub fn planned_shard_sizes(loc: &ModelLocation, compression: Compression) -> Res
     }
 }
 
-/// The residency plan for a budget (None when neither a budget nor a layer count is given).
-pub fn plan_for(
-    spec: &ModelSpec,
-    shards: &ShardSizes,
-    max_vram: Option<u64>,
-    resident_layers: Option<usize>,
-    max_context: usize,
-) -> Result<Option<ResidencyPlan>> {
-    if max_vram.is_none() && resident_layers.is_none() {
-        return Ok(None);
-    }
+/// The plan for a budget, from the same planning call the engine makes
+/// ([`crate::engine::plan_units`]), so `inspect` and `generate` agree.
+pub fn plan_for(spec: &ModelSpec, shards: &ShardSizes, cfg: &EngineConfig, staging_in_vram: bool) -> Result<Plan> {
     let find = |u: Unit| shards.iter().find(|s| s.0 == u).map(|s| s.2);
     let mut units = Vec::new();
     for l in 0..spec.num_layers as u32 {
@@ -57,14 +49,5 @@ pub fn plan_for(
     } else {
         units.extend(parts);
     }
-    let chunk = 512.min(max_context);
-    Ok(Some(crate::planner::plan(&PlanInput {
-        units,
-        kv_bytes: sizing::kv_bytes(spec, max_context, 1),
-        activation_bytes: sizing::activation_bytes(spec, chunk, 1),
-        staging_in_vram: true,
-        prefetch_depth: 4,
-        budget: max_vram.unwrap_or(u64::MAX),
-        resident_layers,
-    })?))
+    crate::engine::plan_units(spec, units, cfg, staging_in_vram)
 }

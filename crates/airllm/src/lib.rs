@@ -36,10 +36,11 @@ pub mod model;
 pub mod options;
 pub mod planner;
 pub mod sampler;
+pub mod scheduler;
 pub mod sizing;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};
 pub use model::{AutoModel, FinishReason, Generation, Prompt, Timings, TokenEvent};
-pub use options::{GenerateOptions, Options};
+pub use options::{GenerateOptions, KvDtype, Options};
 pub use tokenizer::{ChatMessage, TextTokenizer};

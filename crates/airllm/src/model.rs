@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airllm_format::{ModelLocation, ModelSpec, ShardDir, ShardOptions};
-use airllm_gpu::{GpuBackend, GpuContext, GpuOptions};
+use airllm_gpu::{GpuContext, GpuOptions};
 
-use crate::engine::{Engine, EngineConfig, EngineStats};
+use crate::engine::{Engine, EngineStats, Logits, SeqId, StepItem};
 use crate::error::{EngineError, Result};
 use crate::options::{GenerateOptions, Options};
-use crate::sampler::{Sampler, SamplerConfig};
-use crate::tokenizer::{ChatMessage, StreamDecoder, TextTokenizer};
+use crate::scheduler::{Event, Request, Scheduler};
+use crate::tokenizer::{ChatMessage, TextTokenizer};
 
 /// A prompt: text, ids used verbatim, or a conversation rendered with the chat template.
 #[derive(Clone, Debug)]
@@ -31,38 +31,59 @@ pub enum FinishReason {
     Eos,
     /// A stop string.
     Stop,
-    /// `max_new_tokens` reached.
+    /// `max_new_tokens` (or the context) reached.
     Length,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// Lower-case name (`eos`, `stop`, `length`, `cancelled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Timings of one `generate` call.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
-    /// Prefill (prompt) time.
+    /// Until every sequence had its first new token (the prompts' passes).
     pub prefill: Duration,
-    /// Decode time (all generated tokens after the first).
+    /// The passes after that.
     pub decode: Duration,
-    /// Decode steps run.
+    /// Decode passes run.
     pub decode_steps: usize,
+    /// Tokens generated (all sequences).
+    pub generated: usize,
     /// Engine counters accumulated during the call.
     pub engine: EngineStats,
 }
 
 impl Timings {
-    /// Seconds per decode step.
+    /// Seconds per decode pass.
     pub fn per_token(&self) -> f64 {
         if self.decode_steps == 0 { 0.0 } else { self.decode.as_secs_f64() / self.decode_steps as f64 }
+    }
+
+    /// Tokens generated per pass over the weights.
+    pub fn tokens_per_pass(&self) -> f64 {
+        if self.engine.passes == 0 { 0.0 } else { self.generated as f64 / self.engine.passes as f64 }
     }
 }
 
 /// One sequence's result.
 #[derive(Clone, Debug)]
 pub struct Generation {
-    /// Prompt ids (no padding).
+    /// Prompt ids.
     pub prompt_ids: Vec<u32>,
-    /// Generated ids.
+    /// Generated ids (a stop string and what follows are not included).
     pub new_ids: Vec<u32>,
-    /// Generated text (cut at a stop string).
+    /// Generated text (cut before a stop string).
     pub text: String,
     /// Why it stopped.
     pub finish: FinishReason,
@@ -73,10 +94,12 @@ pub struct Generation {
 pub struct TokenEvent {
     /// Sequence index in the batch.
     pub seq: usize,
-    /// The id.
+    /// The id (`u32::MAX` for text released at the end that no new token carried).
     pub id: u32,
     /// Newly completed text, if any.
     pub text: Option<String>,
+    /// Log-probabilities, when asked for.
+    pub logprob: Option<crate::scheduler::TokenLogprob>,
 }
 
 /// A model ready to generate.
@@ -139,22 +162,15 @@ impl AutoModel {
         let dir = ShardDir::open(&shards_dir)?;
         let spec = dir.manifest().spec.clone();
         let tokenizer = TextTokenizer::load(&shards_dir, &spec.eos_token_ids)?;
-        let backend = opts.backend.as_deref().map(str::parse::<GpuBackend>).transpose()?;
-        let ctx = GpuContext::new(&GpuOptions { adapter: opts.adapter.clone(), backend, ..Default::default() })?;
+        let ctx = GpuContext::new(&GpuOptions {
+            adapter: opts.adapter.clone(),
+            backend: opts.backend,
+            ..Default::default()
+        })?;
         if opts.profiling {
             ctx.set_profiling(true);
         }
-        let cfg = EngineConfig {
-            max_vram: opts.max_vram,
-            resident_layers: opts.resident_layers,
-            prefetch_depth: opts.prefetch_depth,
-            max_context: opts.max_context.unwrap_or(spec.max_position_embeddings.min(4096)),
-            max_batch: 1,
-            prefill_chunk: opts.prefill_chunk,
-            read_mode: opts.read_mode,
-            read_threads: None,
-            kv_f16: opts.kv_f16,
-        };
+        let cfg = opts.engine_config(&spec);
         let engine = Engine::new(ctx, dir, cfg)?;
         Ok(AutoModel { engine, tokenizer, shards_dir })
     }
@@ -171,9 +187,13 @@ impl AutoModel {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
-    /// Mutable engine access (raw forward passes).
+    /// Mutable engine access (raw steps over sequences).
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
+    }
+    /// The engine and the tokenizer together (to drive a [`Scheduler`] directly).
+    pub fn parts_mut(&mut self) -> (&mut Engine, &TextTokenizer) {
+        (&mut self.engine, &self.tokenizer)
     }
     /// The shard directory in use.
     pub fn shards_dir(&self) -> &Path {
@@ -189,30 +209,104 @@ impl AutoModel {
         }
     }
 
-    /// Logits of every position of each prompt, batched with left padding:
-    /// `result[b]` is `[len_b, vocab]` for prompt b's real tokens.
+    /// Logits of every position of each prompt (`result[b]` is `[len_b, vocab]`),
+    /// the prompts sharing passes as one ragged step where they fit.
     pub fn forward_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let (tokens, first_valid, t) = left_pad(prompts, self.pad_id())?;
-        let rows: Vec<usize> =
-            (0..prompts.len()).flat_map(|b| (first_valid[b] as usize..t).map(move |i| b * t + i)).collect();
-        let all = self.engine.forward(&tokens, prompts.len(), 0, &first_valid, &rows)?;
-        let v = self.spec().vocab_size;
-        let mut out = Vec::new();
-        let mut k = 0;
-        for p in prompts {
-            out.push(all[k * v..(k + p.len()) * v].to_vec());
-            k += p.len();
+        self.run_prompts(prompts, Logits::All)
+    }
+
+    /// Logits of each prompt's last position (`result[b]` is `[vocab]`).
+    pub fn last_logits(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.run_prompts(prompts, Logits::Last)
+    }
+
+    /// Runs prompts through temporary sequences in as few passes as the step
+    /// capacity and the KV pool allow, keeping the logits `want` asks for. A
+    /// prompt starts once the pool can hold all of it, and its sequence is
+    /// freed as soon as it is read.
+    fn run_prompts(&mut self, prompts: &[Vec<u32>], want: Logits) -> Result<Vec<Vec<f32>>> {
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(EngineError::invalid("prompt", "a prompt encoded to no tokens; give some text"));
         }
-        Ok(out)
+        let cap = self.engine.capacity();
+        if let Some(p) = prompts.iter().find(|p| p.len() > cap.max_context) {
+            return Err(EngineError::PromptTooLong { prompt: p.len(), context: cap.max_context });
+        }
+        let mut seqs: Vec<Option<SeqId>> = vec![None; prompts.len()];
+        let result = (|| {
+            let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
+            let mut fed = vec![0usize; prompts.len()];
+            while fed.iter().zip(prompts).any(|(f, p)| *f < p.len()) {
+                // Start prompts while the pool holds every started prompt whole.
+                let mut reserved: usize = (0..prompts.len())
+                    .filter_map(|i| seqs[i].map(|s| self.engine.blocks_needed(Some(s), prompts[i].len() - fed[i])))
+                    .sum();
+                for i in 0..prompts.len() {
+                    if seqs[i].is_none() && fed[i] == 0 {
+                        let need = self.engine.blocks_needed(None, prompts[i].len());
+                        let running = seqs.iter().filter(|s| s.is_some()).count();
+                        if need + reserved > self.engine.free_blocks() || running >= cap.sequences {
+                            if running == 0 {
+                                return Err(EngineError::KvFull {
+                                    needed: need,
+                                    free: self.engine.free_blocks(),
+                                    total: self.engine.total_blocks(),
+                                    block: cap.kv_block,
+                                });
+                            }
+                            break;
+                        }
+                        reserved += need;
+                        seqs[i] = Some(self.engine.add_sequence());
+                    }
+                }
+                let (mut rows, mut logit_rows) = (0, 0);
+                let mut items = Vec::new();
+                for (i, p) in prompts.iter().enumerate() {
+                    let Some(seq) = seqs[i] else { continue };
+                    let mut n = (p.len() - fed[i]).min(cap.rows - rows);
+                    if want == Logits::All {
+                        n = n.min(cap.logit_rows - logit_rows);
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    let last = fed[i] + n == p.len();
+                    let l = match want {
+                        Logits::All => Logits::All,
+                        _ if last => Logits::Last,
+                        _ => Logits::None,
+                    };
+                    items.push((i, seq, n, l));
+                    rows += n;
+                    logit_rows += l.rows(n);
+                }
+                let step: Vec<StepItem<'_>> = items
+                    .iter()
+                    .map(|&(i, seq, n, l)| StepItem { seq, tokens: &prompts[i][fed[i]..fed[i] + n], logits: l })
+                    .collect();
+                let logits = self.engine.step(&step)?;
+                for (&(i, seq, n, _), l) in items.iter().zip(logits) {
+                    out[i].extend(l);
+                    fed[i] += n;
+                    if fed[i] == prompts[i].len() {
+                        self.engine.remove_sequence(seq);
+                        seqs[i] = None;
+                    }
+                }
+            }
+            Ok(out)
+        })();
+        for s in seqs.into_iter().flatten() {
+            self.engine.remove_sequence(s);
+        }
+        result
     }
 
-    fn pad_id(&self) -> u32 {
-        let s = self.spec();
-        s.pad_token_id.or(s.eos_token_ids.first().copied()).unwrap_or(0)
-    }
-
-    /// Generate continuations of `prompts` as one batch (one pass over the weights
-    /// per step serves all of them). `on_token` sees every token as it is produced.
+    /// Generates continuations of `prompts`, sharing passes over the weights
+    /// (continuous batching: sequences join and leave as KV blocks allow).
+    /// `on_token` sees every token as it is produced; sequence `i` samples
+    /// with seed `opts.seed + i`.
     pub fn generate(
         &mut self,
         prompts: &[Prompt],
@@ -222,131 +316,62 @@ impl AutoModel {
         if prompts.is_empty() {
             return Ok((Vec::new(), Timings::default()));
         }
+        opts.validate()?;
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.encode(p)).collect::<Result<_>>()?;
         let before = self.engine.stats();
-        let (tokens, first_valid, t) = left_pad(&ids, self.pad_id())?;
-        let ctx_len = self.engine.max_context();
-        if t + opts.max_new_tokens > ctx_len {
-            return Err(EngineError::invalid(
-                "prompt",
-                format!(
-                    "{t} prompt tokens + {} new tokens exceed the context of {ctx_len}; shorten the prompt, \
-                     lower --max-new-tokens or raise --max-context",
-                    opts.max_new_tokens
-                ),
-            ));
+        let mut sched = Scheduler::new(usize::MAX);
+        sched.set_cancel_flag(opts.cancel.clone());
+        let mut index = std::collections::HashMap::new();
+        for (i, p) in ids.iter().enumerate() {
+            let o = GenerateOptions { seed: opts.seed.wrapping_add(i as u64), ..opts.clone() };
+            let id = sched.submit(&self.engine, Request { prompt: p.clone(), opts: o })?;
+            index.insert(id, i);
         }
-        let b = ids.len();
-        let v = self.spec().vocab_size;
-        let t_start = Instant::now();
-        let last: Vec<usize> = (0..b).map(|i| i * t + t - 1).collect();
-        let mut logits = self.engine.forward(&tokens, b, 0, &first_valid, &last)?;
-        let prefill = t_start.elapsed();
-        let mut samplers: Vec<Sampler> = (0..b)
-            .map(|i| {
-                Sampler::new(SamplerConfig {
-                    temperature: opts.temperature,
-                    top_k: opts.top_k,
-                    top_p: opts.top_p,
-                    repetition_penalty: opts.repetition_penalty,
-                    seed: opts.seed.wrapping_add(i as u64),
+        let mut gens: Vec<Option<Generation>> = vec![None; ids.len()];
+        let mut first = vec![false; ids.len()];
+        let t0 = Instant::now();
+        let mut prefill = None;
+        let mut decode_steps = 0;
+        let mut generated = 0;
+        while !sched.is_idle() {
+            let all_started = first.iter().all(|f| *f);
+            let report = sched.step(&mut self.engine, &self.tokenizer, &mut |ev| match ev {
+                Event::Token { id, token, text, logprob } => {
+                    let seq = index[&id];
+                    first[seq] = true;
+                    on_token(&TokenEvent { seq, id: token, text, logprob });
+                }
+                Event::Text { id, text } => {
+                    on_token(&TokenEvent { seq: index[&id], id: u32::MAX, text: Some(text), logprob: None });
+                }
+                Event::Finished { id, reason, ids: new_ids, text, .. } => {
+                    let seq = index[&id];
+                    first[seq] = true;
+                    gens[seq] = Some(Generation { prompt_ids: ids[seq].clone(), new_ids, text, finish: reason });
+                }
+            })?;
+            generated += report.sampled;
+            if all_started && report.ran {
+                decode_steps += 1;
+            }
+            if prefill.is_none() && first.iter().all(|f| *f) {
+                prefill = Some(t0.elapsed());
+            }
+        }
+        let prefill = prefill.unwrap_or_else(|| t0.elapsed());
+        let gens: Vec<Generation> = gens
+            .into_iter()
+            .zip(&ids)
+            .map(|(g, p)| {
+                g.unwrap_or(Generation {
+                    prompt_ids: p.clone(),
+                    new_ids: Vec::new(),
+                    text: String::new(),
+                    finish: FinishReason::Cancelled,
                 })
             })
             .collect();
-        let mut gens: Vec<Generation> = ids
-            .iter()
-            .map(|p| Generation {
-                prompt_ids: p.clone(),
-                new_ids: Vec::new(),
-                text: String::new(),
-                finish: FinishReason::Length,
-            })
-            .collect();
-        let mut decoders: Vec<StreamDecoder> = (0..b).map(|_| StreamDecoder::default()).collect();
-        let mut done = vec![false; b];
-        let mut past = t;
-        let mut decode = Duration::ZERO;
-        let mut steps = 0;
-        for step in 0..opts.max_new_tokens {
-            let mut next = vec![self.pad_id(); b];
-            for i in 0..b {
-                if done[i] {
-                    continue;
-                }
-                let mut row = logits[i * v..(i + 1) * v].to_vec();
-                let mut context = gens[i].prompt_ids.clone();
-                context.extend(&gens[i].new_ids);
-                let id = samplers[i].sample(&mut row, &context);
-                next[i] = id;
-                let g = &mut gens[i];
-                if opts.stop_at_eos && self.tokenizer.eos_ids().contains(&id) {
-                    g.finish = FinishReason::Eos;
-                    done[i] = true;
-                    on_token(&TokenEvent { seq: i, id, text: None });
-                    continue;
-                }
-                g.new_ids.push(id);
-                let piece = decoders[i].push(&self.tokenizer, id);
-                if let Some(p) = &piece {
-                    g.text.push_str(p);
-                }
-                on_token(&TokenEvent { seq: i, id, text: piece });
-                if let Some(pos) = opts.stop_strings.iter().filter_map(|s| g.text.find(s.as_str())).min() {
-                    g.text.truncate(pos);
-                    g.finish = FinishReason::Stop;
-                    done[i] = true;
-                }
-            }
-            if done.iter().all(|d| *d) || step + 1 == opts.max_new_tokens {
-                break;
-            }
-            let ts = Instant::now();
-            let rows: Vec<usize> = (0..b).collect();
-            logits = self.engine.forward(&next, b, past, &first_valid, &rows)?;
-            decode += ts.elapsed();
-            steps += 1;
-            past += 1;
-        }
-        for g in &mut gens {
-            // Full decode for the final text (the stream may hold back an incomplete char).
-            if g.finish != FinishReason::Stop {
-                g.text = self.tokenizer.decode(&g.new_ids);
-            }
-        }
-        let after = self.engine.stats();
-        let engine = diff_stats(&before, &after);
-        Ok((gens, Timings { prefill, decode, decode_steps: steps, engine }))
+        let engine = before.since(&self.engine.stats());
+        Ok((gens, Timings { prefill, decode: t0.elapsed() - prefill, decode_steps, generated, engine }))
     }
-}
-
-fn diff_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
-    EngineStats {
-        passes: b.passes - a.passes,
-        rows: b.rows - a.rows,
-        forward: b.forward - a.forward,
-        io_wait: b.io_wait.saturating_sub(a.io_wait),
-        remap_wait: b.remap_wait.saturating_sub(a.remap_wait),
-        upload: b.upload.saturating_sub(a.upload),
-        host: b.host - a.host,
-        readback: b.readback - a.readback,
-        streamed_bytes: b.streamed_bytes - a.streamed_bytes,
-        load: b.load,
-    }
-}
-
-/// Left-pad prompts to a common length: `(tokens [b, t], first_valid [b], t)`.
-pub fn left_pad(prompts: &[Vec<u32>], pad: u32) -> Result<(Vec<u32>, Vec<u32>, usize)> {
-    let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if t == 0 || prompts.iter().any(Vec::is_empty) {
-        return Err(EngineError::invalid("prompt", "a prompt encoded to no tokens; give some text"));
-    }
-    let mut tokens = Vec::with_capacity(prompts.len() * t);
-    let mut first_valid = Vec::new();
-    for p in prompts {
-        let padn = t - p.len();
-        tokens.extend(std::iter::repeat_n(pad, padn));
-        tokens.extend(p);
-        first_valid.push(padn as u32);
-    }
-    Ok((tokens, first_valid, t))
 }

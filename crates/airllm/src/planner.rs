@@ -1,9 +1,12 @@
-//! The residency planner: given a VRAM budget, decide which execution units stay
-//! on the GPU for the whole run and how many slots the streaming ring gets.
+//! The planner: given a VRAM budget, decide where each execution unit runs
+//! ([`Placement`]: resident on the GPU, streamed to the GPU through the ring,
+//! or computed on the CPU) and how many slots the streaming ring gets. It is
+//! the only place that decides placement and sizes; the engine allocates
+//! exactly what the plan says, with the sizes of [`crate::sizing`].
 //!
-//! Fixed costs come first (KV cache, activations, the final norm, the ring and,
-//! on adapters whose mapped staging memory is VRAM, the staging buffers). What is
-//! left holds resident units. Every byte kept resident is a byte not streamed per
+//! Fixed costs come first (KV pool, activations and step inputs, the final
+//! norm, the ring and, on adapters whose mapped staging memory is VRAM, the
+//! staging buffers). What is left holds resident units. Every byte kept resident is a byte not streamed per
 //! forward pass, so the planner maximises resident bytes; the lm_head is the
 //! largest unit of most models and competes with layers on equal terms. Resident
 //! layers are spread evenly through the stack so the reader can run ahead while
@@ -12,6 +15,29 @@
 use airllm_format::{Unit, human_bytes};
 
 use crate::error::{EngineError, Result};
+use crate::sizing::FixedBytes;
+
+/// Where a unit runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Loaded into VRAM once and kept there.
+    Resident,
+    /// Copied into a ring slot for every pass.
+    Streamed,
+    /// Computed on the CPU from its memory-mapped shard.
+    Cpu,
+}
+
+impl Placement {
+    /// Lower-case name (`resident`, `streamed`, `cpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Resident => "resident",
+            Placement::Streamed => "streamed",
+            Placement::Cpu => "cpu",
+        }
+    }
+}
 
 /// What the planner needs to know.
 #[derive(Clone, Debug)]
@@ -19,10 +45,8 @@ pub struct PlanInput {
     /// Units run on the GPU per forward pass, in order, with their shard sizes
     /// (decoder layers, the final norm, the lm_head).
     pub units: Vec<(Unit, u64)>,
-    /// KV cache bytes for the requested context and batch.
-    pub kv_bytes: u64,
-    /// Activation buffer bytes.
-    pub activation_bytes: u64,
+    /// The KV pool and the activation / step-input buffers ([`crate::sizing::fixed_bytes`]).
+    pub fixed: FixedBytes,
     /// Whether mapped staging buffers occupy VRAM (discrete GPUs with a BAR mapping).
     pub staging_in_vram: bool,
     /// Shards read ahead (staging buffers in flight).
@@ -35,9 +59,9 @@ pub struct PlanInput {
 
 /// The plan.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ResidencyPlan {
-    /// Per unit of the input, whether it stays resident.
-    pub resident: Vec<bool>,
+pub struct Plan {
+    /// Per unit of the input, where it runs.
+    pub placement: Vec<Placement>,
     /// Units in the input order.
     pub units: Vec<(Unit, u64)>,
     /// Ring slots for streamed units (0 when everything is resident).
@@ -58,14 +82,25 @@ pub struct ResidencyPlan {
     pub budget: u64,
 }
 
-impl ResidencyPlan {
+impl Plan {
+    fn bytes_where(&self, p: Placement) -> u64 {
+        self.units.iter().zip(&self.placement).filter(|(_, q)| **q == p).map(|((_, b), _)| b).sum()
+    }
     /// Bytes of resident units.
     pub fn resident_bytes(&self) -> u64 {
-        self.units.iter().zip(&self.resident).filter(|(_, r)| **r).map(|((_, b), _)| b).sum()
+        self.bytes_where(Placement::Resident)
     }
     /// Bytes streamed per forward pass.
     pub fn streamed_bytes(&self) -> u64 {
-        self.units.iter().zip(&self.resident).filter(|(_, r)| !**r).map(|((_, b), _)| b).sum()
+        self.bytes_where(Placement::Streamed)
+    }
+    /// Bytes computed on the CPU per pass (read from RAM, not streamed).
+    pub fn cpu_bytes(&self) -> u64 {
+        self.bytes_where(Placement::Cpu)
+    }
+    /// Where `unit` runs.
+    pub fn placement_of(&self, unit: Unit) -> Option<Placement> {
+        self.units.iter().zip(&self.placement).find(|((u, _), _)| *u == unit).map(|(_, p)| *p)
     }
     /// Total VRAM the plan uses.
     pub fn vram_bytes(&self) -> u64 {
@@ -78,15 +113,19 @@ impl ResidencyPlan {
     }
     /// Decoder layers kept resident.
     pub fn resident_layers(&self) -> usize {
-        self.units.iter().zip(&self.resident).filter(|((u, _), r)| **r && matches!(u, Unit::Layer(_))).count()
+        self.units
+            .iter()
+            .zip(&self.placement)
+            .filter(|((u, _), p)| **p == Placement::Resident && matches!(u, Unit::Layer(_)))
+            .count()
     }
     /// Whether a unit is resident.
     pub fn is_resident(&self, unit: Unit) -> bool {
-        self.units.iter().zip(&self.resident).any(|((u, _), r)| *u == unit && *r)
+        self.placement_of(unit) == Some(Placement::Resident)
     }
 }
 
-impl std::fmt::Display for ResidencyPlan {
+impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let budget = if self.budget == u64::MAX { "unlimited".to_string() } else { human_bytes(self.budget) };
         let layers = self.units.iter().filter(|(u, _)| matches!(u, Unit::Layer(_))).count();
@@ -110,8 +149,13 @@ impl std::fmt::Display for ResidencyPlan {
         )?;
         writeln!(f, "KV cache        {}", human_bytes(self.kv_bytes))?;
         write!(f, "activations     {}", human_bytes(self.activation_bytes))?;
-        let streamed: Vec<String> =
-            self.units.iter().zip(&self.resident).filter(|(_, r)| !**r).map(|((u, _), _)| u.to_string()).collect();
+        let streamed: Vec<String> = self
+            .units
+            .iter()
+            .zip(&self.placement)
+            .filter(|(_, p)| **p == Placement::Streamed)
+            .map(|((u, _), _)| u.to_string())
+            .collect();
         if !streamed.is_empty() && streamed.len() <= 12 {
             write!(f, "\nstreamed units  {}", streamed.join(", "))?;
         }
@@ -120,7 +164,7 @@ impl std::fmt::Display for ResidencyPlan {
 }
 
 /// Make the plan, or explain why the budget is too small.
-pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
+pub fn plan(input: &PlanInput) -> Result<Plan> {
     let n = input.units.len();
     // Decoder layers and the parts of a split lm_head compete for residency alike;
     // a forced `--resident-layers` count applies to decoder layers only.
@@ -131,16 +175,16 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
             _ => false,
         })
         .collect();
-    let base = ResidencyPlan {
-        resident: vec![true; n],
+    let base = Plan {
+        placement: vec![Placement::Resident; n],
         units: input.units.clone(),
         ring_slots: 0,
         slot_bytes: 0,
         staging_buffers: 0,
         staging_bytes: 0,
         staging_in_vram: input.staging_in_vram,
-        kv_bytes: input.kv_bytes,
-        activation_bytes: input.activation_bytes,
+        kv_bytes: input.fixed.kv,
+        activation_bytes: input.fixed.activations,
         budget: input.budget,
     };
     // Everything fits and nothing forces streaming: all resident.
@@ -148,7 +192,7 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
         return Ok(base);
     }
     let depth_max = input.prefetch_depth.max(1);
-    let mut best: Option<ResidencyPlan> = None;
+    let mut best: Option<Plan> = None;
     let head = (0..n).find(|&i| input.units[i].0 == Unit::LmHead);
     // Deeper prefetch first: with staging in VRAM a smaller depth may be what fits.
     for depth in (1..=depth_max).rev() {
@@ -184,7 +228,7 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
                     }
                 }
                 if let Some(p) = chosen {
-                    let key = |q: &ResidencyPlan| {
+                    let key = |q: &Plan| {
                         (q.streamed_bytes(), std::cmp::Reverse(q.ring_slots), std::cmp::Reverse(q.staging_buffers))
                     };
                     if best.as_ref().is_none_or(|b| key(&p) < key(b)) {
@@ -214,7 +258,7 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
                 }
                 finish(&base, r, 1, 1)
             })
-            .min_by_key(ResidencyPlan::vram_bytes)
+            .min_by_key(Plan::vram_bytes)
             .unwrap_or_else(|| base.clone());
         let staging = if min.staging_in_vram { min.staging_buffers as u64 * min.staging_bytes } else { 0 };
         EngineError::BudgetTooSmall {
@@ -232,11 +276,11 @@ pub fn plan(input: &PlanInput) -> Result<ResidencyPlan> {
     })
 }
 
-fn finish(base: &ResidencyPlan, resident: Vec<bool>, ring: usize, depth: usize) -> ResidencyPlan {
+fn finish(base: &Plan, resident: Vec<bool>, ring: usize, depth: usize) -> Plan {
     let slot_bytes = base.units.iter().zip(&resident).filter(|(_, r)| !**r).map(|((_, b), _)| *b).max().unwrap_or(0);
     let streaming = slot_bytes > 0;
-    ResidencyPlan {
-        resident,
+    Plan {
+        placement: resident.iter().map(|&r| if r { Placement::Resident } else { Placement::Streamed }).collect(),
         ring_slots: if streaming { ring } else { 0 },
         slot_bytes,
         staging_buffers: if streaming { depth } else { 0 },
@@ -264,8 +308,7 @@ mod tests {
         units.push((Unit::LmHead, 300));
         PlanInput {
             units,
-            kv_bytes: 50,
-            activation_bytes: 20,
+            fixed: FixedBytes { kv: 50, activations: 20 },
             staging_in_vram: true,
             prefetch_depth: 2,
             budget,
@@ -276,7 +319,7 @@ mod tests {
     #[test]
     fn unlimited_keeps_everything() {
         let p = plan(&input(u64::MAX, None)).unwrap();
-        assert!(p.resident.iter().all(|r| *r));
+        assert!(p.placement.iter().all(|r| *r == Placement::Resident));
         assert_eq!(p.ring_slots, 0);
         assert_eq!(p.streamed_bytes(), 0);
     }

@@ -197,7 +197,7 @@ fn f16_kv_cache_stays_close() {
         let opts = Options {
             shards_dir: Some(tmp.path().to_path_buf()),
             max_context: Some(128),
-            kv_f16: true,
+            kv_dtype: airllm::KvDtype::F16,
             ..Options::default()
         };
         let mut model = match AutoModel::from_pretrained(fixture(family).to_str().unwrap(), opts) {

@@ -209,6 +209,7 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id"),
         eos_token_ids,
         pad_token_id: token_id(meta, "tokenizer.ggml.padding_token_id"),
+        layers: Default::default(),
     };
     spec.validate().map_err(|m| meta.err(m))?;
     Ok(spec)

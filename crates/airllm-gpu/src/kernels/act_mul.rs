@@ -62,7 +62,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &ActMul<'_>) -> Result<()> {
     let groups = groups_for(rec.ctx(), u64::from(a.t) * u64::from(a.i), key.workgroup_size())?;
     let params =
         Params::default().u(a.t).u(a.i).u(a.in_stride).u(a.gate_off).u(a.up_off).u(a.out_stride).u(a.out_off).u(0);
-    rec.dispatch(&key, params.bytes(), &[(1, a.input), (2, a.out)], groups)
+    rec.dispatch(&key, params.bytes()?, &[(1, a.input), (2, a.out)], groups)
 }
 
 /// SiLU in f64: `x * sigmoid(x)`.

@@ -1,24 +1,25 @@
-//! Attention over the KV cache (`shaders/attention.wgsl`).
+//! Attention for a ragged step over a paged KV cache (`shaders/attention.wgsl`).
 //!
-//! For B sequences x T new tokens x H heads:
-//! `out[b, t, h, :] = softmax(q·kᵀ · scale + mask) · v` over key slots
-//! `s < past + T`, with
+//! For every token row `r` of the step and query head `h`:
+//! `out[r, h, :] = softmax(q·kᵀ · scale) · v` over the row's visible cache
+//! slots (after kv_append wrote this step's keys), with
 //! - GQA/MQA: query head `h` reads kv head `h / (H / kv_heads)`;
-//! - causal: slot `s <= past + t`;
-//! - left padding: slots before `first_valid[b]` are masked;
-//! - sliding window (`window > 0`): `s > (past + t) - window`, i.e. key
-//!   position > query position - window (positions are slot - first_valid,
-//!   the offset cancels);
+//! - causal rows (prompt chunks, decode tokens): slots `<= rows[r].slot`;
+//! - tree rows: the prefix before the tree plus the tree nodes in the row's
+//!   mask (its ancestors and itself);
+//! - sliding window (`window > 0`): keys at positions `> pos - window`;
 //! - optional logit soft-capping (`softcap > 0`: `softcap * tanh(x / softcap)`).
 //!
-//! q is row `b * T + t` of a `[B*T, q_stride]` buffer (head h at column
+//! [`StepLayout::visible_slots`] spells the rule out; the shader follows it.
+//! q is row `r` of a `[rows, q_stride]` buffer (head h at column
 //! `q_off + h * head_dim`, so q can sit in a fused qkv buffer); out is
-//! `[B*T, out_stride]` with head h at column `out_off + h * head_dim` (the
+//! `[rows, out_stride]` with head h at column `out_off + h * head_dim` (the
 //! layout o_proj reads). head_dim <= 256. Softmax in f32 with a running max
-//! (flash-attention style, keys in blocks of 64): nothing of size T x S is
-//! stored. A query with no visible key gets zeros.
+//! (flash-attention style): nothing of size rows x keys is stored. A row
+//! with no visible key gets zeros.
 
 use crate::error::Result;
+use crate::kernels::paged::{StepLayout, StepViews};
 use crate::kernels::{Params, ensure};
 use crate::pipeline::PipelineKey;
 use crate::pool::{BufView, KvLayout};
@@ -30,14 +31,14 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// Arguments of an attention launch.
 #[derive(Clone, Copy, Debug)]
 pub struct Attention<'a> {
-    /// Cache shape (batch, kv_heads, s_max, head_dim).
+    /// Cache shape.
     pub layout: KvLayout,
-    /// New tokens per sequence.
-    pub t: u32,
+    /// Token rows of the step.
+    pub rows: u32,
     /// Query heads (a multiple of `layout.kv_heads`).
     pub heads: u32,
-    /// Slots filled before these tokens; the new ones are already appended.
-    pub past: u32,
+    /// The step's rows, sequences, block tables and tree masks.
+    pub step: StepViews<'a>,
     /// Queries.
     pub q: BufView<'a>,
     /// f32 values between query rows.
@@ -48,8 +49,6 @@ pub struct Attention<'a> {
     pub k_cache: BufView<'a>,
     /// The layer's v cache.
     pub v_cache: BufView<'a>,
-    /// `[B]` u32: first non-padding slot of each sequence.
-    pub first_valid: BufView<'a>,
     /// Output (a different buffer from q).
     pub out: BufView<'a>,
     /// f32 values between output rows.
@@ -74,9 +73,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     ensure(l.kv_heads > 0 && a.heads.is_multiple_of(l.kv_heads), OP, "heads", || {
         format!("{} query heads must be a multiple of {} kv heads", a.heads, l.kv_heads)
     })?;
-    ensure(u64::from(a.past) + u64::from(a.t) <= u64::from(l.s_max), OP, "past", || {
-        format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
-    })?;
+    ensure(l.block > 0, OP, "layout", || "blocks must hold at least one slot".into())?;
     let hd = u64::from(a.heads) * u64::from(d);
     ensure(u64::from(a.q_off) + hd <= u64::from(a.q_stride), OP, "q_stride", || {
         format!("q_off + heads x head_dim exceeds {}", a.q_stride)
@@ -84,7 +81,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     ensure(u64::from(a.out_off) + hd <= u64::from(a.out_stride), OP, "out_stride", || {
         format!("out_off + heads x head_dim exceeds {}", a.out_stride)
     })?;
-    let rows = u64::from(l.batch) * u64::from(a.t);
+    let rows = u64::from(a.rows);
     if rows == 0 || a.heads == 0 {
         return Ok(());
     }
@@ -92,34 +89,39 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     a.out.need_f32(OP, "out", rows * u64::from(a.out_stride))?;
     a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
     a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
-    a.first_valid.need_f32(OP, "first_valid", u64::from(l.batch))?;
-    for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("first_valid", a.first_valid)] {
+    a.step.rows.need_f32(OP, "rows", rows * 4)?;
+    for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("rows", a.step.rows)] {
         ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
     }
     let ctx = rec.ctx();
     let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup, f16: l.f16 };
     let groups = grid(ctx, rows * u64::from(a.heads))?;
     let params = Params::default()
-        .u(l.batch)
-        .u(a.t)
+        .u(a.rows)
         .u(a.heads)
         .u(l.kv_heads)
         .u(d)
-        .u(l.s_max)
-        .u(a.past)
+        .u(l.block)
         .u(a.window)
         .u(a.q_stride)
         .u(a.q_off)
         .u(a.out_stride)
         .u(a.out_off)
         .f(a.scale)
-        .f(a.softcap)
-        .u(0)
-        .u(0);
+        .f(a.softcap);
     rec.dispatch(
         &key,
-        params.bytes(),
-        &[(1, a.q), (2, a.k_cache), (3, a.v_cache), (4, a.first_valid), (5, a.out)],
+        params.bytes()?,
+        &[
+            (1, a.q),
+            (2, a.k_cache),
+            (3, a.v_cache),
+            (4, a.step.rows),
+            (5, a.step.seqs),
+            (6, a.step.block_table),
+            (7, a.step.tree_masks),
+            (8, a.out),
+        ],
         groups,
     )
 }
@@ -130,12 +132,8 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
 pub struct AttentionShape {
     /// Cache shape.
     pub layout: KvLayout,
-    /// New tokens per sequence.
-    pub t: u32,
     /// Query heads.
     pub heads: u32,
-    /// Slots filled before these tokens.
-    pub past: u32,
     /// Query row stride.
     pub q_stride: u32,
     /// Query column offset.
@@ -152,51 +150,45 @@ pub struct AttentionShape {
     pub softcap: f32,
 }
 
-/// CPU reference: a plain masked softmax in f64 over every slot.
-pub fn reference(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], first_valid: &[u32], out: &mut [f32]) {
+/// CPU reference: a plain masked softmax in f64 over each row's visible slots.
+pub fn reference(s: &AttentionShape, step: &StepLayout, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
     let l = s.layout;
     let d = l.head_dim as usize;
     let group = s.heads / l.kv_heads;
-    for b in 0..l.batch {
-        for t in 0..s.t {
-            let qs = s.past + t;
-            let row = (b * s.t + t) as usize;
-            for h in 0..s.heads {
-                let kvh = h / group;
-                let qv = &q[row * s.q_stride as usize + s.q_off as usize + h as usize * d..][..d];
-                let mut scores = Vec::new();
-                for slot in 0..s.past + s.t {
-                    let visible =
-                        slot <= qs && slot >= first_valid[b as usize] && (s.window == 0 || slot + s.window > qs);
-                    if !visible {
-                        continue;
-                    }
-                    let kv = &k[l.index(b, kvh, slot) as usize..][..d];
-                    let mut x: f64 =
-                        qv.iter().zip(kv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * f64::from(s.scale);
-                    if s.softcap > 0.0 {
-                        x = f64::from(s.softcap) * (x / f64::from(s.softcap)).tanh();
-                    }
-                    scores.push((slot, x));
+    for (r, row) in step.rows.iter().enumerate() {
+        let slots = step.visible_slots(r, s.window);
+        for h in 0..s.heads {
+            let kvh = h / group;
+            let qv = &q[r * s.q_stride as usize + s.q_off as usize + h as usize * d..][..d];
+            let mut scores = Vec::with_capacity(slots.len());
+            for &slot in &slots {
+                let (blk, off) = step.locate(row.seq, slot, l.block);
+                let kv = &k[l.index(blk, kvh, off) as usize..][..d];
+                let mut x: f64 =
+                    qv.iter().zip(kv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * f64::from(s.scale);
+                if s.softcap > 0.0 {
+                    x = f64::from(s.softcap) * (x / f64::from(s.softcap)).tanh();
                 }
-                let o = &mut out[row * s.out_stride as usize + s.out_off as usize + h as usize * d..][..d];
-                if scores.is_empty() {
-                    o.fill(0.0);
-                    continue;
+                scores.push((slot, x));
+            }
+            let o = &mut out[r * s.out_stride as usize + s.out_off as usize + h as usize * d..][..d];
+            if scores.is_empty() {
+                o.fill(0.0);
+                continue;
+            }
+            let m = scores.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scores.iter().map(|p| (p.1 - m).exp()).sum();
+            let mut acc = vec![0f64; d];
+            for (slot, x) in &scores {
+                let p = (x - m).exp() / sum;
+                let (blk, off) = step.locate(row.seq, *slot, l.block);
+                let vv = &v[l.index(blk, kvh, off) as usize..][..d];
+                for (a, vi) in acc.iter_mut().zip(vv) {
+                    *a += p * f64::from(*vi);
                 }
-                let m = scores.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = scores.iter().map(|p| (p.1 - m).exp()).sum();
-                let mut acc = vec![0f64; d];
-                for (slot, x) in &scores {
-                    let p = (x - m).exp() / sum;
-                    let vv = &v[l.index(b, kvh, *slot) as usize..][..d];
-                    for (a, vi) in acc.iter_mut().zip(vv) {
-                        *a += p * f64::from(*vi);
-                    }
-                }
-                for (oi, a) in o.iter_mut().zip(acc) {
-                    *oi = a as f32;
-                }
+            }
+            for (oi, a) in o.iter_mut().zip(acc) {
+                *oi = a as f32;
             }
         }
     }

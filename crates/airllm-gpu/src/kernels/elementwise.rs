@@ -1,6 +1,6 @@
 //! Element-wise kernels over `[rows, cols]` views of f32 buffers (row `r`
 //! starts at `r * stride + off`): [`add`] (residual, `x += y`), [`bias_add`]
-//! (`y[r, :] += b`) and [`scale`] (`x *= s`). Copies of whole rows need no
+//! (`y[r, :] += b`), [`scale`] (`x *= s`) and [`softcap`] (`x = cap * tanh(x / cap)`). Copies of whole rows need no
 //! kernel: use `copy_buffer_to_buffer` on [`Recorder::encoder`].
 
 use crate::error::Result;
@@ -49,7 +49,7 @@ pub fn add(rec: &mut Recorder<'_>, rows: u32, cols: u32, x: Mat<'_>, y: Mat<'_>)
     let key = PipelineKey::Add;
     let groups = groups_for(rec.ctx(), u64::from(rows) * u64::from(cols), key.workgroup_size())?;
     let p = Params::default().u(rows).u(cols).u(x.stride).u(x.off).u(y.stride).u(y.off).u(0).u(0);
-    rec.dispatch(&key, p.bytes(), &[(1, x.view), (2, y.view)], groups)
+    rec.dispatch(&key, p.bytes()?, &[(1, x.view), (2, y.view)], groups)
 }
 
 /// Bias add: `y[r, c] += b[c]`.
@@ -60,7 +60,7 @@ pub fn bias_add(rec: &mut Recorder<'_>, rows: u32, cols: u32, y: Mat<'_>, b: Buf
     let key = PipelineKey::BiasAdd;
     let groups = groups_for(rec.ctx(), u64::from(rows) * u64::from(cols), key.workgroup_size())?;
     let p = Params::default().u(rows).u(cols).u(y.stride).u(y.off);
-    rec.dispatch(&key, p.bytes(), &[(1, y.view), (2, b)], groups)
+    rec.dispatch(&key, p.bytes()?, &[(1, y.view), (2, b)], groups)
 }
 
 /// Scale in place: `x[r, c] *= s`.
@@ -69,7 +69,18 @@ pub fn scale(rec: &mut Recorder<'_>, rows: u32, cols: u32, x: Mat<'_>, s: f32) -
     let key = PipelineKey::Scale;
     let groups = groups_for(rec.ctx(), u64::from(rows) * u64::from(cols), key.workgroup_size())?;
     let p = Params::default().u(rows).u(cols).u(x.stride).u(x.off).f(s).u(0).u(0).u(0);
-    rec.dispatch(&key, p.bytes(), &[(1, x.view)], groups)
+    rec.dispatch(&key, p.bytes()?, &[(1, x.view)], groups)
+}
+
+/// Soft-cap in place: `x[r, c] = cap * tanh(x[r, c] / cap)` (Gemma 2's
+/// final logits).
+pub fn softcap(rec: &mut Recorder<'_>, rows: u32, cols: u32, x: Mat<'_>, cap: f32) -> Result<()> {
+    x.check("softcap", "x", rows, cols)?;
+    ensure(cap.is_finite() && cap > 0.0, "softcap", "cap", || format!("{cap} must be a positive number"))?;
+    let key = PipelineKey::Softcap;
+    let groups = groups_for(rec.ctx(), u64::from(rows) * u64::from(cols), key.workgroup_size())?;
+    let p = Params::default().u(rows).u(cols).u(x.stride).u(x.off).f(cap).u(0).u(0).u(0);
+    rec.dispatch(&key, p.bytes()?, &[(1, x.view)], groups)
 }
 
 /// CPU references, on plain slices with the same (stride, off) layouts.
@@ -89,6 +100,16 @@ pub mod reference {
         for r in 0..rows as usize {
             for c in 0..cols as usize {
                 y[r * ys as usize + yo as usize + c] += b[c];
+            }
+        }
+    }
+
+    /// `x[r, c] = cap * tanh(x[r, c] / cap)` (tanh in f64).
+    pub fn softcap(rows: u32, cols: u32, x: &mut [f32], xs: u32, xo: u32, cap: f32) {
+        for r in 0..rows as usize {
+            for c in 0..cols as usize {
+                let v = &mut x[r * xs as usize + xo as usize + c];
+                *v = (f64::from(cap) * (f64::from(*v) / f64::from(cap)).tanh()) as f32;
             }
         }
     }

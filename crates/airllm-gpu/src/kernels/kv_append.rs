@@ -1,11 +1,11 @@
-//! KV-cache append (`shaders/kv_append.wgsl`).
+//! KV-cache append for a ragged step (`shaders/kv_append.wgsl`).
 //!
-//! Cache layout per layer: k and v each `[B, kv_heads, s_max, head_dim]` f32
-//! ([`KvLayout`]). The new tokens of sequence `b` are
-//! rows `b * T + t` of the sources (kv head `h` at column `k_off + h *
-//! head_dim`, resp. `v_off`), written to slots `[past, past + T)`.
+//! Row `r` of the sources (kv head `h` at column `k_off + h * head_dim`,
+//! resp. `v_off`) is written to its sequence's slot `rows[r].slot` of the
+//! paged cache (layout in [`paged`](super::paged)).
 
 use crate::error::Result;
+use crate::kernels::paged::{StepLayout, StepViews};
 use crate::kernels::{Params, ensure, groups_for};
 use crate::pipeline::PipelineKey;
 use crate::pool::{BufView, KvLayout};
@@ -16,11 +16,11 @@ use crate::recorder::Recorder;
 pub struct KvAppend<'a> {
     /// Cache shape.
     pub layout: KvLayout,
-    /// New tokens per sequence.
-    pub t: u32,
-    /// Slots already filled (same for every sequence).
-    pub past: u32,
-    /// Source of k, `[B * T, k_stride]`.
+    /// Token rows of the step.
+    pub rows: u32,
+    /// The step's rows, sequences and block tables.
+    pub step: StepViews<'a>,
+    /// Source of k, `[rows, k_stride]`.
     pub k_src: BufView<'a>,
     /// f32 values between rows of `k_src`.
     pub k_stride: u32,
@@ -43,9 +43,6 @@ const OP: &str = "kv_append";
 /// Records the append.
 pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
     let l = a.layout;
-    ensure(u64::from(a.past) + u64::from(a.t) <= u64::from(l.s_max), OP, "past", || {
-        format!("past {} + t {} exceeds the cache's {} slots", a.past, a.t, l.s_max)
-    })?;
     let row = u64::from(l.kv_heads) * u64::from(l.head_dim);
     ensure(u64::from(a.k_off) + row <= u64::from(a.k_stride), OP, "k_stride", || {
         format!("k_off + kv_heads x head_dim exceeds {}", a.k_stride)
@@ -53,7 +50,8 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
     ensure(u64::from(a.v_off) + row <= u64::from(a.v_stride), OP, "v_stride", || {
         format!("v_off + kv_heads x head_dim exceeds {}", a.v_stride)
     })?;
-    let rows = u64::from(l.batch) * u64::from(a.t);
+    ensure(l.block > 0, OP, "layout", || "blocks must hold at least one slot".into())?;
+    let rows = u64::from(a.rows);
     if rows == 0 || row == 0 {
         return Ok(());
     }
@@ -61,6 +59,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
     a.v_src.need_f32(OP, "v_src", rows * u64::from(a.v_stride))?;
     a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
     a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
+    a.step.rows.need_f32(OP, "rows", rows * 4)?;
     for (arg, c) in [("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
         ensure(c.buffer != a.k_src.buffer && c.buffer != a.v_src.buffer, OP, arg, || {
             "cache and source must be different buffers".into()
@@ -71,37 +70,44 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
     let per_row = if l.f16 { row / 2 } else { row };
     let groups = groups_for(rec.ctx(), rows * per_row, key.workgroup_size())?;
     let params = Params::default()
-        .u(l.batch)
-        .u(a.t)
+        .u(a.rows)
         .u(l.kv_heads)
         .u(l.head_dim)
-        .u(l.s_max)
-        .u(a.past)
+        .u(l.block)
         .u(a.k_stride)
         .u(a.k_off)
         .u(a.v_stride)
-        .u(a.v_off)
-        .u(0)
-        .u(0);
-    rec.dispatch(&key, params.bytes(), &[(1, a.k_src), (2, a.v_src), (3, a.k_cache), (4, a.v_cache)], groups)
+        .u(a.v_off);
+    rec.dispatch(
+        &key,
+        params.bytes()?,
+        &[
+            (1, a.k_src),
+            (2, a.v_src),
+            (3, a.step.rows),
+            (4, a.step.seqs),
+            (5, a.step.block_table),
+            (6, a.k_cache),
+            (7, a.v_cache),
+        ],
+        groups,
+    )
 }
 
-/// CPU reference: appends `src` rows (`[B*T, stride]`, heads at `off`) into
-/// a cache tensor laid out as `layout`.
-pub fn reference(layout: &KvLayout, t: u32, past: u32, src: &[f32], stride: u32, off: u32, cache: &mut [f32]) {
+/// CPU reference: appends `src` rows (`[rows, stride]`, heads at `off`) into
+/// a cache tensor laid out as `layout`, at each row's slot.
+pub fn reference(layout: &KvLayout, step: &StepLayout, src: &[f32], stride: u32, off: u32, cache: &mut [f32]) {
     let d = layout.head_dim as usize;
-    for b in 0..layout.batch {
-        for tt in 0..t {
-            let row = (b * t + tt) as usize * stride as usize + off as usize;
-            for h in 0..layout.kv_heads {
-                let dst = layout.index(b, h, past + tt) as usize;
-                let s = row + h as usize * d;
-                cache[dst..dst + d].copy_from_slice(&src[s..s + d]);
-                if layout.f16 {
-                    // The GPU stores f16: the reference keeps the rounded values.
-                    for v in &mut cache[dst..dst + d] {
-                        *v = half::f16::from_f32(*v).to_f32();
-                    }
+    for (r, row) in step.rows.iter().enumerate() {
+        let (blk, o) = step.locate(row.seq, row.slot, layout.block);
+        for h in 0..layout.kv_heads {
+            let dst = layout.index(blk, h, o) as usize;
+            let s = r * stride as usize + off as usize + h as usize * d;
+            cache[dst..dst + d].copy_from_slice(&src[s..s + d]);
+            if layout.f16 {
+                // The GPU stores f16: the reference keeps the rounded values.
+                for v in &mut cache[dst..dst + d] {
+                    *v = half::f16::from_f32(*v).to_f32();
                 }
             }
         }

@@ -16,6 +16,7 @@ pub mod elementwise;
 pub mod kv_append;
 pub mod matmul;
 pub mod moe;
+pub mod paged;
 pub mod rmsnorm;
 pub mod rope;
 
@@ -132,19 +133,23 @@ pub(crate) fn ensure(ok: bool, op: &'static str, arg: &'static str, reason: impl
 }
 
 /// Parameters as little-endian words, the layout of every kernel's uniform
-/// struct (u32 and f32 fields, 16-byte multiple).
+/// struct (u32 and f32 fields, 16-byte multiple). At most [`Params::MAX`]
+/// words: pushing more is an error at [`Params::bytes`], never a silent cut.
 #[derive(Default)]
 pub(crate) struct Params {
-    words: [u32; 16],
+    words: [u32; Params::MAX],
     len: usize,
 }
 
 impl Params {
+    /// Words a kernel's parameter struct may have.
+    pub const MAX: usize = 16;
+
     pub fn u(mut self, v: u32) -> Self {
         if self.len < self.words.len() {
             self.words[self.len] = v;
-            self.len += 1;
         }
+        self.len += 1;
         self
     }
 
@@ -152,9 +157,17 @@ impl Params {
         self.u(v.to_bits())
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    /// The words as bytes, padded to 16 bytes.
+    pub fn bytes(&self) -> Result<&[u8]> {
+        if self.len > Self::MAX {
+            return Err(GpuError::arg(
+                "kernel launch",
+                "params",
+                format!("{} parameter words exceed the {} a kernel's uniform struct holds", self.len, Self::MAX),
+            ));
+        }
         let n = self.len.div_ceil(4) * 4;
-        bytemuck::cast_slice(&self.words[..n.max(4)])
+        Ok(bytemuck::cast_slice(&self.words[..n.max(4)]))
     }
 }
 
@@ -179,8 +192,19 @@ mod tests {
     #[test]
     fn params_pad_to_16_bytes() {
         let p = Params::default().u(1).f(2.0).u(3);
-        assert_eq!(p.bytes().len(), 16);
+        assert_eq!(p.bytes().unwrap().len(), 16);
         let p = Params::default().u(1).u(2).u(3).u(4).u(5);
-        assert_eq!(p.bytes().len(), 32);
+        assert_eq!(p.bytes().unwrap().len(), 32);
+    }
+
+    #[test]
+    fn params_overflow_is_an_error() {
+        let mut p = Params::default();
+        for i in 0..Params::MAX as u32 {
+            p = p.u(i);
+        }
+        assert!(p.bytes().is_ok());
+        let e = p.u(99).bytes().unwrap_err().to_string();
+        assert!(e.contains("17 parameter words"), "{e}");
     }
 }

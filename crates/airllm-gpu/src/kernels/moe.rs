@@ -70,7 +70,7 @@ pub fn route(rec: &mut Recorder<'_>, a: &Route<'_>) -> Result<()> {
         .u(a.logits.off)
         .u(0)
         .u(0);
-    rec.dispatch(&key, p.bytes(), &[(1, a.logits.view), (2, a.weights)], groups)
+    rec.dispatch(&key, p.bytes()?, &[(1, a.logits.view), (2, a.weights)], groups)
 }
 
 /// Records `out[t, :cols] += weights[t, expert] * y[t, :cols]`.
@@ -108,7 +108,7 @@ pub fn combine(
     let key = PipelineKey::MoeCombine;
     let groups = groups_for(rec.ctx(), u64::from(t) * u64::from(cols), key.workgroup_size())?;
     let p = Params::default().u(t).u(cols).u(experts).u(expert).u(out.stride).u(out.off).u(y.stride).u(y.off);
-    rec.dispatch(&key, p.bytes(), &[(1, out.view), (2, y.view), (3, weights)], groups)
+    rec.dispatch(&key, p.bytes()?, &[(1, out.view), (2, y.view), (3, weights)], groups)
 }
 
 /// CPU reference of [`route`] on contiguous `[t, e]` logits: returns `[t, e]` weights.

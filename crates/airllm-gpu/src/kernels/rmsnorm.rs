@@ -129,8 +129,8 @@ pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
         .u(0);
     let groups = grid(ctx, u64::from(a.rows))?;
     match ybind {
-        Some(y) => rec.dispatch(&key, params.bytes(), &[(1, w.view), (2, a.x), (3, y)], groups),
-        None => rec.dispatch(&key, params.bytes(), &[(1, w.view), (2, a.x)], groups),
+        Some(y) => rec.dispatch(&key, params.bytes()?, &[(1, w.view), (2, a.x), (3, y)], groups),
+        None => rec.dispatch(&key, params.bytes()?, &[(1, w.view), (2, a.x)], groups),
     }
 }
 

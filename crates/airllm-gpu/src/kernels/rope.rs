@@ -78,7 +78,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Rope<'_>) -> Result<()> {
     let threads = u64::from(a.rows) * u64::from(a.heads) * u64::from(half);
     let groups = groups_for(rec.ctx(), threads, key.workgroup_size())?;
     let params = Params::default().u(a.rows).u(a.heads).u(a.head_dim).u(half).u(a.stride).u(a.off).f(a.mscale).u(0);
-    rec.dispatch(&key, params.bytes(), &[(1, a.x), (2, a.pos), (3, a.inv_freq)], groups)
+    rec.dispatch(&key, params.bytes()?, &[(1, a.x), (2, a.pos), (3, a.inv_freq)], groups)
 }
 
 /// CPU reference on the same view (cos/sin in f64 of the f32 angle).

@@ -1,40 +1,97 @@
 use airllm_gpu::kernels::attention::{self, Attention, AttentionShape};
 use airllm_gpu::kernels::kv_append::{self, KvAppend};
+use airllm_gpu::kernels::paged::{NO_TREE, StepLayout, StepRow, StepSeq, StepViews};
 use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout};
+use rand::Rng;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use crate::common::*;
 
 const TOL: f32 = 1e-5;
 
+/// One sequence of a ragged step: `past` slots already in the cache, `new`
+/// rows appended now; or, with `tree`, `new` tree nodes whose parents are
+/// given (`u32::MAX`: attached to the prefix).
+struct SeqCase {
+    past: u32,
+    new: u32,
+    tree: Option<Vec<u32>>,
+}
+
 struct Case {
-    batch: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
-    s_max: u32,
-    past: u32,
-    t: u32,
-    first_valid: Vec<u32>,
+    block: u32,
+    num_blocks: u32,
+    seqs: Vec<SeqCase>,
     window: u32,
     softcap: f32,
     /// f16 cache.
     f16: bool,
 }
 
-/// Fills the cache's first `past` slots, appends T new tokens from a fused
+/// Builds the step: blocks handed out in a shuffled order (so tables are not
+/// contiguous), rows of all sequences concatenated.
+fn layout(rng: &mut StdRng, c: &Case) -> StepLayout {
+    let mut free: Vec<u32> = (0..c.num_blocks).collect();
+    free.shuffle(rng);
+    let mut s = StepLayout::default();
+    for (i, sq) in c.seqs.iter().enumerate() {
+        let total = sq.past + sq.new;
+        let nb = total.div_ceil(c.block);
+        let bt_off = s.block_table.len() as u32;
+        for _ in 0..nb {
+            s.block_table.push(free.pop().expect("enough blocks"));
+        }
+        let tree_len = if sq.tree.is_some() { sq.new } else { 0 };
+        s.seqs.push(StepSeq { bt_off, kv_len: total, tree_base: sq.past, tree_len });
+        for j in 0..sq.new {
+            let (pos, mask) = match &sq.tree {
+                None => (sq.past + j, NO_TREE),
+                Some(parents) => {
+                    // Depth from the parent chain; the mask holds the node's ancestors and itself.
+                    let words = sq.new.div_ceil(32) as usize;
+                    let mut bits = vec![0u32; words];
+                    let (mut n, mut depth) = (j, 0);
+                    loop {
+                        bits[(n / 32) as usize] |= 1 << (n % 32);
+                        let p = parents[n as usize];
+                        if p == u32::MAX {
+                            break;
+                        }
+                        n = p;
+                        depth += 1;
+                    }
+                    let off = s.tree_masks.len() as u32;
+                    s.tree_masks.extend(bits);
+                    (sq.past + depth, off)
+                }
+            };
+            s.rows.push(StepRow { seq: i as u32, pos, slot: sq.past + j, mask });
+        }
+    }
+    if s.tree_masks.is_empty() {
+        s.tree_masks.push(0);
+    }
+    s
+}
+
+/// Fills the cache with random values, appends the step's rows from a fused
 /// qkv buffer with kv_append, runs attention, and checks both against the
 /// references.
 fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
-    let layout = KvLayout { batch: c.batch, kv_heads: c.kv_heads, s_max: c.s_max, head_dim: c.head_dim, f16: c.f16 };
+    let kl =
+        KvLayout { num_blocks: c.num_blocks, block: c.block, kv_heads: c.kv_heads, head_dim: c.head_dim, f16: c.f16 };
+    let step = layout(rng, c);
+    let rows = step.rows.len() as u32;
     let d = c.head_dim;
     let (qw, kvw) = (c.heads * d, c.kv_heads * d);
-    // fused [B*T, q | k | v | pad] rows
+    // fused [rows, q | k | v | pad] rows
     let stride = qw + 2 * kvw + 3;
-    let rows = (c.batch * c.t) as usize;
-    let qkv = randn(rng, rows * stride as usize, 1.0);
-    // values in the cache (f32 either way on the CPU side)
-    let tensor = (c.batch * c.kv_heads * c.s_max * c.head_dim) as usize;
+    let qkv = randn(rng, (rows * stride) as usize, 1.0);
+    let tensor = (kl.tensor_bytes() / kl.elem_bytes()) as usize;
     let mut k_cache = randn(rng, tensor, 1.0);
     let mut v_cache = randn(rng, tensor, 1.0);
     if c.f16 {
@@ -43,23 +100,32 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
         }
     }
 
-    let cache = KvCache::new(ctx, 1, layout).expect("cache");
+    let cache = KvCache::new(ctx, 1, kl).expect("cache");
     let (kv, vv) = (cache.k(0).expect("k"), cache.v(0).expect("v"));
     ctx.queue().write_buffer(kv.buffer, kv.offset, &cache_bytes(&k_cache, c.f16));
     ctx.queue().write_buffer(vv.buffer, vv.offset, &cache_bytes(&v_cache, c.f16));
     let gqkv = ctx.upload_f32("qkv", &qkv);
-    let gfv = ctx.upload_u32("first_valid", &c.first_valid);
+    let g_rows = ctx.create_buffer_init("rows", bytemuck::cast_slice(&step.rows));
+    let g_seqs = ctx.create_buffer_init("seqs", bytemuck::cast_slice(&step.seqs));
+    let g_bt = ctx.upload_u32("block_table", &step.block_table);
+    let g_masks = ctx.upload_u32("tree_masks", &step.tree_masks);
+    let views = StepViews {
+        rows: BufView::whole(&g_rows),
+        seqs: BufView::whole(&g_seqs),
+        block_table: BufView::whole(&g_bt),
+        tree_masks: BufView::whole(&g_masks),
+    };
     let out_stride = qw + 5;
-    let out_len = rows * out_stride as usize;
+    let out_len = (rows * out_stride) as usize;
     let gout = ctx.upload_f32("out", &vec![3.0; out_len]);
 
     let mut rec = ctx.recorder("attention");
     kv_append::launch(
         &mut rec,
         &KvAppend {
-            layout,
-            t: c.t,
-            past: c.past,
+            layout: kl,
+            rows,
+            step: views,
             k_src: BufView::whole(&gqkv),
             k_stride: stride,
             k_off: qw,
@@ -75,16 +141,15 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     attention::launch(
         &mut rec,
         &Attention {
-            layout,
-            t: c.t,
+            layout: kl,
+            rows,
             heads: c.heads,
-            past: c.past,
+            step: views,
             q: BufView::whole(&gqkv),
             q_stride: stride,
             q_off: 0,
             k_cache: kv,
             v_cache: vv,
-            first_valid: BufView::whole(&gfv),
             out: BufView::whole(&gout),
             out_stride,
             out_off: 2,
@@ -96,18 +161,16 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     .expect("attention");
     rec.submit().expect("submit");
 
-    kv_append::reference(&layout, c.t, c.past, &qkv, stride, qw, &mut k_cache);
-    kv_append::reference(&layout, c.t, c.past, &qkv, stride, qw + kvw, &mut v_cache);
+    kv_append::reference(&kl, &step, &qkv, stride, qw, &mut k_cache);
+    kv_append::reference(&kl, &step, &qkv, stride, qw + kvw, &mut v_cache);
     let got_k = read_cache(ctx, kv, tensor, c.f16);
     let got_v = read_cache(ctx, vv, tensor, c.f16);
     assert_eq!(got_k, k_cache, "{what}: k cache");
     assert_eq!(got_v, v_cache, "{what}: v cache");
 
     let shape = AttentionShape {
-        layout,
-        t: c.t,
+        layout: kl,
         heads: c.heads,
-        past: c.past,
         q_stride: stride,
         q_off: 0,
         out_stride,
@@ -117,7 +180,7 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
         softcap: c.softcap,
     };
     let mut want = vec![3.0; out_len];
-    attention::reference(&shape, &qkv, &k_cache, &v_cache, &c.first_valid, &mut want);
+    attention::reference(&shape, &step, &qkv, &k_cache, &v_cache, &mut want);
     let got = read(ctx, &gout, out_len);
     // outputs are convex combinations of v (|v| <= 1): error relative to 1
     assert_close(what, &got, &want, &vec![1.0; out_len], TOL);
@@ -143,64 +206,61 @@ fn read_cache(ctx: &GpuContext, view: BufView<'_>, n: usize, f16: bool) -> Vec<f
     }
 }
 
+fn seq(past: u32, new: u32) -> SeqCase {
+    SeqCase { past, new, tree: None }
+}
+
 #[test]
-fn attention_decode_and_prefill() {
+fn attention_ragged_steps() {
     let contexts = contexts();
-    let mut rng = rng("attention_decode_and_prefill");
+    let mut rng = rng("attention_ragged_steps");
     for (name, ctx) in &contexts {
         let cases = [
-            // decode, GQA 3:1, left padding on sequence 1
+            // decode of three sequences at different positions, GQA 3:1
             Case {
-                batch: 2,
                 heads: 6,
                 kv_heads: 2,
                 head_dim: 40,
-                s_max: 80,
-                past: 13,
-                t: 1,
-                first_valid: vec![0, 4],
+                block: 16,
+                num_blocks: 12,
+                seqs: vec![seq(13, 1), seq(40, 1), seq(0, 1)],
                 window: 0,
                 softcap: 0.0,
                 f16: false,
             },
-            // short prefill on a cache, sliding window, soft-cap
+            // a prompt chunk on a cache beside a decode token, sliding window, soft-cap,
+            // blocks of 5 slots (rows straddle blocks)
             Case {
-                batch: 2,
                 heads: 4,
                 kv_heads: 4,
                 head_dim: 136,
-                s_max: 40,
-                past: 9,
-                t: 5,
-                first_valid: vec![2, 0],
+                block: 5,
+                num_blocks: 12,
+                seqs: vec![seq(9, 5), seq(30, 1)],
                 window: 7,
                 softcap: 30.0,
                 f16: false,
             },
-            // prefill from empty over several 64-key blocks, MQA, head_dim 256
+            // a long prefill from empty over several 64-key blocks, MQA, head_dim 256
             Case {
-                batch: 1,
                 heads: 3,
                 kv_heads: 1,
                 head_dim: 256,
-                s_max: 150,
-                past: 0,
-                t: 139,
-                first_valid: vec![0],
+                block: 16,
+                num_blocks: 10,
+                seqs: vec![seq(0, 139)],
                 window: 0,
                 softcap: 0.0,
                 f16: false,
             },
-            // prefill with padding: queries before first_valid see nothing
+            // mixed: two prefills and a decode, window shorter than the chunks
             Case {
-                batch: 2,
                 heads: 2,
                 kv_heads: 1,
                 head_dim: 64,
-                s_max: 100,
-                past: 0,
-                t: 70,
-                first_valid: vec![5, 0],
+                block: 8,
+                num_blocks: 40,
+                seqs: vec![seq(0, 70), seq(17, 33), seq(90, 1)],
                 window: 50,
                 softcap: 0.0,
                 f16: false,
@@ -209,8 +269,40 @@ fn attention_decode_and_prefill() {
         for (i, c) in cases.iter().enumerate() {
             run(ctx, &mut rng, c, &format!("attention {name} case {i}"));
             // The same with an f16 cache (its reference rounds k and v to f16 too).
-            let c16 = Case { f16: true, first_valid: c.first_valid.clone(), ..*c };
+            let c16 = Case {
+                f16: true,
+                seqs: c.seqs.iter().map(|s| SeqCase { past: s.past, new: s.new, tree: s.tree.clone() }).collect(),
+                ..*c
+            };
             run(ctx, &mut rng, &c16, &format!("attention {name} case {i} f16 cache"));
         }
+    }
+}
+
+/// Token trees: each node sees the prefix and its ancestors only, beside an
+/// ordinary decode row in the same step.
+#[test]
+fn attention_tree_masks() {
+    let contexts = contexts();
+    let mut rng = rng("attention_tree_masks");
+    for (name, ctx) in &contexts {
+        // A random tree of 40 nodes (crossing a 32-bit mask word), node 0 the root.
+        let n = 40u32;
+        let mut parents = vec![u32::MAX];
+        for j in 1..n {
+            parents.push(rng.random_range(0..j));
+        }
+        let c = Case {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            block: 16,
+            num_blocks: 16,
+            seqs: vec![SeqCase { past: 21, new: n, tree: Some(parents) }, seq(11, 1)],
+            window: 0,
+            softcap: 0.0,
+            f16: false,
+        };
+        run(ctx, &mut rng, &c, &format!("tree attention {name}"));
     }
 }

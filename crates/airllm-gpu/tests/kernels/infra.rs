@@ -1,5 +1,5 @@
 use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
-use airllm_gpu::{BufView, SlotLayout, SlotPool, StagingBuffer, WeightFormat, list_adapters, read_buffer_bytes};
+use airllm_gpu::{BufView, Ring, WeightFormat, list_adapters, read_buffer_bytes};
 
 use crate::common::*;
 
@@ -14,39 +14,43 @@ fn adapters_are_listed() {
     eprintln!("in use: {:?}", ctx.caps());
 }
 
+/// The ring streams shards from files into slots, in schedule order, pass
+/// after pass, re-lending staging buffers as their copies complete.
 #[test]
-fn staging_fills_a_slot_twice() {
+fn ring_streams_shards_into_slots() {
     let Some(ctx) = airllm_gpu::testing::gpu_or_skip() else { return };
-    let mut layout = SlotLayout::new();
-    let a = layout.push("a", 1000);
-    let b = layout.push("b", 3000);
-    let slots = SlotPool::new(&ctx, "slot", 2, layout.total()).expect("slots");
-    let mut staging = StagingBuffer::new(&ctx, "staging", layout.total());
-    for round in 0..2u8 {
-        staging.map(&ctx).expect("map");
-        let p = staging.mapped_ptr().expect("ptr");
-        let da: Vec<u8> = (0..1000).map(|i| (i as u8).wrapping_add(round)).collect();
-        let db: Vec<u8> = (0..3000).map(|i| (i as u8).wrapping_mul(3).wrapping_add(round)).collect();
-        // two "io threads" fill disjoint ranges
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: mapped until unmap below; ranges disjoint.
-                unsafe { p.write(a as usize, &da) }.expect("write a")
-            });
-            s.spawn(|| {
-                // SAFETY: as above.
-                unsafe { p.write(b as usize, &db) }.expect("write b")
-            });
-        });
-        staging.unmap();
-        let slot = slots.slot(usize::from(round)).expect("slot");
-        let mut rec = ctx.recorder("upload");
-        staging.encode_copy(rec.encoder(), 0, slot, 0, layout.total()).expect("copy");
-        rec.submit().expect("submit");
-        assert_eq!(read_buffer_bytes(&ctx, slot, a, 1000).expect("read"), da);
-        assert_eq!(read_buffer_bytes(&ctx, slot, b, 3000).expect("read"), db);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sizes = [1000usize, 3000, 20];
+    let mut shards = Vec::new();
+    let mut contents = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..*n).map(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8)).collect();
+        let path = dir.path().join(format!("s{i}"));
+        std::fs::write(&path, &data).expect("write shard");
+        shards.push(airllm_io::ShardSpec::new(path, *n as u64));
+        contents.push(data);
     }
-    assert!(staging.write(0, &[1]).is_err(), "writing an unmapped buffer must fail");
+    let schedule = vec![2, 0, 1];
+    let mut ring =
+        Ring::new(&ctx, shards, schedule.clone(), 2, 3000, 2, airllm_io::ReaderOptions::default()).expect("ring");
+    for pass in 0..3 {
+        assert!(ring.at_pass_start());
+        for &s in &schedule {
+            let mut rec = ctx.recorder("unit");
+            let slot = ring.acquire(&ctx, rec.encoder(), s).expect("acquire").clone();
+            rec.submit().expect("submit");
+            ring.submitted();
+            let got = read_buffer_bytes(&ctx, &slot, 0, sizes[s] as u64).expect("read");
+            assert_eq!(got, contents[s], "pass {pass}, shard {s}");
+        }
+    }
+    // Asking for the wrong shard is an error, not another unit's weights.
+    let mut rec = ctx.recorder("unit");
+    let e = ring.acquire(&ctx, rec.encoder(), 1).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("expected shard 1"), "{e}");
+    let (slots, staging) = ring.bytes();
+    assert_eq!((slots, staging), (2 * 3008, 2 * 3008));
+    assert_eq!(ring.stats().units, 9);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use airllm::Options;
 use airllm_quant::Compression;
 
 /// Parse a byte size: `1.5GiB`, `4GB`, `800MiB`, `512M`, `123456`, or `unlimited`.
@@ -28,13 +29,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((v * mult) as u64)
 }
 
-/// How to load and place a model.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ModelArgs {
-    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, or repo id
-    /// (org/name) already in the local Hugging Face cache.
-    #[arg(long, short = 'm')]
-    pub model: String,
+/// Placement and capacity: where units run and what one pass holds. Shared by
+/// the commands that run a model and by `inspect`, so both plan alike.
+/// Unset values take the library's defaults ([`airllm::Options::default`]).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EngineArgs {
     /// VRAM budget (e.g. 1.5GiB, 4GB, unlimited). Default: the adapter's device memory
     /// (Vulkan reports it) minus 10% (at least 512 MiB); unlimited where unknown.
     /// Layers that do not fit stream through a ring of slots.
@@ -44,6 +43,50 @@ pub struct ModelArgs {
     /// overrides the planner.
     #[arg(long)]
     pub resident_layers: Option<usize>,
+    /// Shards read ahead of the GPU (staging buffers in flight) [default: 4].
+    #[arg(long)]
+    pub prefetch_depth: Option<usize>,
+    /// Longest sequence (prompt + new tokens) [default: the model's context, at most 4096].
+    #[arg(long, visible_alias = "ctx-size")]
+    pub max_context: Option<usize>,
+    /// Tokens the KV cache holds, shared by all sequences [default: --max-context].
+    #[arg(long)]
+    pub kv_tokens: Option<usize>,
+    /// Sequences one pass over the weights may serve [default: 16].
+    #[arg(long)]
+    pub max_sequences: Option<usize>,
+    /// Token rows per pass; longer prompts are read in chunks [default: 512].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// KV cache element type: f32 (matches transformers to 1e-5) or f16 (half the
+    /// memory, for long contexts in a small budget; logits move by a few 1e-3).
+    #[arg(long, default_value_t = airllm::KvDtype::F32)]
+    pub kv_cache: airllm::KvDtype,
+}
+
+impl EngineArgs {
+    /// Writes the set values into `o`.
+    pub fn apply(&self, o: &mut Options) {
+        o.max_vram = self.max_vram.or(o.max_vram);
+        o.resident_layers = self.resident_layers.or(o.resident_layers);
+        o.prefetch_depth = self.prefetch_depth.unwrap_or(o.prefetch_depth);
+        o.max_context = self.max_context.or(o.max_context);
+        o.kv_tokens = self.kv_tokens.or(o.kv_tokens);
+        o.max_sequences = self.max_sequences.unwrap_or(o.max_sequences);
+        o.max_batch_tokens = self.max_batch_tokens.unwrap_or(o.max_batch_tokens);
+        o.kv_dtype = self.kv_cache;
+    }
+}
+
+/// How to load and place a model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, or repo id
+    /// (org/name) already in the local Hugging Face cache.
+    #[arg(long, short = 'm')]
+    pub model: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Codec for weight matrices when sharding a checkpoint on first use:
     /// none, 8bit (q8_0), 4bit, or q8_0/q4_0/q4_1/nf4.
     #[arg(long, default_value = "none")]
@@ -52,16 +95,6 @@ pub struct ModelArgs {
     /// or under the user cache directory if that is not writable).
     #[arg(long)]
     pub shards_dir: Option<PathBuf>,
-    /// Shards read ahead of the GPU (staging buffers in flight).
-    #[arg(long, default_value_t = 4)]
-    pub prefetch_depth: usize,
-    /// Longest context (prompt + new tokens) to size the KV cache for.
-    #[arg(long)]
-    pub max_context: Option<usize>,
-    /// KV cache element type: f32 (matches transformers to 1e-5) or f16 (half the
-    /// memory, for long contexts in a small budget; logits move by a few 1e-3).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
-    pub kv_cache: String,
     /// Reader mode: pread, direct (O_DIRECT, for models larger than RAM) or mmap.
     #[arg(long)]
     pub read_mode: Option<airllm_io::ReadMode>,
@@ -73,7 +106,7 @@ pub struct ModelArgs {
     pub adapter: Option<String>,
     /// Backend: vulkan, metal, dx12 or gl (also AIRLLM_BACKEND).
     #[arg(long, env = "AIRLLM_BACKEND")]
-    pub backend: Option<String>,
+    pub backend: Option<airllm_gpu::GpuBackend>,
     /// Print where time went, stage by stage and per kernel.
     #[arg(long)]
     pub profile: bool,

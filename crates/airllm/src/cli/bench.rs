@@ -45,6 +45,9 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
         "prefill_s": t.prefill.as_secs_f64(),
         "decode_s": t.decode.as_secs_f64(),
         "decode_steps": t.decode_steps,
+        "passes": t.engine.passes,
+        "generated_tokens": t.generated,
+        "tokens_per_pass": t.tokens_per_pass(),
         "per_token_s": per_token,
         "tokens_per_s": if per_token > 0.0 { 1.0 / per_token } else { 0.0 },
         "streamed_bytes_per_pass": per_pass,
@@ -107,18 +110,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let (_, t) = model.generate(&prompts, &opts, |_| {})?;
     let mut v = timings_json(&model, &t, a.prompt_len);
     v["batch"] = serde_json::json!(a.batch);
+    v["max_sequences"] = serde_json::json!(model.engine().capacity().sequences);
     v["tokens_per_s_total"] = serde_json::json!(if t.per_token() > 0.0 { a.batch as f64 / t.per_token() } else { 0.0 });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "prefill {} x {} tokens: {:.3} s\ndecode: {:.4} s/token ({:.2} tokens/s per sequence, {:.2} total), {:.2} GB/s streamed\npeak VRAM {} (budget {})",
+            "prefill {} x {} tokens: {:.3} s\ndecode: {:.4} s/token ({:.2} tokens/s per sequence, {:.2} total, {:.2} tokens per pass), {:.2} GB/s streamed\npeak VRAM {} (budget {})",
             a.batch,
             a.prompt_len,
             t.prefill.as_secs_f64(),
             t.per_token(),
             v["tokens_per_s"].as_f64().unwrap_or(0.0),
             v["tokens_per_s_total"].as_f64().unwrap_or(0.0),
+            t.tokens_per_pass(),
             v["stream_gbps"].as_f64().unwrap_or(0.0),
             human_bytes(model.engine().peak_vram()),
             if model.engine().plan().budget == u64::MAX {
@@ -141,7 +146,10 @@ fn io_only(a: &BenchArgs) -> anyhow::Result<()> {
     let shards: Vec<airllm_io::ShardSpec> = (0..sd.manifest().shards.len())
         .map(|i| airllm_io::ShardSpec::new(sd.shard_path(i), sd.entry(i).bytes))
         .collect();
-    let mut opts = airllm_io::ReaderOptions { depth: a.model.prefetch_depth.max(1), ..Default::default() };
+    let mut opts = airllm_io::ReaderOptions {
+        depth: a.model.engine.prefetch_depth.unwrap_or(airllm::Options::default().prefetch_depth).max(1),
+        ..Default::default()
+    };
     if let Some(m) = a.model.read_mode {
         opts.mode = m;
     }

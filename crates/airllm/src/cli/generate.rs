@@ -69,28 +69,26 @@ impl SamplingArgs {
             seed: self.seed,
             stop_strings: self.stop.clone(),
             stop_at_eos: true,
+            ..GenerateOptions::default()
         }
     }
 }
 
 impl ModelArgs {
     pub fn options(&self, progress: bool) -> Options {
-        Options {
+        let mut o = Options {
             compression: self.compression,
             shards_dir: self.shards_dir.clone(),
-            prefetch_depth: self.prefetch_depth,
-            max_vram: self.max_vram,
-            resident_layers: self.resident_layers,
-            max_context: self.max_context,
             profiling: self.profile,
             delete_original: self.delete_original,
             adapter: self.adapter.clone(),
-            backend: self.backend.clone(),
+            backend: self.backend,
             read_mode: self.read_mode,
-            kv_f16: self.kv_cache == "f16",
             progress,
             ..Options::default()
-        }
+        };
+        self.engine.apply(&mut o);
+        o
     }
 
     pub fn load(&self, progress: bool) -> anyhow::Result<AutoModel> {
@@ -153,7 +151,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             "prompt_ids": g.prompt_ids,
             "new_ids": g.new_ids,
             "text": g.text,
-            "finish": format!("{:?}", g.finish).to_lowercase(),
+            "finish": g.finish.name(),
         })
     };
     if json {

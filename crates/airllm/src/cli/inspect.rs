@@ -9,18 +9,16 @@ use anyhow::Context;
 pub struct InspectArgs {
     /// Checkpoint directory, shard directory, .gguf file, or cached repo id.
     pub model: String,
-    /// Show the residency plan for this VRAM budget (e.g. 4GiB, unlimited).
-    #[arg(long, value_parser = super::args::parse_size)]
-    pub max_vram: Option<u64>,
-    /// Resident layers override for the plan.
-    #[arg(long)]
-    pub resident_layers: Option<usize>,
+    /// The plan is made exactly as `generate` makes it with these options; without
+    /// --max-vram the adapter's default budget applies (unlimited with no adapter).
+    #[command(flatten)]
+    pub engine: super::args::EngineArgs,
     /// Codec the shards would use (for checkpoints not yet sharded).
     #[arg(long, default_value = "none")]
     pub compression: airllm_quant::Compression,
-    /// Context length for the KV cache in the plan.
-    #[arg(long, default_value_t = 4096)]
-    pub max_context: usize,
+    /// Adapter name substring (also AIRLLM_ADAPTER): the plan uses its memory and kind.
+    #[arg(long, env = "AIRLLM_ADAPTER")]
+    pub adapter: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,17 +43,36 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let plan = airllm::inspect::plan_for(&spec, &units, a.max_vram, a.resident_layers, a.max_context)?;
+    let mut opts = airllm::Options { adapter: a.adapter.clone(), ..airllm::Options::default() };
+    a.engine.apply(&mut opts);
+    let mut cfg = opts.engine_config(&spec);
+    // The adapter decides the default budget and whether staging counts as VRAM.
+    let gpu = airllm_gpu::GpuContext::new(&airllm_gpu::GpuOptions { adapter: a.adapter.clone(), ..Default::default() });
+    let (staging_in_vram, adapter) = match &gpu {
+        Ok(ctx) => {
+            cfg.max_vram = airllm::engine::effective_budget(ctx, &cfg);
+            (airllm::engine::staging_in_vram(ctx), ctx.caps().adapter_name.clone())
+        }
+        Err(_) => (true, "no adapter found: planned as a discrete GPU".to_string()),
+    };
+    let plan = airllm::inspect::plan_for(&spec, &units, &cfg, staging_in_vram)?;
+    let cap = cfg.capacity();
     if a.json {
         let v = serde_json::json!({
             "source": source, "spec": spec, "parameters": spec.parameter_count(),
             "shards": units.iter().map(|(_, f, b, n)| serde_json::json!({"file": f, "bytes": b, "tensors": n})).collect::<Vec<_>>(),
             "total_bytes": units.iter().map(|u| u.2).sum::<u64>(),
-            "plan": plan.as_ref().map(|p| serde_json::json!({
-                "budget": p.budget, "vram_bytes": p.vram_bytes(), "resident_bytes": p.resident_bytes(),
-                "streamed_bytes_per_pass": p.streamed_bytes(), "resident_layers": p.resident_layers(),
-                "ring_slots": p.ring_slots, "slot_bytes": p.slot_bytes, "kv_bytes": p.kv_bytes,
-            })),
+            "adapter": adapter,
+            "plan": {
+                "budget": (plan.budget != u64::MAX).then_some(plan.budget), "vram_bytes": plan.vram_bytes(),
+                "resident_bytes": plan.resident_bytes(), "streamed_bytes_per_pass": plan.streamed_bytes(),
+                "resident_layers": plan.resident_layers(), "ring_slots": plan.ring_slots, "slot_bytes": plan.slot_bytes,
+                "kv_bytes": plan.kv_bytes, "kv_tokens": cap.kv_tokens, "max_context": cap.max_context,
+                "max_sequences": cap.sequences, "max_batch_tokens": cap.rows,
+                "placement": plan.units.iter().zip(&plan.placement)
+                    .map(|((u, b), p)| serde_json::json!({"unit": u.to_string(), "bytes": b, "placement": p.name()}))
+                    .collect::<Vec<_>>(),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -95,11 +112,12 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             println!("  ...");
         }
     }
-    if let Some(p) = plan {
-        println!("plan (max context {}, batch 1):", a.max_context);
-        for line in p.to_string().lines() {
-            println!("  {line}");
-        }
+    println!(
+        "plan        {adapter}; KV {} tokens (context {}), {} sequences x {} rows per pass:",
+        cap.kv_tokens, cap.max_context, cap.sequences, cap.rows
+    );
+    for line in plan.to_string().lines() {
+        println!("  {line}");
     }
     Ok(())
 }

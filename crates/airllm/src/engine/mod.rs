@@ -1,65 +1,109 @@
-//! The streaming engine: places units on the GPU by the residency plan, streams
-//! the rest through the ring, and runs forward passes over a batch.
+//! The engine: a set of sequences sharing a paged KV cache, and ragged steps
+//! that run one pass over the weights for any mix of work (prompt chunks,
+//! decode tokens) of any number of sequences.
+//!
+//! ```text
+//! scheduler (crate::scheduler) --items--> Engine::step
+//!   for each unit, in order, where the plan placed it:
+//!     Resident -> its VRAM buffer          \
+//!     Streamed -> a ring slot (airllm-gpu)  }-> graph (graph.rs) on an executor (exec/)
+//!   logits rows --> sampler
+//! KV: a pool of blocks (kv/), one table per sequence; kernels read tables.
+//! ```
+//!
+//! Sequences are added and removed between steps without touching the
+//! others' cache; the pool and every buffer are allocated once, by the plan
+//! ([`crate::planner`]) with the sizes of [`crate::sizing`], so the VRAM
+//! budget holds at every batch.
 
-pub mod activations;
 pub mod embedding;
-pub mod layer;
-pub mod stream;
+pub mod exec;
+pub mod graph;
+pub mod kv;
+pub mod step;
 pub mod weights;
 
-use airllm_gpu::wgpu;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use airllm_format::{ModelSpec, ShardDir, Unit};
-use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout};
+use airllm_format::{LayerSpec, ModelSpec, RopeSpec, ShardDir, Unit};
+use airllm_gpu::kernels::paged::StepViews;
+use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout, Ring, wgpu};
 use airllm_io::{ReadMode, ReaderOptions, ShardSpec};
 
-use self::activations::Activations;
 use self::embedding::EmbeddingTable;
-use self::layer::PassShape;
-use self::stream::Streamer;
+use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
+use self::kv::BlockPool;
+pub use self::step::{Logits, SeqId, StepItem};
 use self::weights::UnitWeights;
 use crate::error::{EngineError, Result};
-use crate::planner::{PlanInput, ResidencyPlan};
-use crate::sizing;
+use crate::options::KvDtype;
+use crate::planner::{Placement, Plan, PlanInput};
+use crate::sizing::{self, StepCapacity};
 
-/// Engine settings (the facade's `Options` map onto these).
+/// Engine settings (the facade's [`Options`](crate::Options) map onto these).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// VRAM budget in bytes (None: unlimited unless the adapter reports its size).
+    /// VRAM budget in bytes (None: the adapter's size minus a margin, if it reports one).
     pub max_vram: Option<u64>,
     /// Forced number of resident decoder layers.
     pub resident_layers: Option<usize>,
     /// Shards read ahead.
     pub prefetch_depth: usize,
-    /// KV cache slots per sequence.
+    /// Longest sequence in slots.
     pub max_context: usize,
-    /// Sequences the KV cache is first sized for (grows on demand).
-    pub max_batch: usize,
-    /// Token rows per forward pass (longer prompts are processed in chunks).
-    pub prefill_chunk: usize,
+    /// Slots of the KV pool, shared by all sequences (None: `max_context`).
+    pub kv_tokens: Option<usize>,
+    /// Sequences one step may carry.
+    pub max_sequences: usize,
+    /// Token rows per step.
+    pub max_batch_tokens: usize,
+    /// Logit rows per step (None: at least 64 and `max_sequences`).
+    pub max_logit_rows: Option<usize>,
+    /// Slots per KV block.
+    pub kv_block: usize,
+    /// KV element type.
+    pub kv_dtype: KvDtype,
     /// How the reader reads.
     pub read_mode: Option<ReadMode>,
     /// Reader threads (None: one per core, at most 16).
     pub read_threads: Option<usize>,
-    /// Keep the KV cache in f16 (half the memory; logits move by a few 1e-3).
-    pub kv_f16: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let o = crate::Options::default();
         EngineConfig {
-            max_vram: None,
-            resident_layers: None,
-            prefetch_depth: 4,
+            max_vram: o.max_vram,
+            resident_layers: o.resident_layers,
+            prefetch_depth: o.prefetch_depth,
             max_context: 4096,
-            max_batch: 1,
-            prefill_chunk: 512,
-            read_mode: None,
+            kv_tokens: o.kv_tokens,
+            max_sequences: o.max_sequences,
+            max_batch_tokens: o.max_batch_tokens,
+            max_logit_rows: None,
+            kv_block: 16,
+            kv_dtype: o.kv_dtype,
+            read_mode: o.read_mode,
             read_threads: None,
-            kv_f16: false,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The step and KV capacity this configuration allocates.
+    pub fn capacity(&self) -> StepCapacity {
+        let sequences = self.max_sequences.max(1);
+        StepCapacity {
+            rows: self.max_batch_tokens.max(sequences),
+            logit_rows: self.max_logit_rows.unwrap_or(64.max(sequences)).max(1),
+            sequences,
+            max_context: self.max_context.max(1),
+            kv_tokens: self.kv_tokens.unwrap_or(self.max_context).max(1),
+            kv_block: self.kv_block.max(1),
+            kv_dtype: self.kv_dtype,
         }
     }
 }
@@ -68,17 +112,18 @@ impl Default for EngineConfig {
 struct PlanUnit {
     unit: Unit,
     shard: usize,
+    placement: Placement,
     resident: Option<wgpu::Buffer>,
 }
 
 /// Time and bytes spent so far.
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
-    /// Forward passes (one per chunk or decode step).
+    /// Passes over the weights (steps).
     pub passes: u64,
     /// Token rows processed.
     pub rows: u64,
-    /// Wall time inside `forward`.
+    /// Wall time inside `step`.
     pub forward: Duration,
     /// Time waiting for shards from the reader.
     pub io_wait: Duration,
@@ -97,21 +142,85 @@ pub struct EngineStats {
     pub load: Duration,
 }
 
+impl EngineStats {
+    /// The counters accumulated between `self` (earlier) and `later`.
+    pub fn since(&self, later: &EngineStats) -> EngineStats {
+        EngineStats {
+            passes: later.passes - self.passes,
+            rows: later.rows - self.rows,
+            forward: later.forward.saturating_sub(self.forward),
+            io_wait: later.io_wait.saturating_sub(self.io_wait),
+            remap_wait: later.remap_wait.saturating_sub(self.remap_wait),
+            upload: later.upload.saturating_sub(self.upload),
+            host: later.host.saturating_sub(self.host),
+            readback: later.readback.saturating_sub(self.readback),
+            streamed_bytes: later.streamed_bytes - self.streamed_bytes,
+            load: later.load,
+        }
+    }
+}
+
+/// A sequence's cache state.
+#[derive(Debug, Default)]
+struct SeqState {
+    /// Slots filled.
+    len: usize,
+    /// Its blocks.
+    table: Vec<u32>,
+}
+
+/// The step-input buffers.
+struct StepBuffers {
+    positions: wgpu::Buffer,
+    rows: wgpu::Buffer,
+    seqs: wgpu::Buffer,
+    block_table: wgpu::Buffer,
+    tree_masks: wgpu::Buffer,
+}
+
+impl StepBuffers {
+    fn new(ctx: &GpuContext, cap: &StepCapacity) -> Self {
+        let [p, r, s, b, t] =
+            sizing::step_input_buffers(cap).map(|(name, bytes)| ctx.create_storage_buffer(name, bytes));
+        StepBuffers { positions: p, rows: r, seqs: s, block_table: b, tree_masks: t }
+    }
+
+    fn bytes(&self) -> u64 {
+        [&self.positions, &self.rows, &self.seqs, &self.block_table, &self.tree_masks].iter().map(|b| b.size()).sum()
+    }
+
+    fn views(&self) -> StepViews<'_> {
+        StepViews {
+            rows: BufView::whole(&self.rows),
+            seqs: BufView::whole(&self.seqs),
+            block_table: BufView::whole(&self.block_table),
+            tree_masks: BufView::whole(&self.tree_masks),
+        }
+    }
+}
+
 /// The engine.
 pub struct Engine {
     ctx: GpuContext,
     dir: ShardDir,
     spec: ModelSpec,
-    plan: ResidencyPlan,
+    layers: Vec<LayerSpec>,
+    plan: Plan,
     units: Vec<PlanUnit>,
-    streamer: Option<Streamer>,
+    ring: Option<Ring>,
     kv: KvCache,
-    act: Activations,
+    pool: BlockPool,
+    seqs: BTreeMap<SeqId, SeqState>,
+    next_seq: u64,
+    act: GpuActivations,
+    inputs: StepBuffers,
+    ropes: Vec<(RopeSpec, wgpu::Buffer)>,
     embed: EmbeddingTable,
     cfg: EngineConfig,
+    cap: StepCapacity,
     stats: EngineStats,
     peak_vram: u64,
-    /// Reader options, to rebuild the streamer after an aborted pass.
+    /// Reader options, to rebuild the ring after an aborted pass.
     read_opts: ReaderOptions,
 }
 
@@ -121,9 +230,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The units run on the GPU per pass: layers, final norm, head (the embedding
-/// shard when tied), as (unit, shard index, bytes).
-pub fn gpu_units(dir: &ShardDir) -> Result<Vec<(Unit, usize, u64)>> {
+/// The units run per pass: layers, final norm, head (the embedding shard when
+/// tied), as (unit, shard index, bytes).
+pub fn pass_units(dir: &ShardDir) -> Result<Vec<(Unit, usize, u64)>> {
     let m = dir.manifest();
     let mut out = Vec::new();
     for l in 0..m.spec.num_layers as u32 {
@@ -144,20 +253,34 @@ pub fn gpu_units(dir: &ShardDir) -> Result<Vec<(Unit, usize, u64)>> {
     Ok(out)
 }
 
-/// Plan for a shard directory under `cfg`.
-pub fn plan_for_dir(dir: &ShardDir, cfg: &EngineConfig, staging_in_vram: bool) -> Result<ResidencyPlan> {
-    let spec = &dir.manifest().spec;
-    let units = gpu_units(dir)?;
-    let rows = cfg.max_batch * cfg.prefill_chunk.min(cfg.max_context);
+/// The plan for units of these sizes under `cfg`: the one planning call the
+/// engine and `inspect` share.
+pub fn plan_units(
+    spec: &ModelSpec,
+    units: Vec<(Unit, u64)>,
+    cfg: &EngineConfig,
+    staging_in_vram: bool,
+) -> Result<Plan> {
     crate::planner::plan(&PlanInput {
-        units: units.iter().map(|(u, _, b)| (*u, *b)).collect(),
-        kv_bytes: sizing::kv_bytes(spec, cfg.max_context, cfg.max_batch) / if cfg.kv_f16 { 2 } else { 1 },
-        activation_bytes: sizing::activation_bytes(spec, rows, cfg.max_batch),
+        // Buffers are allocated in 16-byte multiples; plan with what is allocated.
+        units: units.into_iter().map(|(u, b)| (u, airllm_gpu::ring::slot_size(b))).collect(),
+        fixed: sizing::fixed_bytes(spec, &cfg.capacity()),
         staging_in_vram,
         prefetch_depth: cfg.prefetch_depth,
         budget: cfg.max_vram.unwrap_or(u64::MAX),
         resident_layers: cfg.resident_layers,
     })
+}
+
+/// Whether mapped staging buffers live in VRAM on this adapter (discrete GPUs
+/// map them through the BAR; integrated and software adapters use host memory).
+pub fn staging_in_vram(ctx: &GpuContext) -> bool {
+    !ctx.caps().is_software() && ctx.caps().device_type != wgpu::DeviceType::IntegratedGpu
+}
+
+/// The budget `cfg` asks for, or the adapter's default.
+pub fn effective_budget(ctx: &GpuContext, cfg: &EngineConfig) -> Option<u64> {
+    cfg.max_vram.or_else(|| ctx.caps().vram_bytes.map(default_budget))
 }
 
 /// Read a whole shard file into a new GPU buffer (mapped at creation: one copy
@@ -167,7 +290,7 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
     let path = dir.shard_path(shard);
     // Checks the length and header before trusting the file.
     drop(dir.map(shard)?);
-    let size = entry.bytes.max(4).div_ceil(4) * 4;
+    let size = airllm_gpu::ring::slot_size(entry.bytes);
     let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(&entry.file),
         size,
@@ -180,8 +303,8 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
             .get_mapped_range_mut()
             .map_err(|e| EngineError::invalid(entry.file.clone(), format!("cannot map the upload buffer: {e}")))?;
         let ptr = view.slice(..).as_raw_element_ptr();
-        // SAFETY: `ptr` points at `size` mapped bytes that stay mapped while `view` lives;
-        // nothing else accesses the buffer before it is unmapped below.
+        // SAFETY: `ptr` points at `size` >= entry.bytes mapped bytes that stay mapped
+        // while `view` lives; nothing else accesses the buffer before it is unmapped below.
         let dst = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), entry.bytes as usize) };
         let mut f = File::open(&path).map_err(|e| airllm_format::FormatError::Io {
             op: "opening shard",
@@ -200,16 +323,13 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
 }
 
 impl Engine {
-    /// Place a shard directory on the GPU.
+    /// Places a shard directory on the GPU by the plan for `cfg`.
     pub fn new(ctx: GpuContext, dir: ShardDir, mut cfg: EngineConfig) -> Result<Engine> {
         let t0 = Instant::now();
-        if cfg.max_vram.is_none() {
-            cfg.max_vram = ctx.caps().vram_bytes.map(default_budget);
-        }
+        cfg.max_vram = effective_budget(&ctx, &cfg);
         let spec = dir.manifest().spec.clone();
-        let staging_in_vram = !ctx.caps().is_software() && ctx.caps().device_type != wgpu::DeviceType::IntegratedGpu;
-        let plan = plan_for_dir(&dir, &cfg, staging_in_vram)?;
-        let listed = gpu_units(&dir)?;
+        let listed = pass_units(&dir)?;
+        let plan = plan_units(&spec, listed.iter().map(|(u, _, b)| (*u, *b)).collect(), &cfg, staging_in_vram(&ctx))?;
         // Each unit lives in one buffer (resident, or a ring slot and a staging buffer).
         let max_buffer = ctx.caps().max_buffer;
         if let Some((_, shard, bytes)) = listed.iter().find(|(_, _, b)| *b > max_buffer) {
@@ -224,10 +344,14 @@ impl Engine {
                 ),
             ));
         }
+        let cap = cfg.capacity();
+        let kv_layout = sizing::kv_layout(&spec, &cap);
         let mut units = Vec::new();
         for (i, (unit, shard, _)) in listed.iter().enumerate() {
-            let resident = if plan.resident[i] { Some(load_resident(&ctx, &dir, *shard)?) } else { None };
-            units.push(PlanUnit { unit: *unit, shard: *shard, resident });
+            let placement = plan.placement[i];
+            let resident =
+                if placement == Placement::Resident { Some(load_resident(&ctx, &dir, *shard)?) } else { None };
+            units.push(PlanUnit { unit: *unit, shard: *shard, placement, resident });
         }
         let mut read_opts = ReaderOptions::default();
         if let Some(m) = cfg.read_mode {
@@ -236,28 +360,49 @@ impl Engine {
         if let Some(t) = cfg.read_threads {
             read_opts.threads = t.max(1);
         }
-        let streamer = new_streamer(&ctx, &dir, &units, &plan, &read_opts)?;
-        let kv = KvCache::new(&ctx, spec.num_layers, kv_layout(&spec, cfg.max_batch, cfg.max_context, cfg.kv_f16))?;
-        let rows = (cfg.max_batch * cfg.prefill_chunk.min(cfg.max_context)) as u32;
-        let act = Activations::new(&ctx, &spec, rows, logit_capacity(rows, cfg.max_batch), cfg.max_batch as u32);
+        let ring = new_ring(&ctx, &dir, &units, &plan, &read_opts)?;
+        let kv = KvCache::new(&ctx, spec.num_layers, kv_layout)?;
+        let act = GpuActivations::new(&ctx, &spec, cap.rows as u32, cap.logit_rows as u32);
+        let inputs = StepBuffers::new(&ctx, &cap);
+        let ropes = spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
         let embed = EmbeddingTable::open(&dir)?;
+        let layers = spec.layer_specs();
         let mut e = Engine {
             ctx,
             dir,
             spec,
+            layers,
             plan,
             units,
-            streamer,
+            ring,
             kv,
+            pool: BlockPool::new(kv_layout.num_blocks as usize, kv_layout.block as usize),
+            seqs: BTreeMap::new(),
+            next_seq: 0,
             act,
+            inputs,
+            ropes,
             embed,
             cfg,
+            cap,
             stats: EngineStats::default(),
             peak_vram: 0,
             read_opts,
         };
         e.stats.load = t0.elapsed();
         e.peak_vram = e.vram_bytes();
+        // The plan and the allocation use the same sizes; check it holds.
+        if e.peak_vram > e.plan.budget {
+            return Err(EngineError::invalid(
+                "--max-vram",
+                format!(
+                    "the engine allocated {} against a budget of {} (planned {}); this is a bug, please report it",
+                    airllm_format::human_bytes(e.peak_vram),
+                    airllm_format::human_bytes(e.plan.budget),
+                    airllm_format::human_bytes(e.plan.vram_bytes())
+                ),
+            ));
+        }
         Ok(e)
     }
 
@@ -265,8 +410,8 @@ impl Engine {
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
-    /// The residency plan in effect.
-    pub fn plan(&self) -> &ResidencyPlan {
+    /// The plan in effect.
+    pub fn plan(&self) -> &Plan {
         &self.plan
     }
     /// The GPU context.
@@ -277,151 +422,216 @@ impl Engine {
     pub fn dir(&self) -> &ShardDir {
         &self.dir
     }
+    /// The configuration in effect (budget resolved).
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    /// What one step may carry.
+    pub fn capacity(&self) -> StepCapacity {
+        self.cap
+    }
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         let mut s = self.stats.clone();
-        if let Some(st) = &self.streamer {
-            let ss = st.stats();
-            s.io_wait = ss.io_wait;
-            s.remap_wait = ss.remap_wait;
-            s.upload = ss.upload;
-            s.streamed_bytes = ss.bytes;
+        if let Some(r) = &self.ring {
+            let rs = r.stats();
+            s.io_wait = rs.io_wait;
+            s.remap_wait = rs.remap_wait;
+            s.upload = rs.upload;
+            s.streamed_bytes = rs.bytes;
         }
         s
     }
     /// The reader's statistics, when streaming.
     pub fn reader_stats(&self) -> Option<airllm_io::ReaderStats> {
-        self.streamer.as_ref().and_then(|s| s.reader_stats())
+        self.ring.as_ref().and_then(|s| s.reader_stats())
     }
-    /// KV cache capacity in slots per sequence.
+    /// Longest sequence in slots.
     pub fn max_context(&self) -> usize {
-        self.cfg.max_context
+        self.cap.max_context
     }
 
     /// GPU bytes allocated by the engine now.
     pub fn vram_bytes(&self) -> u64 {
         let resident: u64 = self.units.iter().filter_map(|u| u.resident.as_ref()).map(|b| b.size()).sum();
-        let (ring, staging) = self.streamer.as_ref().map(|s| s.bytes()).unwrap_or((0, 0));
+        let (ring, staging) = self.ring.as_ref().map(|s| s.bytes()).unwrap_or((0, 0));
         let staging = if self.plan.staging_in_vram { staging } else { 0 };
-        let kv = 2 * self.kv.layout().tensor_bytes() * self.kv.layers() as u64;
-        resident + ring + staging + kv + self.act.bytes()
+        let kv = self.kv.layers() as u64 * sizing::storage_size(self.kv.layout().layer_bytes());
+        let ropes: u64 = self.ropes.iter().map(|(_, b)| b.size()).sum();
+        resident + ring + staging + kv + self.act.bytes() + self.inputs.bytes() + ropes
     }
     /// The largest [`Engine::vram_bytes`] seen.
     pub fn peak_vram(&self) -> u64 {
         self.peak_vram
     }
 
-    /// Make room for `batch` sequences (reallocates the KV cache and activations).
-    fn ensure_batch(&mut self, batch: usize) -> Result<()> {
-        // The kernels take the batch from the cache layout, so it must match exactly.
-        if batch == self.kv.layout().batch as usize {
-            return Ok(());
+    // ---- sequences -------------------------------------------------------
+
+    /// A new, empty sequence.
+    pub fn add_sequence(&mut self) -> SeqId {
+        let id = SeqId(self.next_seq);
+        self.next_seq += 1;
+        self.seqs.insert(id, SeqState::default());
+        id
+    }
+
+    /// Ends a sequence and frees its KV blocks (unknown ids are ignored).
+    pub fn remove_sequence(&mut self, id: SeqId) {
+        if let Some(mut s) = self.seqs.remove(&id) {
+            self.pool.release_all(&mut s.table);
         }
-        self.cfg.max_batch = batch;
-        self.kv = KvCache::new(
-            &self.ctx,
-            self.spec.num_layers,
-            kv_layout(&self.spec, batch, self.cfg.max_context, self.cfg.kv_f16),
-        )?;
-        let rows = (batch * self.cfg.prefill_chunk.min(self.cfg.max_context)) as u32;
-        self.act = Activations::new(&self.ctx, &self.spec, rows, logit_capacity(rows, batch), batch as u32);
-        self.peak_vram = self.peak_vram.max(self.vram_bytes());
+    }
+
+    /// Slots a sequence has filled.
+    pub fn sequence_len(&self, id: SeqId) -> Option<usize> {
+        self.seqs.get(&id).map(|s| s.len)
+    }
+
+    /// Sequences alive.
+    pub fn sequences(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Forgets a sequence's slots from `len` on (blocks past it are freed), e.g.
+    /// to re-use a conversation's prefix or drop rejected proposals.
+    pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
+        let s = self.seqs.get_mut(&id).ok_or_else(|| EngineError::invalid("sequence", format!("no {id}")))?;
+        s.len = s.len.min(len);
+        self.pool.shrink(&mut s.table, s.len);
         Ok(())
     }
 
-    /// Run `t` new tokens of each of `batch` sequences through the model.
-    ///
-    /// `tokens` is `[batch, t]` row-major; `past` slots are already filled;
-    /// `first_valid[b]` is sequence b's first non-padding slot. Returns the logits
-    /// of the token rows in `logit_rows` (indices `b * t + i`), `[len, vocab]`.
-    pub fn forward(
-        &mut self,
-        tokens: &[u32],
-        batch: usize,
-        past: usize,
-        first_valid: &[u32],
-        logit_rows: &[usize],
-    ) -> Result<Vec<f32>> {
-        let t = tokens.len() / batch.max(1);
-        if batch == 0 || t == 0 || tokens.len() != batch * t || first_valid.len() != batch {
-            return Err(EngineError::invalid("forward", "tokens must be [batch, t] with one first_valid per sequence"));
+    /// KV blocks free in the pool.
+    pub fn free_blocks(&self) -> usize {
+        self.pool.free_blocks()
+    }
+
+    /// KV blocks in the pool.
+    pub fn total_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
+    /// Blocks sequence `id` must still take to grow by `extra` tokens (all of a
+    /// new sequence's when `id` is None).
+    pub fn blocks_needed(&self, id: Option<SeqId>, extra: usize) -> usize {
+        let (len, have) = id.and_then(|i| self.seqs.get(&i)).map(|s| (s.len, s.table.len())).unwrap_or((0, 0));
+        self.pool.blocks_for(len + extra).saturating_sub(have)
+    }
+
+    // ---- steps ------------------------------------------------------------
+
+    /// Runs one pass over the weights for `items` (each sequence at most once):
+    /// appends every item's tokens to its sequence and returns, per item, the
+    /// logits it asked for (`[rows, vocab]` row-major). On error no sequence
+    /// advances.
+    pub fn step(&mut self, items: &[StepItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        let t0 = Instant::now();
+        self.check_step(items)?;
+        // Take the blocks the new tokens need (on failure the blocks taken stay
+        // with their sequences, which is harmless: they are theirs to use).
+        for it in items {
+            let s = self.seqs.get_mut(&it.seq).ok_or_else(|| EngineError::invalid("step", format!("no {}", it.seq)))?;
+            let slots = s.len + it.tokens.len();
+            self.pool.grow(&mut s.table, slots).map_err(|e| EngineError::KvFull {
+                needed: e.needed,
+                free: e.free,
+                total: self.pool.num_blocks(),
+                block: self.pool.block_size(),
+            })?;
         }
-        if past + t > self.cfg.max_context {
-            return Err(EngineError::invalid(
-                "--max-context",
-                format!("{} tokens do not fit the context of {} (raise --max-context)", past + t, self.cfg.max_context),
-            ));
-        }
-        self.ensure_batch(batch)?;
-        // Rows per pass are bounded by the activation buffers and, when many logit
-        // rows are wanted (all positions), by the logit buffer.
-        let mut chunk = (self.act.rows as usize / batch).max(1);
-        if logit_rows.len() > self.act.logit_rows as usize {
-            chunk = chunk.min((self.act.logit_rows as usize / batch).max(1));
-        }
-        let mut out = vec![0f32; logit_rows.len() * self.spec.vocab_size];
-        let mut start = 0;
-        while start < t {
-            let c = chunk.min(t - start);
-            let toks: Vec<u32> =
-                (0..batch).flat_map(|b| tokens[b * t + start..b * t + start + c].iter().copied()).collect();
-            // Logit rows inside this chunk, and where they go in `out`.
-            let mut sel = Vec::new();
-            for (j, &r) in logit_rows.iter().enumerate() {
-                let (b, i) = (r / t, r % t);
-                if i >= start && i < start + c {
-                    sel.push((b * c + (i - start), j));
-                }
+        let lens: Vec<usize> = items.iter().map(|it| self.seqs[&it.seq].len).collect();
+        let tables: Vec<&[u32]> = items.iter().map(|it| self.seqs[&it.seq].table.as_slice()).collect();
+        let built = step::build(items, &lens, &tables)?;
+        let logits = self.pass(&built)?;
+        for it in items {
+            if let Some(s) = self.seqs.get_mut(&it.seq) {
+                s.len += it.tokens.len();
             }
-            let logits =
-                self.pass(&toks, batch, c, past + start, first_valid, &sel.iter().map(|s| s.0).collect::<Vec<_>>())?;
-            let v = self.spec.vocab_size;
-            for (k, &(_, j)) in sel.iter().enumerate() {
-                out[j * v..(j + 1) * v].copy_from_slice(&logits[k * v..(k + 1) * v]);
-            }
-            start += c;
         }
+        let v = self.spec.vocab_size;
+        let mut out = Vec::with_capacity(items.len());
+        let mut k = 0;
+        for &n in &built.logits_per_item {
+            out.push(logits[k * v..(k + n) * v].to_vec());
+            k += n;
+        }
+        self.stats.forward += t0.elapsed();
         Ok(out)
     }
 
-    /// One forward pass over `[batch, t]` rows.
-    fn pass(
-        &mut self,
-        tokens: &[u32],
-        batch: usize,
-        t: usize,
-        past: usize,
-        first_valid: &[u32],
-        logit_rows: &[usize],
-    ) -> Result<Vec<f32>> {
+    fn check_step(&self, items: &[StepItem<'_>]) -> Result<()> {
+        if items.is_empty() {
+            return Err(EngineError::invalid("step", "no work items"));
+        }
+        let rows: usize = items.iter().map(|i| i.tokens.len()).sum();
+        let logit_rows: usize = items.iter().map(|i| i.logits.rows(i.tokens.len())).sum();
+        let too = |what: &str, n: usize, cap: usize, opt: &str| {
+            Err(EngineError::invalid(
+                opt,
+                format!("a step of {n} {what} exceeds the engine's {cap} (raise {opt} or split the work)"),
+            ))
+        };
+        if items.len() > self.cap.sequences {
+            return too("sequences", items.len(), self.cap.sequences, "--max-sequences");
+        }
+        if rows > self.cap.rows {
+            return too("token rows", rows, self.cap.rows, "--max-batch-tokens");
+        }
+        if logit_rows > self.cap.logit_rows {
+            return too("logit rows", logit_rows, self.cap.logit_rows, "max_logit_rows");
+        }
+        for (i, it) in items.iter().enumerate() {
+            let s = self.seqs.get(&it.seq).ok_or_else(|| EngineError::invalid("step", format!("no {}", it.seq)))?;
+            if items[..i].iter().any(|o| o.seq == it.seq) {
+                return Err(EngineError::invalid("step", format!("{} appears twice in one step", it.seq)));
+            }
+            if s.len + it.tokens.len() > self.cap.max_context {
+                return Err(EngineError::invalid(
+                    "--max-context",
+                    format!(
+                        "{} + {} tokens exceed the context of {} (raise --max-context)",
+                        s.len,
+                        it.tokens.len(),
+                        self.cap.max_context
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass over the units for a built step; returns the selected logit rows.
+    fn pass(&mut self, s: &step::BuiltStep) -> Result<Vec<f32>> {
         let t0 = Instant::now();
-        let spec = self.spec.clone();
+        let spec = &self.spec;
         let h = spec.hidden_size;
-        // Inputs: embedding rows gathered on the host, positions, padding offsets.
-        let mut x = Vec::with_capacity(tokens.len() * h);
-        self.embed.gather(tokens, &mut x)?;
-        let positions: Vec<u32> =
-            (0..batch).flat_map(|b| (0..t).map(move |i| ((past + i) as u32).saturating_sub(first_valid[b]))).collect();
+        let rows = s.tokens.len() as u32;
+        // Inputs: embedding rows gathered on the host, positions and the step layout.
+        let mut x = Vec::with_capacity(s.tokens.len() * h);
+        self.embed.gather(&s.tokens, &mut x)?;
         let q = self.ctx.queue();
-        q.write_buffer(self.act.x_buffer(), 0, bytemuck::cast_slice(&x));
-        q.write_buffer(self.act.positions_buffer(), 0, bytemuck::cast_slice(&positions));
-        q.write_buffer(self.act.first_valid_buffer(), 0, bytemuck::cast_slice(first_valid));
+        q.write_buffer(self.act.buffer(exec::Buf::X), 0, bytemuck::cast_slice(&x));
+        q.write_buffer(&self.inputs.positions, 0, bytemuck::cast_slice(&s.positions));
+        q.write_buffer(&self.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
+        q.write_buffer(&self.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
+        q.write_buffer(&self.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
         let host = t0.elapsed();
 
-        if self.streamer.as_ref().is_some_and(|s| !s.at_pass_start()) {
+        if self.ring.as_ref().is_some_and(|r| !r.at_pass_start()) {
             // An earlier pass failed half way: restart the reader at the first unit.
-            self.streamer = None;
-            self.streamer = new_streamer(&self.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
+            self.ring = None;
+            self.ring = new_ring(&self.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
         }
-        let pass = PassShape { batch: batch as u32, t: t as u32, past: past as u32 };
-        let layout = self.kv.layout();
-        let rows_sel = logit_rows.len() as u32;
+        let n_logits = s.logit_rows.len() as u32;
+        let kv_layout: KvLayout = self.kv.layout();
+        let head_parts = self.units.iter().filter(|u| matches!(u.unit, Unit::LmHead | Unit::LmHeadPart(_))).count();
+        let mut heads_done = 0;
         // Consecutive resident units share one submission; before a streamed unit
         // the pending work is submitted, so the GPU runs while we wait for its bytes.
         let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
         for ui in 0..self.units.len() {
-            let (unit, shard) = (self.units[ui].unit, self.units[ui].shard);
-            let streamed = self.units[ui].resident.is_none();
+            let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
+            let streamed = placement == Placement::Streamed;
             if streamed {
                 if let Some(r) = pending.take() {
                     r.submit()?;
@@ -431,67 +641,44 @@ impl Engine {
             let buffer: &wgpu::Buffer = match &self.units[ui].resident {
                 Some(b) => b,
                 None => {
-                    let s = self.streamer.as_mut().ok_or_else(|| EngineError::invalid("engine", "no streamer"))?;
-                    s.acquire(&self.ctx, rec.encoder(), shard)?
+                    let r = self.ring.as_mut().ok_or_else(|| EngineError::invalid("engine", "no streaming ring"))?;
+                    r.acquire(&self.ctx, rec.encoder(), shard)?
                 }
             };
-            let w = UnitWeights { buffer, entry: self.dir.entry(shard) };
+            let kv = match unit {
+                Unit::Layer(l) => Some(GpuKv {
+                    layout: kv_layout,
+                    k: self.kv.k(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
+                    v: self.kv.v(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
+                }),
+                _ => None,
+            };
+            let mut ex = GpuExec {
+                rec: &mut rec,
+                spec,
+                w: UnitWeights { buffer, entry: self.dir.entry(shard) },
+                act: &self.act,
+                step: self.inputs.views(),
+                positions: BufView::whole(&self.inputs.positions),
+                ropes: &self.ropes,
+                kv,
+                rows,
+            };
             match unit {
-                Unit::Layer(l) => {
-                    let kvb = (
-                        self.kv.k(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
-                        self.kv.v(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
-                    );
-                    layer::decoder_layer(&mut rec, &spec, &w, &self.act, kvb, layout, pass)?;
-                }
-                Unit::FinalNorm => {
-                    let row_bytes = (h * 4) as u64;
-                    for (j, &r) in logit_rows.iter().enumerate() {
-                        rec.encoder().copy_buffer_to_buffer(
-                            self.act.x_buffer(),
-                            r as u64 * row_bytes,
-                            &self.act.last_x,
-                            j as u64 * row_bytes,
-                            row_bytes,
-                        );
-                    }
-                    layer::final_norm(
-                        &mut rec,
-                        &spec,
-                        &w,
-                        rows_sel,
-                        BufView::whole(&self.act.last_x),
-                        BufView::whole(&self.act.last_h),
-                    )?;
-                }
+                Unit::Layer(l) => graph::decoder_layer(&mut ex, spec, &self.layers[l as usize])?,
+                Unit::FinalNorm => graph::final_norm(&mut ex, spec, &s.logit_rows)?,
                 Unit::LmHead | Unit::LmHeadPart(_) => {
-                    let head = w
-                        .get(airllm_format::Role::LmHead)
-                        .or_else(|| w.get(airllm_format::Role::Embedding))
-                        .ok_or_else(|| EngineError::invalid(w.entry.file.clone(), "no lm_head weight"))?;
+                    heads_done += 1;
                     // A part of a split lm_head writes its columns of the logits.
-                    let row_start = w.entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0) as u32;
-                    let vocab = spec.vocab_size as u32;
-                    let mm = airllm_gpu::kernels::matmul::Matmul {
-                        shape: airllm_gpu::kernels::matmul::MatmulShape {
-                            y_stride: vocab,
-                            y_off: row_start,
-                            ..airllm_gpu::kernels::matmul::MatmulShape::new(rows_sel, head.rows, head.cols)
-                        },
-                        format: head.format,
-                        weight: head.view,
-                        x: BufView::whole(&self.act.last_h),
-                        y: BufView::whole(&self.act.logits),
-                        bias: None,
-                    };
-                    airllm_gpu::kernels::matmul::launch(&mut rec, &mm)?;
+                    let row_start = ex.w.entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0) as u32;
+                    graph::lm_head(&mut ex, spec, n_logits, row_start, heads_done == head_parts)?;
                 }
                 Unit::Embedding => {}
             }
             if streamed {
                 rec.submit()?;
-                if let Some(s) = self.streamer.as_mut() {
-                    s.submitted();
+                if let Some(r) = self.ring.as_mut() {
+                    r.submitted();
                 }
             } else {
                 pending = Some(rec);
@@ -501,53 +688,40 @@ impl Engine {
             r.submit()?;
         }
         let t1 = Instant::now();
-        let logits = airllm_gpu::read_buffer_f32(&self.ctx, &self.act.logits, 0, logit_rows.len() * spec.vocab_size)?;
+        let logits = airllm_gpu::read_buffer_f32(
+            &self.ctx,
+            self.act.buffer(exec::Buf::Logits),
+            0,
+            s.logit_rows.len() * spec.vocab_size,
+        )?;
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
         self.stats.passes += 1;
-        self.stats.rows += (batch * t) as u64;
-        self.stats.forward += t0.elapsed();
+        self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
     }
 }
 
-/// The streamer for the units the plan does not keep resident (None if all are).
-fn new_streamer(
+/// The ring for the units the plan streams (None if none is).
+fn new_ring(
     ctx: &GpuContext,
     dir: &ShardDir,
     units: &[PlanUnit],
-    plan: &ResidencyPlan,
+    plan: &Plan,
     opts: &ReaderOptions,
-) -> Result<Option<Streamer>> {
-    let streamed: Vec<usize> = units.iter().filter(|u| u.resident.is_none()).map(|u| u.shard).collect();
+) -> Result<Option<Ring>> {
+    let streamed: Vec<usize> = units.iter().filter(|u| u.placement == Placement::Streamed).map(|u| u.shard).collect();
     if streamed.is_empty() {
         return Ok(None);
     }
     let specs: Vec<ShardSpec> =
         (0..dir.manifest().shards.len()).map(|i| ShardSpec::new(dir.shard_path(i), dir.entry(i).bytes)).collect();
-    Ok(Some(Streamer::new(ctx, specs, streamed, plan.ring_slots, plan.slot_bytes, plan.staging_buffers, opts.clone())?))
+    Ok(Some(Ring::new(ctx, specs, streamed, plan.ring_slots, plan.slot_bytes, plan.staging_buffers, opts.clone())?))
 }
 
 /// The default budget: the adapter's device memory minus a margin for the
 /// driver, the display and other programs (10%, at least 512 MiB).
 pub fn default_budget(vram: u64) -> u64 {
     vram.saturating_sub((vram / 10).max(512 << 20))
-}
-
-/// Logit rows the buffers hold: every sequence's last row, and up to 64 rows for
-/// callers that want logits at every position (tests, perplexity).
-fn logit_capacity(rows: u32, batch: usize) -> u32 {
-    (batch as u32).max(rows.min(64))
-}
-
-fn kv_layout(spec: &ModelSpec, batch: usize, context: usize, f16: bool) -> KvLayout {
-    KvLayout {
-        // An f16 cache packs pairs, so it needs an even head_dim (all supported models have one).
-        f16: f16 && spec.head_dim.is_multiple_of(2),
-        batch: batch.max(1) as u32,
-        kv_heads: spec.num_kv_heads as u32,
-        s_max: context as u32,
-        head_dim: spec.head_dim as u32,
-    }
 }

@@ -27,5 +27,5 @@ pub(crate) fn dispatch(rec: &mut Recorder<'_>, m: &Matmul<'_>, s: &Split<'_>) ->
     let ctx = rec.ctx();
     let bias = m.bias.unwrap_or(crate::pool::BufView::whole(&ctx.dummy));
     let params = s.params(m);
-    rec.dispatch(&key, params.bytes(), &[(1, s.weight), (2, s.x), (3, m.y), (4, bias)], (gx, gy))
+    rec.dispatch(&key, params.bytes()?, &[(1, s.weight), (2, s.x), (3, m.y), (4, bias)], (gx, gy))
 }

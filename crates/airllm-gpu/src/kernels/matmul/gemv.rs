@@ -65,5 +65,5 @@ pub(crate) fn dispatch(rec: &mut Recorder<'_>, m: &Matmul<'_>, s: &Split<'_>) ->
     let groups = grid(ctx, u64::from(s.rows).div_ceil(u64::from(rows)))?;
     let bias = m.bias.unwrap_or(crate::pool::BufView::whole(&ctx.dummy));
     let params = s.params(m);
-    rec.dispatch(&key, params.bytes(), &[(1, s.weight), (2, s.x), (3, m.y), (4, bias)], groups)
+    rec.dispatch(&key, params.bytes()?, &[(1, s.weight), (2, s.x), (3, m.y), (4, bias)], groups)
 }

@@ -1,24 +1,31 @@
-//! The streaming ring. `airllm-io` reads the shards of streamed units, many
-//! ahead, straight into mapped wgpu staging buffers (one copy from the page
-//! cache or disk into GPU-visible memory); each is then copied on the GPU into
-//! a ring slot and computed from there. Staging buffers are re-mapped once the
-//! copy that reads them has run and lent back to the reader, so reading unit
-//! i+1..i+N overlaps the copy and compute of unit i.
+//! [`Ring`]: the one path by which streamed weights reach VRAM.
+//!
+//! `airllm-io` reads the shards of streamed units, many ahead, straight into
+//! mapped wgpu staging buffers (one copy from the page cache or disk into
+//! GPU-visible memory); each is then copied on the GPU into a ring slot and
+//! computed from there. Staging buffers are re-mapped once the copy that
+//! reads them has run and lent back to the reader, so reading unit i+1..i+N
+//! overlaps the copy and compute of unit i.
 //!
 //! Weights never go through `queue.write_buffer`: on the reference H100 that
 //! path measured 3.8 GB/s against 28 GB/s for mapped staging.
+//!
+//! The cycle per unit: [`Ring::acquire`] waits for the reader, records the
+//! staging-to-slot copy and returns the slot; the caller records the unit's
+//! kernels after it, submits, and calls [`Ring::submitted`], which queues the
+//! staging buffer for re-mapping. A slot is reused only `slots` units later,
+//! after the submission that read it (wgpu orders submissions on the queue).
 
-use airllm_gpu::wgpu;
 use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use airllm_gpu::GpuContext;
 use airllm_io::{Destination, Reader, ReaderOptions, ReaderStats, ShardSpec};
 
-use crate::error::{EngineError, Result};
+use crate::device::GpuContext;
+use crate::error::{GpuError, Result};
 
 struct Staging {
     buffer: wgpu::Buffer,
@@ -33,12 +40,12 @@ pub struct StagingDest {
     len: usize,
 }
 
-// SAFETY: the pointer is into a wgpu mapping owned by the `Streamer`, which keeps
+// SAFETY: the pointer is into a wgpu mapping owned by the `Ring`, which keeps
 // the mapping alive (never unmaps it) while the destination is lent to the reader.
 unsafe impl Send for StagingDest {}
 
 // SAFETY: the memory is a live wgpu mapping of `len` bytes that does not move with
-// this value; the streamer unmaps it only after the reader handed it back.
+// this value; the ring unmaps it only after the reader handed it back.
 unsafe impl Destination for StagingDest {
     fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -50,12 +57,12 @@ unsafe impl Destination for StagingDest {
 
 /// Counters of the streaming path.
 #[derive(Clone, Debug, Default)]
-pub struct StreamStats {
+pub struct RingStats {
     /// Units delivered.
     pub units: u64,
     /// Bytes delivered.
     pub bytes: u64,
-    /// Time the engine waited for the reader.
+    /// Time the caller waited for the reader.
     pub io_wait: Duration,
     /// Time spent waiting for staging buffers to be re-mapped.
     pub remap_wait: Duration,
@@ -65,24 +72,24 @@ pub struct StreamStats {
 }
 
 /// The ring of VRAM slots and the reader feeding it.
-pub struct Streamer {
+pub struct Ring {
     staging: Vec<Staging>,
     reader: Option<Reader<StagingDest>>,
-    ring: Vec<wgpu::Buffer>,
+    slots: Vec<wgpu::Buffer>,
     next_slot: usize,
     /// Staging buffers whose copy was recorded but not yet submitted.
     unsubmitted: Vec<usize>,
     /// Staging buffers waiting to be re-mapped.
     held: VecDeque<usize>,
-    stats: StreamStats,
+    stats: RingStats,
     /// Units per pass and how many of the current pass were delivered.
     pass_len: usize,
     cursor: usize,
 }
 
-impl std::fmt::Debug for Streamer {
+impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streamer").field("ring", &self.ring.len()).field("staging", &self.staging.len()).finish()
+        f.debug_struct("Ring").field("slots", &self.slots.len()).field("staging", &self.staging.len()).finish()
     }
 }
 
@@ -90,25 +97,37 @@ fn map_view(label: usize, buffer: &wgpu::Buffer) -> Result<(wgpu::BufferViewMut,
     let mut view = buffer
         .slice(..)
         .get_mapped_range_mut()
-        .map_err(|e| EngineError::invalid(format!("staging buffer {label}"), format!("cannot map: {e}")))?;
+        .map_err(|source| GpuError::MapRange { label: format!("staging[{label}]"), source })?;
     let ptr = view.slice(..).as_raw_element_ptr();
     Ok((view, ptr))
 }
 
-impl Streamer {
-    /// Allocate `ring_slots` slots and `depth` staging buffers of `slot_bytes`, and
-    /// start reading `schedule` (indices into `shards`, one forward pass; repeated forever).
+/// Bytes a slot or staging buffer of a `unit_bytes` unit takes.
+pub fn slot_size(unit_bytes: u64) -> u64 {
+    unit_bytes.max(16).div_ceil(16) * 16
+}
+
+impl Ring {
+    /// Allocates `slots` slots and `depth` staging buffers of `slot_bytes`, and
+    /// starts reading `schedule` (indices into `shards`, one pass; repeated forever).
     pub fn new(
         ctx: &GpuContext,
         shards: Vec<ShardSpec>,
         schedule: Vec<usize>,
-        ring_slots: usize,
+        slots: usize,
         slot_bytes: u64,
         depth: usize,
         opts: ReaderOptions,
     ) -> Result<Self> {
-        let size = slot_bytes.max(4).div_ceil(4) * 4;
-        let ring = (0..ring_slots.max(1)).map(|i| ctx.create_storage_buffer(&format!("ring[{i}]"), size)).collect();
+        let size = slot_size(slot_bytes);
+        if size > ctx.caps().max_buffer {
+            return Err(GpuError::arg(
+                "Ring::new",
+                "slot_bytes",
+                format!("{size} bytes exceed the adapter's largest buffer ({} bytes)", ctx.caps().max_buffer),
+            ));
+        }
+        let ring = (0..slots.max(1)).map(|i| ctx.create_storage_buffer(&format!("ring[{i}]"), size)).collect();
         let mut staging = Vec::new();
         let mut dests = Vec::new();
         for i in 0..depth.max(1) {
@@ -126,36 +145,36 @@ impl Streamer {
         let pass_len = schedule.len();
         let sched = schedule.clone();
         let cycle = (0..).flat_map(move |_| sched.clone().into_iter());
-        let reader = Reader::new(shards, cycle, dests, opts)?;
-        Ok(Streamer {
+        let reader = Reader::new(shards, cycle, dests, opts).map_err(|e| GpuError::Reader(Box::new(e)))?;
+        Ok(Ring {
             staging,
             reader: Some(reader),
-            ring,
+            slots: ring,
             next_slot: 0,
             unsubmitted: Vec::new(),
             held: VecDeque::new(),
-            stats: StreamStats::default(),
+            stats: RingStats::default(),
             pass_len,
             cursor: 0,
         })
     }
 
     /// Whether the reader stands at the start of a pass. A pass that failed half
-    /// way leaves it elsewhere; the engine then rebuilds the streamer rather than
-    /// compute a layer with another layer's weights.
+    /// way leaves it elsewhere; the caller then rebuilds the ring rather than
+    /// compute a unit with another unit's weights.
     pub fn at_pass_start(&self) -> bool {
         self.cursor == 0
     }
 
-    /// Bytes of GPU memory this ring and its staging use.
+    /// Bytes of GPU memory the slots and the staging buffers use.
     pub fn bytes(&self) -> (u64, u64) {
-        let ring = self.ring.iter().map(|b| b.size()).sum();
+        let ring = self.slots.iter().map(|b| b.size()).sum();
         let staging = self.staging.iter().map(|s| s.buffer.size()).sum();
         (ring, staging)
     }
 
-    /// Wait for the next streamed unit, record its copy into a ring slot on
-    /// `encoder`, and return that slot.
+    /// Waits for the next streamed unit (which must be shard `expected_shard`),
+    /// records its copy into a slot on `encoder`, and returns the slot.
     pub fn acquire(
         &mut self,
         ctx: &GpuContext,
@@ -165,22 +184,22 @@ impl Streamer {
         // The reader needs a free staging buffer to make progress on the next unit.
         let lent = self.staging.len() - self.held.len() - self.unsubmitted.len();
         self.recycle(ctx, lent == 0)?;
-        let reader = self.reader.as_mut().ok_or_else(|| EngineError::invalid("streamer", "reader stopped"))?;
+        let reader = self.reader.as_mut().ok_or_else(|| GpuError::Stream("the shard reader stopped".into()))?;
         let t = Instant::now();
-        let next = reader.next().ok_or_else(|| EngineError::invalid("streamer", "the shard schedule ended"))?;
+        let next = reader.next().ok_or_else(|| GpuError::Stream("the shard schedule ended".into()))?;
         self.stats.io_wait += t.elapsed();
         // The schedule advanced even if this read failed.
         self.cursor = (self.cursor + 1) % self.pass_len.max(1);
-        let filled = next?;
+        let filled = next.map_err(|e| GpuError::Reader(Box::new(e)))?;
         if filled.shard != expected_shard {
             let idx = filled.dest.index;
             if let Some(r) = self.reader.as_mut() {
                 r.recycle(filled.dest);
             }
-            return Err(EngineError::invalid(
-                "streamer",
-                format!("expected shard {expected_shard}, the reader delivered {} (staging {idx})", filled.shard),
-            ));
+            return Err(GpuError::Stream(format!(
+                "expected shard {expected_shard}, the reader delivered {} (staging {idx})",
+                filled.shard
+            )));
         }
         let idx = filled.dest.index;
         let len = (filled.len as u64).div_ceil(4) * 4;
@@ -188,23 +207,23 @@ impl Streamer {
         st.view = None;
         st.buffer.unmap();
         let slot = self.next_slot;
-        self.next_slot = (self.next_slot + 1) % self.ring.len();
+        self.next_slot = (self.next_slot + 1) % self.slots.len();
         if ctx.profiling() {
             // Time the upload on its own: submit just the copy and wait for it.
             let t = Instant::now();
             let mut enc =
                 ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("upload") });
-            enc.copy_buffer_to_buffer(&st.buffer, 0, &self.ring[slot], 0, len);
+            enc.copy_buffer_to_buffer(&st.buffer, 0, &self.slots[slot], 0, len);
             let index = ctx.queue().submit([enc.finish()]);
             ctx.wait(Some(index))?;
             self.stats.upload += t.elapsed();
         } else {
-            encoder.copy_buffer_to_buffer(&st.buffer, 0, &self.ring[slot], 0, len);
+            encoder.copy_buffer_to_buffer(&st.buffer, 0, &self.slots[slot], 0, len);
         }
         self.unsubmitted.push(idx);
         self.stats.units += 1;
         self.stats.bytes += filled.len as u64;
-        Ok(&self.ring[slot])
+        Ok(&self.slots[slot])
     }
 
     /// Call after submitting the work recorded since the last `acquire`: the
@@ -223,7 +242,7 @@ impl Streamer {
         }
     }
 
-    /// Lend re-mapped staging buffers back to the reader; with `block`, wait
+    /// Lends re-mapped staging buffers back to the reader; with `block`, waits
     /// until at least one is.
     fn recycle(&mut self, ctx: &GpuContext, block: bool) -> Result<()> {
         let t = Instant::now();
@@ -254,7 +273,7 @@ impl Streamer {
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> StreamStats {
+    pub fn stats(&self) -> RingStats {
         self.stats.clone()
     }
 
@@ -264,7 +283,7 @@ impl Streamer {
     }
 }
 
-impl Drop for Streamer {
+impl Drop for Ring {
     fn drop(&mut self) {
         // Stop the workers before the mappings they write into go away.
         self.reader = None;

@@ -1,0 +1,559 @@
+//! The scheduler: turns generation requests into engine steps. `generate`,
+//! `chat` and the server are its clients.
+//!
+//! Each [`Scheduler::step`] builds one pass over the weights:
+//! 1. every running sequence that has a sampled token decodes it (one row);
+//! 2. sequences still reading their prompt add a chunk, as far as the pass's
+//!    row budget allows (long prompts are spread over several passes, so a
+//!    pass stays bounded and decoding sequences keep their pace);
+//! 3. waiting requests are admitted while KV blocks are free for their whole
+//!    prompt and there is room in the pass.
+//!
+//! Invariants: a request is waiting, running or finished, never two; a
+//! finished or cancelled request's KV blocks are freed at once; when the
+//! pool runs dry mid-decode, the most recently admitted other sequence is
+//! preempted (its blocks freed; it re-reads prompt + generated text later,
+//! which gives the same tokens: recompute preemption, as vLLM does). A
+//! request that cannot fit the pool even alone is refused at submission.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::engine::{Engine, Logits, SeqId, StepItem};
+use crate::error::{EngineError, Result};
+use crate::model::FinishReason;
+use crate::options::GenerateOptions;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::{StreamDecoder, TextTokenizer};
+
+/// A request's handle.
+pub type RequestId = u64;
+
+/// Log-probability of a token, and the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The chosen token's log-probability under the model (before sampling settings).
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a step produced for a request.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A generated token. `text` is the newly completed text, held back while
+    /// it could still be the start of a stop string.
+    Token {
+        /// The request.
+        id: RequestId,
+        /// The token id.
+        token: u32,
+        /// Text completed by this token, if any.
+        text: Option<String>,
+        /// Log-probabilities, when asked for.
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text held back until the end (it could have been a stop string's start).
+    Text {
+        /// The request.
+        id: RequestId,
+        /// The text.
+        text: String,
+    },
+    /// The request ended (EOS, stop string, length, or cancelled).
+    Finished {
+        /// The request.
+        id: RequestId,
+        /// Why.
+        reason: FinishReason,
+        /// Generated ids (up to, not including, a stop string).
+        ids: Vec<u32>,
+        /// Generated text (cut before a stop string).
+        text: String,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+    },
+}
+
+/// A generation request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Prompt ids.
+    pub prompt: Vec<u32>,
+    /// Sampling and stopping.
+    pub opts: GenerateOptions,
+}
+
+struct Running {
+    id: RequestId,
+    seq: SeqId,
+    /// Tokens the sequence's cache must hold before decoding: the prompt, or
+    /// after a preemption prompt + generated.
+    context: Vec<u32>,
+    /// Of `context`, how many are in the cache.
+    fed: usize,
+    prompt_len: usize,
+    generated: Vec<u32>,
+    /// A sampled token not yet fed.
+    next: Option<u32>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    text: String,
+    /// Bytes of `text` already emitted.
+    emitted: usize,
+    opts: GenerateOptions,
+    /// Admission order (for choosing whom to preempt).
+    admitted: u64,
+}
+
+struct Waiting {
+    id: RequestId,
+    req: Request,
+    /// Set when the request was preempted: its state so far.
+    resumed: Option<Box<Running>>,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Whether a pass ran.
+    pub ran: bool,
+    /// Token rows in the pass.
+    pub rows: usize,
+    /// Tokens sampled (generated) by it.
+    pub sampled: usize,
+    /// Sequences preempted to make room.
+    pub preempted: usize,
+}
+
+/// Queues requests and runs them on an [`Engine`] in shared passes.
+pub struct Scheduler {
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running>,
+    next_id: RequestId,
+    admissions: u64,
+    max_waiting: usize,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("waiting", &self.waiting.len()).field("running", &self.running.len()).finish()
+    }
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler::new(usize::MAX)
+    }
+}
+
+impl Scheduler {
+    /// A scheduler that queues at most `max_waiting` requests.
+    pub fn new(max_waiting: usize) -> Self {
+        Scheduler {
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+            admissions: 0,
+            max_waiting,
+            cancel: None,
+        }
+    }
+
+    /// Cancels every request when `flag` becomes true (checked once per step).
+    pub fn set_cancel_flag(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.cancel = flag;
+    }
+
+    /// Requests waiting for admission.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Queues a request. Refused when the prompt cannot fit the context or the
+    /// KV pool even alone, or the queue is full.
+    pub fn submit(&mut self, engine: &Engine, req: Request) -> Result<RequestId> {
+        req.opts.validate()?;
+        if req.prompt.is_empty() {
+            return Err(EngineError::invalid("prompt", "the prompt encoded to no tokens; give some text"));
+        }
+        let ctx = engine.max_context();
+        if req.prompt.len() >= ctx {
+            return Err(EngineError::PromptTooLong { prompt: req.prompt.len(), context: ctx });
+        }
+        let blocks = engine.blocks_needed(None, req.prompt.len() + 1);
+        if blocks > engine.total_blocks() {
+            return Err(EngineError::KvFull {
+                needed: blocks,
+                free: engine.free_blocks(),
+                total: engine.total_blocks(),
+                block: engine.capacity().kv_block,
+            });
+        }
+        if self.waiting.len() >= self.max_waiting {
+            return Err(EngineError::QueueFull { waiting: self.waiting.len() });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Waiting { id, req, resumed: None });
+        Ok(id)
+    }
+
+    /// Cancels a request (waiting or running); its KV blocks are freed now.
+    /// Returns whether it was found. A `Finished` event with
+    /// [`FinishReason::Cancelled`] goes to `sink`.
+    pub fn cancel(&mut self, engine: &mut Engine, id: RequestId, sink: &mut dyn FnMut(Event)) -> bool {
+        if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
+            let w = self.waiting.remove(i);
+            if let Some(w) = w {
+                let (ids, text) = w.resumed.map(|r| (r.generated, r.text)).unwrap_or_default();
+                sink(Event::Finished {
+                    id,
+                    reason: FinishReason::Cancelled,
+                    ids,
+                    text,
+                    prompt_tokens: w.req.prompt.len(),
+                });
+            }
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            let r = self.running.swap_remove(i);
+            engine.remove_sequence(r.seq);
+            sink(Event::Finished {
+                id,
+                reason: FinishReason::Cancelled,
+                ids: r.generated,
+                text: r.text,
+                prompt_tokens: r.prompt_len,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Runs one pass over the weights for the queued and running requests.
+    pub fn step(
+        &mut self,
+        engine: &mut Engine,
+        tok: &TextTokenizer,
+        sink: &mut dyn FnMut(Event),
+    ) -> Result<StepReport> {
+        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            let ids: Vec<RequestId> =
+                self.running.iter().map(|r| r.id).chain(self.waiting.iter().map(|w| w.id)).collect();
+            for id in ids {
+                self.cancel(engine, id, sink);
+            }
+            return Ok(StepReport::default());
+        }
+        let cap = engine.capacity();
+        let mut report = StepReport::default();
+        // 1. Room for every decode token: preempt the newest sequences while the
+        //    pool cannot take them (a lone sequence that fills the pool stops).
+        loop {
+            let need: usize =
+                self.running.iter().filter(|r| r.next.is_some()).map(|r| engine.blocks_needed(Some(r.seq), 1)).sum();
+            if need <= engine.free_blocks() {
+                break;
+            }
+            let newest = (0..self.running.len()).max_by_key(|&i| self.running[i].admitted);
+            match newest {
+                Some(v) if self.running.len() > 1 => {
+                    self.preempt(engine, v);
+                    report.preempted += 1;
+                }
+                Some(v) => {
+                    self.running[v].next = None;
+                    self.finish(engine, tok, v, FinishReason::Length, sink);
+                    break;
+                }
+                None => break,
+            }
+        }
+        // Plan the pass: (index into running, tokens, logits wanted).
+        let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        let mut rows = 0usize;
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| self.running[i].admitted);
+        for &ri in &order {
+            if let Some(t) = self.running[ri].next {
+                plan.push((ri, vec![t], Logits::Last));
+                rows += 1;
+            }
+        }
+        // Blocks the running sequences still need: this pass's decode tokens and
+        // the rest of every prompt being read.
+        let mut reserved: usize = self
+            .running
+            .iter()
+            .map(|r| {
+                let pending = if r.next.is_some() { 1 } else { r.context.len() - r.fed + 1 };
+                engine.blocks_needed(Some(r.seq), pending)
+            })
+            .sum();
+        // 2. Admit waiting requests while their whole context fits the pool.
+        while let Some(w) = self.waiting.front() {
+            if self.running.len() >= cap.sequences || rows >= cap.rows {
+                break;
+            }
+            let ctx_len = w.resumed.as_ref().map(|r| r.context.len()).unwrap_or(w.req.prompt.len());
+            let need = engine.blocks_needed(None, ctx_len + 1);
+            if need + reserved > engine.free_blocks() {
+                break;
+            }
+            let Some(w) = self.waiting.pop_front() else { break };
+            let seq = engine.add_sequence();
+            self.admissions += 1;
+            let r = match w.resumed {
+                Some(mut r) => {
+                    r.seq = seq;
+                    r.fed = 0;
+                    r.admitted = self.admissions;
+                    *r
+                }
+                None => Running {
+                    id: w.id,
+                    seq,
+                    prompt_len: w.req.prompt.len(),
+                    context: w.req.prompt,
+                    fed: 0,
+                    generated: Vec::new(),
+                    next: None,
+                    sampler: Sampler::new(SamplerConfig {
+                        temperature: w.req.opts.temperature,
+                        top_k: w.req.opts.top_k,
+                        top_p: w.req.opts.top_p,
+                        repetition_penalty: w.req.opts.repetition_penalty,
+                        seed: w.req.opts.seed,
+                    }),
+                    decoder: StreamDecoder::default(),
+                    text: String::new(),
+                    emitted: 0,
+                    opts: w.req.opts,
+                    admitted: self.admissions,
+                },
+            };
+            reserved += need;
+            self.running.push(r);
+        }
+        // 3. Prompt chunks, in admission order, as far as the row budget goes.
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| self.running[i].admitted);
+        for ri in order {
+            let r = &self.running[ri];
+            if r.next.is_some() || r.fed >= r.context.len() || plan.len() >= cap.sequences {
+                continue;
+            }
+            let room = cap.rows.saturating_sub(rows);
+            if room == 0 {
+                break;
+            }
+            let n = (r.context.len() - r.fed).min(room);
+            let last = r.fed + n == r.context.len();
+            plan.push((ri, r.context[r.fed..r.fed + n].to_vec(), if last { Logits::Last } else { Logits::None }));
+            rows += n;
+        }
+        if plan.is_empty() {
+            return Ok(report);
+        }
+        let items: Vec<StepItem<'_>> = plan
+            .iter()
+            .map(|(ri, toks, l)| StepItem { seq: self.running[*ri].seq, tokens: toks, logits: *l })
+            .collect();
+        let logits = engine.step(&items)?;
+        report.ran = true;
+        report.rows = rows;
+        let v = engine.spec().vocab_size;
+        let mut finished = Vec::new();
+        for ((ri, toks, _), lg) in plan.iter().zip(logits) {
+            let r = &mut self.running[*ri];
+            if r.next.take().is_some() {
+                // The decoded token is now in the cache.
+            } else {
+                r.fed += toks.len();
+            }
+            if lg.len() < v {
+                continue;
+            }
+            let mut row = lg[..v].to_vec();
+            let logprob = r.opts.logprobs.map(|n| token_logprobs(&row, n));
+            let mut context = r.context[..r.prompt_len.min(r.context.len())].to_vec();
+            context.extend(&r.generated);
+            let id = r.sampler.sample(&mut row, &context);
+            report.sampled += 1;
+            let logprob = logprob.map(|mut lp| {
+                lp.logprob = log_softmax_at(&lg[..v], id);
+                lp
+            });
+            if r.opts.stop_at_eos && tok.eos_ids().contains(&id) {
+                sink(Event::Token { id: r.id, token: id, text: None, logprob });
+                finished.push((*ri, FinishReason::Eos));
+                continue;
+            }
+            r.generated.push(id);
+            if let Some(piece) = r.decoder.push(tok, id) {
+                r.text.push_str(&piece);
+            }
+            // A stop string ends the request; neither it nor what follows is kept.
+            if let Some(pos) = r.opts.stop_strings.iter().filter_map(|s| r.text.find(s.as_str())).min() {
+                r.text.truncate(pos);
+                r.generated = ids_within(tok, &r.generated, pos);
+                let text = new_text(r, r.text.len());
+                sink(Event::Token { id: r.id, token: id, text, logprob });
+                finished.push((*ri, FinishReason::Stop));
+                continue;
+            }
+            let safe = r.text.len() - stop_prefix_len(&r.text, &r.opts.stop_strings);
+            let text = new_text(r, safe);
+            sink(Event::Token { id: r.id, token: id, text, logprob });
+            if r.generated.len() >= r.opts.max_new_tokens || r.context.len() + r.generated.len() >= engine.max_context()
+            {
+                finished.push((*ri, FinishReason::Length));
+                continue;
+            }
+            r.next = Some(id);
+        }
+        // Remove finished requests (highest index first so indices stay valid).
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (ri, reason) in finished {
+            self.finish(engine, tok, ri, reason, sink);
+        }
+        Ok(report)
+    }
+
+    /// Ends running request `ri`: frees its blocks, flushes held-back text and
+    /// reports it.
+    fn finish(
+        &mut self,
+        engine: &mut Engine,
+        tok: &TextTokenizer,
+        ri: usize,
+        reason: FinishReason,
+        sink: &mut dyn FnMut(Event),
+    ) {
+        let mut r = self.running.swap_remove(ri);
+        engine.remove_sequence(r.seq);
+        if reason != FinishReason::Stop {
+            // The full decode: the stream decoder may still hold an incomplete
+            // character at the end.
+            r.text = tok.decode(&r.generated);
+        }
+        if r.emitted < r.text.len() && r.text.is_char_boundary(r.emitted) {
+            let rest = r.text[r.emitted..].to_string();
+            r.emitted = r.text.len();
+            sink(Event::Text { id: r.id, text: rest });
+        }
+        sink(Event::Finished { id: r.id, reason, ids: r.generated, text: r.text, prompt_tokens: r.prompt_len });
+    }
+
+    /// Frees running request `ri`'s cache and queues it to resume later.
+    fn preempt(&mut self, engine: &mut Engine, ri: usize) {
+        let mut r = self.running.swap_remove(ri);
+        engine.remove_sequence(r.seq);
+        // Resume by re-reading everything it has seen, the last sampled token
+        // included: the logits of that re-read give the token after it, exactly
+        // what its decode step would have given.
+        let mut context = r.context[..r.prompt_len].to_vec();
+        context.extend(&r.generated);
+        r.context = context;
+        r.fed = 0;
+        r.next = None;
+        let id = r.id;
+        let req = Request { prompt: r.context[..r.prompt_len].to_vec(), opts: r.opts.clone() };
+        self.waiting.push_front(Waiting { id, req, resumed: Some(Box::new(r)) });
+    }
+}
+
+/// Text of `r` from what was emitted up to byte `upto`, if any.
+fn new_text(r: &mut Running, upto: usize) -> Option<String> {
+    if upto <= r.emitted || !r.text.is_char_boundary(upto) {
+        return None;
+    }
+    let s = r.text[r.emitted..upto].to_string();
+    r.emitted = upto;
+    Some(s)
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+pub fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for k in (1..s.len()).rev() {
+            if k <= best {
+                break;
+            }
+            if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
+                best = k;
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// The longest prefix of `ids` whose text fits in the first `bytes` bytes.
+fn ids_within(tok: &TextTokenizer, ids: &[u32], bytes: usize) -> Vec<u32> {
+    let mut k = ids.len();
+    while k > 0 && tok.decode(&ids[..k]).len() > bytes {
+        k -= 1;
+    }
+    ids[..k].to_vec()
+}
+
+/// `log softmax(logits)[id]`.
+fn log_softmax_at(logits: &[f32], id: u32) -> f32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits.iter().map(|&l| ((l - m) as f64).exp()).sum::<f64>().ln() as f32;
+    logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY) - lse
+}
+
+/// The top `n` tokens' log-probabilities (the chosen one's is filled in later).
+fn token_logprobs(logits: &[f32], n: usize) -> TokenLogprob {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits.iter().map(|&l| ((l - m) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(idx.len());
+    if n > 0 {
+        idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        idx.truncate(n);
+        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    } else {
+        idx.clear();
+    }
+    TokenLogprob { logprob: 0.0, top: idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_prefix_holdback() {
+        let stops = vec!["</end>".to_string(), "STOP".to_string()];
+        assert_eq!(stop_prefix_len("hello </e", &stops), 3);
+        assert_eq!(stop_prefix_len("hello ST", &stops), 2);
+        assert_eq!(stop_prefix_len("hello", &stops), 0);
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let l = [1.0f32, 2.0, 3.0];
+        let t = token_logprobs(&l, 2);
+        assert_eq!(t.top.iter().map(|p| p.0).collect::<Vec<_>>(), vec![2, 1]);
+        let total: f64 = (0..3).map(|i| (log_softmax_at(&l, i) as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}
