@@ -171,9 +171,11 @@
 
 mod codec;
 mod compression;
+pub mod dot;
 mod error;
 mod floats;
 pub mod nf4;
+pub mod pool;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
