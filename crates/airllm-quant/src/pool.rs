@@ -310,6 +310,40 @@ fn worker(sh: &Shared, me: usize) {
     }
 }
 
+/// Something that runs `f` over disjoint ranges covering `0..n` in parallel:
+/// what the kernels need from a thread pool. Implemented by [`ThreadPool`]
+/// (the one to use) and by rayon's pool (for comparison benches).
+pub trait Parallel: Sync {
+    /// Threads taking part.
+    fn threads(&self) -> usize;
+    /// Calls `f` on disjoint ranges covering `0..n` and returns when all ran.
+    fn parallel_for<F: Fn(Range<usize>) + Sync>(&self, n: usize, f: F);
+}
+
+impl Parallel for ThreadPool {
+    fn threads(&self) -> usize {
+        ThreadPool::threads(self)
+    }
+    fn parallel_for<F: Fn(Range<usize>) + Sync>(&self, n: usize, f: F) {
+        ThreadPool::parallel_for(self, n, f);
+    }
+}
+
+impl Parallel for rayon::ThreadPool {
+    fn threads(&self) -> usize {
+        self.current_num_threads()
+    }
+    fn parallel_for<F: Fn(Range<usize>) + Sync>(&self, n: usize, f: F) {
+        use rayon::prelude::*;
+        let grain = n.div_ceil(self.current_num_threads() * CHUNKS_PER_THREAD).max(1);
+        if grain >= n {
+            f(0..n);
+            return;
+        }
+        self.install(|| (0..n.div_ceil(grain)).into_par_iter().for_each(|c| f(c * grain..((c + 1) * grain).min(n))));
+    }
+}
+
 static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
 
 fn default_threads() -> usize {

@@ -157,8 +157,12 @@ quant_kernels!(
 
 /// Pointers to the codes and scales of tokens `t0..t0 + T`.
 #[inline(always)]
-fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const [f32; 2]; T]) {
-    (std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()), std::array::from_fn(|j| act.ds_row(t0 + j).as_ptr()))
+fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const f32; T], [*const f32; T]) {
+    (
+        std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()),
+        std::array::from_fn(|j| act.d_row(t0 + j).as_ptr()),
+        std::array::from_fn(|j| act.s_row(t0 + j).as_ptr()),
+    )
 }
 
 // The tile bodies. Safety contract of each: rows of `row_bytes` = `nbw`
@@ -174,7 +178,7 @@ unsafe fn q4_1_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 20 bytes).
         unsafe {
@@ -188,9 +192,8 @@ unsafe fn q4_1_tile<const T: usize, D: Dot>(
                 let (w0, w1) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
                 for j in 0..T {
                     let p = block::<D>(w0, w1, q[j].add(b * QK_ACT));
-                    let [dx, sx] = *ds[j].add(b);
-                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * dx));
-                    accm[j] += m * sx;
+                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * *dx[j].add(b)));
+                    accm[j] += m * *sx[j].add(b);
                 }
             }
             for j in 0..T {
@@ -209,7 +212,7 @@ unsafe fn q4_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 18 bytes).
         unsafe {
@@ -224,7 +227,7 @@ unsafe fn q4_0_tile<const T: usize, D: Dot>(
                 let w1 = vsubq_s8(vreinterpretq_s8_u8(hi), eight);
                 for j in 0..T {
                     let p = block::<D>(w0, w1, q[j].add(b * QK_ACT));
-                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * (*ds[j].add(b))[0]));
+                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * *dx[j].add(b)));
                 }
             }
             for j in 0..T {
@@ -243,7 +246,7 @@ unsafe fn q8_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes).
         unsafe {
@@ -256,7 +259,7 @@ unsafe fn q8_0_tile<const T: usize, D: Dot>(
                 let w1 = vld1q_s8(blk.add(18).cast());
                 for j in 0..T {
                     let p = block::<D>(w0, w1, q[j].add(b * QK_ACT));
-                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * (*ds[j].add(b))[0]));
+                    acc[j] = vfmaq_f32(acc[j], p, vdupq_n_f32(d * *dx[j].add(b)));
                 }
             }
             for j in 0..T {
@@ -275,7 +278,7 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes, 64 values, two
         // activation blocks each); NF4_I8 is 16 bytes.
@@ -293,8 +296,8 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
                 for j in 0..T {
                     let p0 = block::<D>(w0, w1, q[j].add(b * 64));
                     let p1 = block::<D>(w2, w3, q[j].add(b * 64 + 32));
-                    acc[j] = vfmaq_f32(acc[j], p0, vdupq_n_f32(dw * (*ds[j].add(2 * b))[0]));
-                    acc[j] = vfmaq_f32(acc[j], p1, vdupq_n_f32(dw * (*ds[j].add(2 * b + 1))[0]));
+                    acc[j] = vfmaq_f32(acc[j], p0, vdupq_n_f32(dw * *dx[j].add(2 * b)));
+                    acc[j] = vfmaq_f32(acc[j], p1, vdupq_n_f32(dw * *dx[j].add(2 * b + 1)));
                 }
             }
             for j in 0..T {
@@ -306,21 +309,22 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
 
 // ---- activations ----------------------------------------------------------
 
-fn quantize_row(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
-    check_row(x, q, ds);
+fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    check_row(x, q, d, s);
     let full = x.len() / QK_ACT;
     for b in 0..full {
         let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
         // SAFETY: both slices hold 32 values.
-        ds[b] = unsafe { quantize_block_neon(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
+        [d[b], s[b]] =
+            unsafe { quantize_block_neon(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
     }
     let mut buf = [0.0f32; QK_ACT];
-    for b in full..ds.len() {
+    for b in full..d.len() {
         let start = (b * QK_ACT).min(x.len());
         let n = (x.len() - start).min(QK_ACT);
         buf[..n].copy_from_slice(&x[start..start + n]);
         buf[n..].fill(0.0);
-        ds[b] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
+        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
     }
 }
 

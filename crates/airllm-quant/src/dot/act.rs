@@ -22,13 +22,16 @@ use std::ops::Range;
 /// Values per activation block.
 pub const QK_ACT: usize = 32;
 
-/// The quantized activations of `t` token rows: codes and `[d, s]` per block.
+/// The quantized activations of `t` token rows: codes, and `d` and `s` per
+/// block (separate arrays, so kernels load 8 blocks' scales at once).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QAct<'a> {
     /// `t * kp` codes.
     pub q: &'a [i8],
-    /// `t * kp / 32` pairs `[d, d * qsum]`.
-    pub ds: &'a [[f32; 2]],
+    /// `t * kp / 32` block scales `d`.
+    pub d: &'a [f32],
+    /// `t * kp / 32` block sums `s = d * sum q`.
+    pub s: &'a [f32],
     /// Padded row length (a multiple of 32).
     pub kp: usize,
 }
@@ -46,11 +49,18 @@ impl<'a> QAct<'a> {
         &self.q[t * self.kp..(t + 1) * self.kp]
     }
 
-    /// `[d, s]` of token `t`'s blocks.
+    /// `d` of token `t`'s blocks.
     #[inline]
-    pub fn ds_row(&self, t: usize) -> &'a [[f32; 2]] {
+    pub fn d_row(&self, t: usize) -> &'a [f32] {
         let nb = self.nb();
-        &self.ds[t * nb..(t + 1) * nb]
+        &self.d[t * nb..(t + 1) * nb]
+    }
+
+    /// `s` of token `t`'s blocks.
+    #[inline]
+    pub fn s_row(&self, t: usize) -> &'a [f32] {
+        let nb = self.nb();
+        &self.s[t * nb..(t + 1) * nb]
     }
 
     /// Checks that tokens `tokens` exist (kernels index without checks after it).
@@ -58,7 +68,10 @@ impl<'a> QAct<'a> {
     pub fn check(&self, tokens: Range<usize>) {
         let nb = self.nb();
         assert!(
-            self.kp.is_multiple_of(QK_ACT) && self.q.len() >= tokens.end * self.kp && self.ds.len() >= tokens.end * nb,
+            self.kp.is_multiple_of(QK_ACT)
+                && self.q.len() >= tokens.end * self.kp
+                && self.d.len() >= tokens.end * nb
+                && self.s.len() >= tokens.end * nb,
             "quantized activations hold fewer than {} token rows of {}",
             tokens.end,
             self.kp
@@ -67,8 +80,8 @@ impl<'a> QAct<'a> {
 }
 
 /// One row's quantizer: `x` (`k` values, `k <= q.len()`) into `q` (`kp`
-/// codes) and `ds` (`kp / 32` pairs), padding quantized as zeros.
-pub(crate) type QuantizeRow = fn(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]);
+/// codes), `d` and `s` (`kp / 32` each), padding quantized as zeros.
+pub(crate) type QuantizeRow = fn(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]);
 
 /// The block scale and its inverse, as every level computes them.
 #[inline(always)]
@@ -78,24 +91,22 @@ pub(crate) fn scale_of(amax: f32) -> (f32, f32) {
 }
 
 /// The portable quantizer (the reference of the SIMD ones).
-pub(crate) fn quantize_row_generic(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
-    let kp = q.len();
-    check_row(x, q, ds);
+pub(crate) fn quantize_row_generic(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    check_row(x, q, d, s);
     let mut buf = [0.0f32; QK_ACT];
-    for (b, (qb, dsb)) in q.chunks_exact_mut(QK_ACT).zip(ds.iter_mut()).enumerate() {
+    for (b, qb) in q.chunks_exact_mut(QK_ACT).enumerate() {
         let start = (b * QK_ACT).min(x.len());
         let n = (x.len() - start).min(QK_ACT);
         buf[..n].copy_from_slice(&x[start..start + n]);
         buf[n..].fill(0.0);
-        *dsb = quantize_block(&buf, qb);
+        [d[b], s[b]] = quantize_block(&buf, qb);
     }
-    debug_assert_eq!(kp, ds.len() * QK_ACT);
 }
 
 /// Asserts the row sizes every quantizer needs.
 #[inline]
-pub(crate) fn check_row(x: &[f32], q: &[i8], ds: &[[f32; 2]]) {
-    assert!(x.len() <= q.len() && q.len() == ds.len() * QK_ACT, "activation row sizes");
+pub(crate) fn check_row(x: &[f32], q: &[i8], d: &[f32], s: &[f32]) {
+    assert!(x.len() <= q.len() && q.len() == d.len() * QK_ACT && d.len() == s.len(), "activation row sizes");
 }
 
 /// Quantizes one block of 32 (the scalar path, also used by the SIMD
@@ -123,7 +134,8 @@ pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> [f32; 2] {
 #[derive(Debug, Default)]
 pub struct Scratch {
     pub(crate) q: Vec<i8>,
-    pub(crate) ds: Vec<[f32; 2]>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) s: Vec<f32>,
 }
 
 impl Scratch {
@@ -134,19 +146,20 @@ impl Scratch {
 
     /// Bytes held now.
     pub fn capacity_bytes(&self) -> usize {
-        self.q.capacity() + self.ds.capacity() * 8
+        self.q.capacity() + (self.d.capacity() + self.s.capacity()) * 4
     }
 
     /// Makes room for `t` rows of `kp` values and returns the buffers.
-    pub(crate) fn buffers(&mut self, t: usize, kp: usize) -> (&mut [i8], &mut [[f32; 2]]) {
+    pub(crate) fn buffers(&mut self, t: usize, kp: usize) -> (&mut [i8], &mut [f32], &mut [f32]) {
         let nb = kp / QK_ACT;
         if self.q.len() < t * kp {
             self.q.resize(t * kp, 0);
         }
-        if self.ds.len() < t * nb {
-            self.ds.resize(t * nb, [0.0; 2]);
+        if self.d.len() < t * nb {
+            self.d.resize(t * nb, 0.0);
+            self.s.resize(t * nb, 0.0);
         }
-        (&mut self.q[..t * kp], &mut self.ds[..t * nb])
+        (&mut self.q[..t * kp], &mut self.d[..t * nb], &mut self.s[..t * nb])
     }
 }
 
@@ -158,17 +171,17 @@ mod tests {
     fn quantizes_within_half_a_step_and_pads_with_zeros() {
         let x: Vec<f32> = (0..45).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.37).collect();
         let mut q = vec![0i8; 64];
-        let mut ds = vec![[0.0f32; 2]; 2];
-        quantize_row_generic(&x, &mut q, &mut ds);
+        let (mut d, mut s) = (vec![0.0f32; 2], vec![0.0f32; 2]);
+        quantize_row_generic(&x, &mut q, &mut d, &mut s);
         for (j, &v) in x.iter().enumerate() {
-            let d = f64::from(ds[j / 32][0]);
+            let d = f64::from(d[j / 32]);
             let err = (f64::from(v) - d * f64::from(q[j])).abs();
             assert!(err <= d * (0.5 + 127.0 * f64::from(f32::EPSILON)), "value {j}: {err} for d = {d}");
         }
         assert!(q[45..].iter().all(|&c| c == 0));
         for b in 0..2 {
-            let s: i32 = q[b * 32..(b + 1) * 32].iter().map(|&c| i32::from(c)).sum();
-            assert_eq!(ds[b][1], ds[b][0] * s as f32);
+            let sum: i32 = q[b * 32..(b + 1) * 32].iter().map(|&c| i32::from(c)).sum();
+            assert_eq!(s[b], d[b] * sum as f32);
         }
         assert_eq!(q.iter().map(|c| c.unsigned_abs()).max(), Some(127));
     }
@@ -176,12 +189,12 @@ mod tests {
     #[test]
     fn zero_block_has_zero_scale_and_non_finite_gives_nan() {
         let mut q = vec![1i8; 64];
-        let mut ds = vec![[1.0f32; 2]; 2];
+        let (mut d, mut s) = (vec![1.0f32; 2], vec![1.0f32; 2]);
         let mut x = [0.0f32; 64];
         x[40] = f32::INFINITY;
-        quantize_row_generic(&x, &mut q, &mut ds);
+        quantize_row_generic(&x, &mut q, &mut d, &mut s);
         assert!(q.iter().all(|&c| c == 0));
-        assert_eq!(ds[0], [0.0, 0.0]);
-        assert!(ds[1][0].is_nan() && ds[1][1].is_nan());
+        assert_eq!((d[0], s[0]), (0.0, 0.0));
+        assert!(d[1].is_nan() && s[1].is_nan());
     }
 }

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use super::act::{QAct, QK_ACT, Scratch};
 use super::{Kernels, Matmul, MatmulError, MatmulShape, WeightFormat};
-use crate::pool::ThreadPool;
+use crate::pool::Parallel;
 
 /// Rows per kernel call and per unit of work handed to a thread. 16 rows of
 /// the largest SmolLM2 / Llama-8B rows (q4_1, k = 1536 / 14336) are 15 KB /
@@ -49,12 +49,12 @@ impl Out {
     }
 }
 
-pub(super) fn run(
+pub(super) fn run<P: Parallel>(
     kern: &Kernels,
     m: &Matmul<'_>,
     y: &mut [f32],
     scratch: &mut Scratch,
-    pool: &ThreadPool,
+    pool: &P,
 ) -> Result<(), MatmulError> {
     check(m, y)?;
     let s = m.shape;
@@ -116,48 +116,50 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 }
 
 /// Quantizes the `t` token rows of `x` into `scratch`, padded to `kp`.
-fn quantize<'s>(
+fn quantize<'s, P: Parallel>(
     kern: &Kernels,
     x: &[f32],
     s: &MatmulShape,
     kp: usize,
     scratch: &'s mut Scratch,
-    pool: &ThreadPool,
+    pool: &P,
 ) -> QAct<'s> {
     let nb = kp / QK_ACT;
-    let (q, ds) = scratch.buffers(s.t, kp);
+    let (q, d, sums) = scratch.buffers(s.t, kp);
     let quantize_row = kern.quantize;
-    if s.t == 1 || s.t * s.k < PARALLEL_QUANTIZE || pool.threads() == 1 {
-        for (t, (q, ds)) in q.chunks_exact_mut(kp).zip(ds.chunks_exact_mut(nb)).enumerate() {
-            quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, ds);
+    if s.t == 1 || s.t * s.k < PARALLEL_QUANTIZE || Parallel::threads(pool) == 1 {
+        let rows = q.chunks_exact_mut(kp).zip(d.chunks_exact_mut(nb)).zip(sums.chunks_exact_mut(nb));
+        for (t, ((q, d), sums)) in rows.enumerate() {
+            quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, d, sums);
         }
     } else {
-        struct Bufs(*mut i8, *mut [f32; 2]);
+        struct Bufs(*mut i8, *mut f32, *mut f32);
         // SAFETY: each token row of the buffers is written by one thread only.
         unsafe impl Sync for Bufs {}
-        let bufs = Bufs(q.as_mut_ptr(), ds.as_mut_ptr());
+        let bufs = Bufs(q.as_mut_ptr(), d.as_mut_ptr(), sums.as_mut_ptr());
         let bufs = &bufs;
         pool.parallel_for(s.t, |tokens| {
             for t in tokens {
                 // SAFETY: token rows are disjoint and in bounds (`buffers` sized them
                 // for `s.t` rows); no other reference to them exists during the job.
-                let (q, ds) = unsafe {
+                let (q, d, sums) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(bufs.0.add(t * kp), kp),
                         std::slice::from_raw_parts_mut(bufs.1.add(t * nb), nb),
+                        std::slice::from_raw_parts_mut(bufs.2.add(t * nb), nb),
                     )
                 };
-                quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, ds);
+                quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, d, sums);
             }
         });
     }
-    let (q, ds) = (&scratch.q[..s.t * kp], &scratch.ds[..s.t * nb]);
-    QAct { q, ds, kp }
+    let (q, d, sums) = (&scratch.q[..s.t * kp], &scratch.d[..s.t * nb], &scratch.s[..s.t * nb]);
+    QAct { q, d, s: sums, kp }
 }
 
 /// Runs `kernel(first row, rows, tokens, tile)` over every row block and
 /// token tile, rows split over the pool, and stores each tile into `out`.
-fn tiles<K>(pool: &ThreadPool, m: &Matmul<'_>, out: Out, kernel: K)
+fn tiles<P: Parallel, K>(pool: &P, m: &Matmul<'_>, out: Out, kernel: K)
 where
     K: Fn(usize, usize, std::ops::Range<usize>, &mut [f32]) + Sync,
 {

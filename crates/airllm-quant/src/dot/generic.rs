@@ -72,12 +72,12 @@ pub(crate) fn q8_0_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Rang
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (j, t) in tokens.clone().enumerate() {
-            let (q, ds) = (act.q_row(t), act.ds_row(t));
+            let (q, d) = (act.q_row(t), act.d_row(t));
             let mut acc = 0.0f32;
             for b in 0..nbw {
                 let blk = &row[b * 34..(b + 1) * 34];
                 let s = isum(blk[2..34].iter().map(|&v| i32::from(v as i8)), &q[b * 32..(b + 1) * 32]);
-                acc += f16_at(blk, 0) * ds[b][0] * s as f32;
+                acc += f16_at(blk, 0) * d[b] * s as f32;
             }
             out[r * nt + j] = acc;
         }
@@ -97,12 +97,12 @@ pub(crate) fn q4_0_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Rang
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (j, t) in tokens.clone().enumerate() {
-            let (q, ds) = (act.q_row(t), act.ds_row(t));
+            let (q, d) = (act.q_row(t), act.d_row(t));
             let mut acc = 0.0f32;
             for b in 0..nbw {
                 let blk = &row[b * 18..(b + 1) * 18];
                 let s = isum(nibbles32(&blk[2..18]).map(|c| c - 8), &q[b * 32..(b + 1) * 32]);
-                acc += f16_at(blk, 0) * ds[b][0] * s as f32;
+                acc += f16_at(blk, 0) * d[b] * s as f32;
             }
             out[r * nt + j] = acc;
         }
@@ -115,12 +115,12 @@ pub(crate) fn q4_1_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Rang
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (j, t) in tokens.clone().enumerate() {
-            let (q, ds) = (act.q_row(t), act.ds_row(t));
+            let (q, d) = (act.q_row(t), act.d_row(t));
             let mut acc = 0.0f32;
             for b in 0..nbw {
                 let blk = &row[b * 20..(b + 1) * 20];
                 let s = isum(nibbles32(&blk[4..20]), &q[b * 32..(b + 1) * 32]);
-                acc += f16_at(blk, 0) * ds[b][0] * s as f32 + f16_at(blk, 2) * ds[b][1];
+                acc += f16_at(blk, 0) * d[b] * s as f32 + f16_at(blk, 2) * act.s_row(t)[b];
             }
             out[r * nt + j] = acc;
         }
@@ -134,7 +134,7 @@ pub(crate) fn nf4_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (j, t) in tokens.clone().enumerate() {
-            let (q, ds) = (act.q_row(t), act.ds_row(t));
+            let (q, d) = (act.q_row(t), act.d_row(t));
             let mut acc = 0.0f32;
             for b in 0..nbw {
                 let blk = &row[b * 34..(b + 1) * 34];
@@ -142,8 +142,8 @@ pub(crate) fn nf4_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range
                 let qs = &blk[2..34];
                 let lo = isum(qs.iter().map(|&v| i32::from(NF4_I8[usize::from(v & 15)])), &q[b * 64..b * 64 + 32]);
                 let hi = isum(qs.iter().map(|&v| i32::from(NF4_I8[usize::from(v >> 4)])), &q[b * 64 + 32..b * 64 + 64]);
-                acc += dw * ds[2 * b][0] * lo as f32;
-                acc += dw * ds[2 * b + 1][0] * hi as f32;
+                acc += dw * d[2 * b] * lo as f32;
+                acc += dw * d[2 * b + 1] * hi as f32;
             }
             out[r * nt + j] = acc;
         }

@@ -83,7 +83,7 @@ pub use act::Scratch;
 pub use gemm::{ROW_BLOCK, TOKEN_TILE};
 
 use crate::Codec;
-use crate::pool::ThreadPool;
+use crate::pool::Parallel;
 use act::{QAct, QuantizeRow};
 
 /// The int8 code book of the `nf4` kernels: `round(127 * NF4_TABLE[c])`.
@@ -384,18 +384,23 @@ impl Kernels {
     /// Computes `y[t, y_off + n] (+)= x[t] · W[n] (+ bias[n])` for every token
     /// `t` and row `n` of `m.shape`, on `pool`'s threads (rows split among
     /// them). `scratch` holds the quantized activations (reused across calls).
-    pub fn matmul(
+    pub fn matmul<P: Parallel>(
         &self,
         m: &Matmul<'_>,
         y: &mut [f32],
         scratch: &mut Scratch,
-        pool: &ThreadPool,
+        pool: &P,
     ) -> Result<(), MatmulError> {
         gemm::run(self, m, y, scratch, pool)
     }
 }
 
 /// [`Kernels::best`]`().matmul(..)`: the matmul with the best kernels of this CPU.
-pub fn matmul(m: &Matmul<'_>, y: &mut [f32], scratch: &mut Scratch, pool: &ThreadPool) -> Result<(), MatmulError> {
+pub fn matmul<P: Parallel>(
+    m: &Matmul<'_>,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+    pool: &P,
+) -> Result<(), MatmulError> {
     Kernels::best().matmul(m, y, scratch, pool)
 }

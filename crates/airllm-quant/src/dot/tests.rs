@@ -232,18 +232,19 @@ fn quantized_activations_are_identical_on_every_level() {
         for (j, v) in x.iter_mut().enumerate().take(32) {
             *v = if j == 0 { 127.0 } else { (j as f32 - 16.0) + 0.5 };
         }
-        let (mut q0, mut ds0) = (vec![0i8; kp], vec![[0.0f32; 2]; kp / 32]);
-        quantize_row_generic(&x, &mut q0, &mut ds0);
+        let (mut q0, mut d0, mut s0) = (vec![0i8; kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
+        quantize_row_generic(&x, &mut q0, &mut d0, &mut s0);
         if k >= 32 {
             assert_eq!((q0[1], q0[2]), (-14, -14), "-14.5 and -13.5 round to even");
         }
         for level in SimdLevel::available() {
             let kern = Kernels::for_level(level).expect("available");
-            let (mut q, mut ds) = (vec![1i8; kp], vec![[1.0f32; 2]; kp / 32]);
-            (kern.quantize)(&x, &mut q, &mut ds);
+            let (mut q, mut d, mut s) = (vec![1i8; kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
+            (kern.quantize)(&x, &mut q, &mut d, &mut s);
             assert_eq!(q, q0, "{level} k={k}: codes");
-            let bits = |v: &[[f32; 2]]| v.iter().flat_map(|p| p.map(f32::to_bits)).collect::<Vec<_>>();
-            assert_eq!(bits(&ds), bits(&ds0), "{level} k={k}: scales");
+            let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&d0), "{level} k={k}: scales");
+            assert_eq!(bits(&s), bits(&s0), "{level} k={k}: sums");
         }
     }
 }

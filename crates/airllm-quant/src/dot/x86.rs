@@ -143,15 +143,70 @@ quant_kernels!(
     nf4_rows = nf4_tile(64, 34),
 );
 
-/// Pointers to the codes and scales of tokens `t0..t0 + T`.
+/// Pointers to the codes, scales and sums of tokens `t0..t0 + T`.
 #[inline(always)]
-fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const [f32; 2]; T]) {
-    (std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()), std::array::from_fn(|j| act.ds_row(t0 + j).as_ptr()))
+fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const f32; T], [*const f32; T]) {
+    (
+        std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()),
+        std::array::from_fn(|j| act.d_row(t0 + j).as_ptr()),
+        std::array::from_fn(|j| act.s_row(t0 + j).as_ptr()),
+    )
+}
+
+/// Independent FMA chains per token: with one or two tokens a single
+/// chain per token would wait on the FMA latency (4 cycles) every block.
+#[inline(always)]
+const fn chains(t: usize) -> usize {
+    if t <= 2 { 2 } else { 1 }
+}
+
+/// The u32 at the start of 8 consecutive blocks of `stride` bytes from `p`
+/// (a block's f16 scale in the low half, the next f16 in the high half).
+#[inline(always)]
+unsafe fn gather8<const STRIDE: i32>(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes 8 blocks of STRIDE >= 4 bytes.
+    unsafe {
+        let idx = _mm256_setr_epi32(0, STRIDE, 2 * STRIDE, 3 * STRIDE, 4 * STRIDE, 5 * STRIDE, 6 * STRIDE, 7 * STRIDE);
+        _mm256_i32gather_epi32::<1>(p.cast(), idx)
+    }
+}
+
+/// The low and high f16 halves of 8 u32 lanes, as two vectors of 8 f32.
+#[inline(always)]
+unsafe fn halves(v: __m256i) -> (__m256, __m256) {
+    // SAFETY: register arithmetic; callers have AVX2 and F16C enabled.
+    unsafe {
+        #[rustfmt::skip]
+        let split = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+        );
+        // [lo0..3 hi0..3 | lo4..7 hi4..7] -> [lo0..7 | hi0..7]
+        let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+        (_mm256_cvtph_ps(_mm256_castsi256_si128(v)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(v)))
+    }
+}
+
+/// Lane `i` of `v` in every lane.
+#[inline(always)]
+unsafe fn lane(v: __m256, i: i32) -> __m256 {
+    // SAFETY: register arithmetic; callers have AVX2 enabled.
+    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i)) }
+}
+
+/// Sums the chains of each token into `out[r * T..][..T]`, plus `extra[j]`.
+#[inline(always)]
+unsafe fn store<const T: usize>(acc: &[[__m256; 2]; T], extra: [f32; T], out: *mut f32) {
+    for j in 0..T {
+        // SAFETY: the caller passes T writable outputs; AVX is enabled.
+        unsafe { *out.add(j) = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + extra[j] };
+    }
 }
 
 // ---- q4_1 -----------------------------------------------------------------
 
-/// The tile body of `q4_1` (see the module docs).
+/// The tile body of `q4_1` (see the module docs): 8 blocks at a time share
+/// one gather of their `[d, m]` and one conversion; the rest one by one.
 ///
 /// # Safety
 /// The features of the caller's level; rows of `row_bytes` = `nbw` blocks,
@@ -167,16 +222,35 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let u = chains(T);
     for r in 0..rows {
         // SAFETY (whole loop): rows of `row_bytes` = `nbw` blocks of 20 bytes, and
         // activation rows of `nbw` blocks, as `check_quant` verified; `out` holds
         // `rows * T` values.
         unsafe {
             let row = w.add(r * row_bytes);
-            let mut acc = [_mm256_setzero_ps(); T];
-            let mut accm = [_mm_setzero_ps(); T];
-            for b in 0..nbw {
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let mut accm = [_mm256_setzero_ps(); T];
+            let mut b = 0;
+            while b + 8 <= nbw {
+                let (d8, m8) = halves(gather8::<20>(row.add(b * 20)));
+                let sc: [__m256; T] = std::array::from_fn(|j| {
+                    accm[j] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sx[j].add(b)), accm[j]);
+                    _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b)))
+                });
+                for i in 0..8 {
+                    let wv = nibbles(row.add((b + i) * 20 + 4));
+                    for j in 0..T {
+                        let x = _mm256_loadu_si256(q[j].add((b + i) * QK_ACT).cast());
+                        let p = _mm256_cvtepi32_ps(D::unsigned(wv, x));
+                        acc[j][i % u] = _mm256_fmadd_ps(p, lane(sc[j], i as i32), acc[j][i % u]);
+                    }
+                }
+                b += 8;
+            }
+            let mut extra: [f32; T] = std::array::from_fn(|j| hsum(accm[j]));
+            while b < nbw {
                 let blk = row.add(b * 20);
                 // [d, m] of the block in one conversion.
                 let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()));
@@ -184,28 +258,111 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
                 for j in 0..T {
                     let x = _mm256_loadu_si256(q[j].add(b * QK_ACT).cast());
                     let p = _mm256_cvtepi32_ps(D::unsigned(wv, x));
-                    // [d_w d_x, m_w s_x]
-                    let sc = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(ds[j].add(b).cast())));
-                    acc[j] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j]);
-                    accm[j] = _mm_add_ps(accm[j], sc);
+                    let sc = _mm_mul_ss(dm, _mm_load_ss(dx[j].add(b)));
+                    acc[j][0] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j][0]);
+                    extra[j] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * *sx[j].add(b);
                 }
+                b += 1;
             }
-            for j in 0..T {
-                let m = _mm_cvtss_f32(_mm_shuffle_ps::<1>(accm[j], accm[j]));
-                *out.add(r * T + j) = hsum(acc[j]) + m;
-            }
+            store::<T>(&acc, extra, out.add(r * T));
         }
     }
 }
 
-// ---- q4_0 -----------------------------------------------------------------
+// ---- q4_0 and q8_0 --------------------------------------------------------
 
-/// The tile body of `q4_0` (see the module docs).
+/// Signed 32-code blocks of `BYTES` bytes whose f16 scale comes first.
+pub(super) trait SignedBlock {
+    const BYTES: usize;
+    /// The 32 signed codes of the block at `p`.
+    unsafe fn codes(p: *const u8) -> __m256i;
+}
+
+/// `q4_0`: nibbles minus 8.
+pub(super) struct Q4_0;
+/// `q8_0`: bytes.
+pub(super) struct Q8_0;
+
+impl SignedBlock for Q4_0 {
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: 18 readable bytes; AVX2 is enabled in every caller.
+        unsafe { _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)) }
+    }
+}
+
+impl SignedBlock for Q8_0 {
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // SAFETY: 34 readable bytes; AVX is enabled in every caller.
+        unsafe { _mm256_loadu_si256(p.add(2).cast()) }
+    }
+}
+
+/// The tile body of `q4_0` / `q8_0`: like [`q4_1_tile`], signed codes, no minimum.
 ///
 /// # Safety
-/// The features of the caller's level; rows of `row_bytes` = `nbw` blocks,
-/// activation rows of `nbw` weight blocks for tokens `t0..t0 + T`, and
-/// `rows * T` writable outputs.
+/// As [`q4_1_tile`], blocks of `B::BYTES`.
+#[inline(always)]
+pub(super) unsafe fn signed_tile<const T: usize, D: Dot, B: SignedBlock>(
+    w: *const u8,
+    row_bytes: usize,
+    rows: usize,
+    nbw: usize,
+    act: &QAct<'_>,
+    t0: usize,
+    out: *mut f32,
+) {
+    let (q, dx, _) = token_ptrs::<T>(act, t0);
+    let u = chains(T);
+    for r in 0..rows {
+        // SAFETY: as in `q4_1_tile`, blocks of B::BYTES bytes.
+        unsafe {
+            let row = w.add(r * row_bytes);
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let mut b = 0;
+            while b + 8 <= nbw {
+                let (d8, _) = halves(if B::BYTES == 18 {
+                    gather8::<18>(row.add(b * 18))
+                } else {
+                    gather8::<34>(row.add(b * 34))
+                });
+                let sc: [__m256; T] = std::array::from_fn(|j| _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                for i in 0..8 {
+                    let wv = B::codes(row.add((b + i) * B::BYTES));
+                    let aw = _mm256_sign_epi8(wv, wv);
+                    for j in 0..T {
+                        let x = _mm256_loadu_si256(q[j].add((b + i) * QK_ACT).cast());
+                        let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
+                        acc[j][i % u] = _mm256_fmadd_ps(p, lane(sc[j], i as i32), acc[j][i % u]);
+                    }
+                }
+                b += 8;
+            }
+            while b < nbw {
+                let blk = row.add(b * B::BYTES);
+                let d = _mm_cvtph_ps(load_u16(blk));
+                let wv = B::codes(blk);
+                let aw = _mm256_sign_epi8(wv, wv);
+                for j in 0..T {
+                    let x = _mm256_loadu_si256(q[j].add(b * QK_ACT).cast());
+                    let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
+                    let sc = _mm_mul_ss(d, _mm_load_ss(dx[j].add(b)));
+                    acc[j][0] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j][0]);
+                }
+                b += 1;
+            }
+            store::<T>(&acc, [0.0; T], out.add(r * T));
+        }
+    }
+}
+
+/// [`signed_tile`] for `q4_0`.
+///
+/// # Safety
+/// As [`signed_tile`].
 #[inline(always)]
 pub(super) unsafe fn q4_0_tile<const T: usize, D: Dot>(
     w: *const u8,
@@ -216,39 +373,14 @@ pub(super) unsafe fn q4_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
-    for r in 0..rows {
-        // SAFETY: as in `q4_1_tile`, blocks of 18 bytes.
-        unsafe {
-            let row = w.add(r * row_bytes);
-            let mut acc = [_mm256_setzero_ps(); T];
-            for b in 0..nbw {
-                let blk = row.add(b * 18);
-                let d = _mm_cvtph_ps(load_u16(blk));
-                let wv = _mm256_sub_epi8(nibbles(blk.add(2)), _mm256_set1_epi8(8));
-                let aw = _mm256_sign_epi8(wv, wv);
-                for j in 0..T {
-                    let x = _mm256_loadu_si256(q[j].add(b * QK_ACT).cast());
-                    let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
-                    let sc = _mm_mul_ss(d, _mm_load_ss(ds[j].add(b).cast()));
-                    acc[j] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j]);
-                }
-            }
-            for j in 0..T {
-                *out.add(r * T + j) = hsum(acc[j]);
-            }
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { signed_tile::<T, D, Q4_0>(w, row_bytes, rows, nbw, act, t0, out) }
 }
 
-// ---- q8_0 -----------------------------------------------------------------
-
-/// The tile body of `q8_0` (see the module docs).
+/// [`signed_tile`] for `q8_0`.
 ///
 /// # Safety
-/// The features of the caller's level; rows of `row_bytes` = `nbw` blocks,
-/// activation rows of `nbw` weight blocks for tokens `t0..t0 + T`, and
-/// `rows * T` writable outputs.
+/// As [`signed_tile`].
 #[inline(always)]
 pub(super) unsafe fn q8_0_tile<const T: usize, D: Dot>(
     w: *const u8,
@@ -259,39 +391,18 @@ pub(super) unsafe fn q8_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
-    for r in 0..rows {
-        // SAFETY: as in `q4_1_tile`, blocks of 34 bytes.
-        unsafe {
-            let row = w.add(r * row_bytes);
-            let mut acc = [_mm256_setzero_ps(); T];
-            for b in 0..nbw {
-                let blk = row.add(b * 34);
-                let d = _mm_cvtph_ps(load_u16(blk));
-                let wv = _mm256_loadu_si256(blk.add(2).cast());
-                let aw = _mm256_sign_epi8(wv, wv);
-                for j in 0..T {
-                    let x = _mm256_loadu_si256(q[j].add(b * QK_ACT).cast());
-                    let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
-                    let sc = _mm_mul_ss(d, _mm_load_ss(ds[j].add(b).cast()));
-                    acc[j] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j]);
-                }
-            }
-            for j in 0..T {
-                *out.add(r * T + j) = hsum(acc[j]);
-            }
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { signed_tile::<T, D, Q8_0>(w, row_bytes, rows, nbw, act, t0, out) }
 }
 
 // ---- nf4 ------------------------------------------------------------------
 
-/// The tile body of `nf4` (see the module docs).
+/// The tile body of `nf4`: 4 weight blocks (8 activation blocks) share one
+/// gather and conversion of their absmax.
 ///
 /// # Safety
-/// The features of the caller's level; rows of `row_bytes` = `nbw` blocks,
-/// activation rows of `nbw` weight blocks for tokens `t0..t0 + T`, and
-/// `rows * T` writable outputs.
+/// As [`q4_1_tile`], blocks of 34 bytes holding 64 values (two activation
+/// blocks each).
 #[inline(always)]
 pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
     w: *const u8,
@@ -302,22 +413,46 @@ pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, ds) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T>(act, t0);
+    let u = chains(T);
     // SAFETY: NF4_I8 is 16 bytes; the caller has AVX2 enabled.
-    let (table, mask, inv) = unsafe {
+    let (table, mask, inv, inv8) = unsafe {
         (
             _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_I8.as_ptr().cast())),
             _mm256_set1_epi8(0x0F),
             _mm_set_ss(NF4_I8_INV),
+            _mm256_set1_ps(NF4_I8_INV),
         )
     };
     for r in 0..rows {
-        // SAFETY: as in `q4_1_tile`, blocks of 34 bytes holding 64 values (two
-        // activation blocks each).
+        // SAFETY: as in `q4_1_tile`, blocks of 34 bytes.
         unsafe {
             let row = w.add(r * row_bytes);
-            let mut acc = [_mm256_setzero_ps(); T];
-            for b in 0..nbw {
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let mut b = 0;
+            while b + 4 <= nbw {
+                // Each absmax twice: scale of activation blocks 2i and 2i + 1.
+                let idx = _mm256_setr_epi32(0, 0, 34, 34, 68, 68, 102, 102);
+                let (a8, _) = halves(_mm256_i32gather_epi32::<1>(row.add(b * 34).cast(), idx));
+                let a8 = _mm256_mul_ps(a8, inv8);
+                let sc: [__m256; T] = std::array::from_fn(|j| _mm256_mul_ps(a8, _mm256_loadu_ps(dx[j].add(2 * b))));
+                for i in 0..4 {
+                    let codes = _mm256_loadu_si256(row.add((b + i) * 34 + 2).cast());
+                    let w0 = _mm256_shuffle_epi8(table, _mm256_and_si256(codes, mask));
+                    let w1 = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(codes), mask));
+                    let (a0, a1) = (_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(w1, w1));
+                    for j in 0..T {
+                        let x0 = _mm256_loadu_si256(q[j].add((b + i) * 64).cast());
+                        let x1 = _mm256_loadu_si256(q[j].add((b + i) * 64 + 32).cast());
+                        let p0 = _mm256_cvtepi32_ps(D::signed(a0, w0, x0));
+                        let p1 = _mm256_cvtepi32_ps(D::signed(a1, w1, x1));
+                        acc[j][0] = _mm256_fmadd_ps(p0, lane(sc[j], 2 * i as i32), acc[j][0]);
+                        acc[j][1 % u] = _mm256_fmadd_ps(p1, lane(sc[j], 2 * i as i32 + 1), acc[j][1 % u]);
+                    }
+                }
+                b += 4;
+            }
+            while b < nbw {
                 let blk = row.add(b * 34);
                 let dw = _mm_mul_ss(_mm_cvtph_ps(load_u16(blk)), inv);
                 let codes = _mm256_loadu_si256(blk.add(2).cast());
@@ -329,37 +464,37 @@ pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
                     let x1 = _mm256_loadu_si256(q[j].add(b * 64 + 32).cast());
                     let p0 = _mm256_cvtepi32_ps(D::signed(a0, w0, x0));
                     let p1 = _mm256_cvtepi32_ps(D::signed(a1, w1, x1));
-                    let s0 = _mm_mul_ss(dw, _mm_load_ss(ds[j].add(2 * b).cast()));
-                    let s1 = _mm_mul_ss(dw, _mm_load_ss(ds[j].add(2 * b + 1).cast()));
-                    acc[j] = _mm256_fmadd_ps(p0, _mm256_broadcastss_ps(s0), acc[j]);
-                    acc[j] = _mm256_fmadd_ps(p1, _mm256_broadcastss_ps(s1), acc[j]);
+                    let s0 = _mm_mul_ss(dw, _mm_load_ss(dx[j].add(2 * b)));
+                    let s1 = _mm_mul_ss(dw, _mm_load_ss(dx[j].add(2 * b + 1)));
+                    acc[j][0] = _mm256_fmadd_ps(p0, _mm256_broadcastss_ps(s0), acc[j][0]);
+                    acc[j][0] = _mm256_fmadd_ps(p1, _mm256_broadcastss_ps(s1), acc[j][0]);
                 }
+                b += 1;
             }
-            for j in 0..T {
-                *out.add(r * T + j) = hsum(acc[j]);
-            }
+            store::<T>(&acc, [0.0; T], out.add(r * T));
         }
     }
 }
 
 // ---- activations ----------------------------------------------------------
 
-fn quantize_row(x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]) {
-    check_row(x, q, ds);
+fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    check_row(x, q, d, s);
     let full = x.len() / QK_ACT;
     for b in 0..full {
         let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
         // SAFETY: AVX2 (see `AVX2`); both slices hold 32 values.
-        ds[b] = unsafe { quantize_block_avx2(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
+        [d[b], s[b]] =
+            unsafe { quantize_block_avx2(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
     }
     // The partial last block and the padding blocks, zero-padded.
     let mut buf = [0.0f32; QK_ACT];
-    for b in full..ds.len() {
+    for b in full..d.len() {
         let start = (b * QK_ACT).min(x.len());
         let n = (x.len() - start).min(QK_ACT);
         buf[..n].copy_from_slice(&x[start..start + n]);
         buf[n..].fill(0.0);
-        ds[b] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
+        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
     }
 }
 
