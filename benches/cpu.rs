@@ -153,7 +153,9 @@ fn gemm(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
             for (threads, pool) in pools {
                 let mut scratch = Scratch::new();
                 g.bench_function(BenchmarkId::from_parameter(format!("{threads}t")), |b| {
-                    b.iter(|| matmul(pool, &mut scratch, format, black_box(&weight), &x, &mut y, MatmulShape::new(t, n, k)))
+                    b.iter(|| {
+                        matmul(pool, &mut scratch, format, black_box(&weight), &x, &mut y, MatmulShape::new(t, n, k))
+                    })
                 });
             }
             g.finish();

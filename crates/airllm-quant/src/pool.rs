@@ -40,6 +40,10 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
 /// is shared with other processes, without many atomic claims per op.
 const CHUNKS_PER_THREAD: usize = 4;
 
+/// Spins between two `sched_yield` calls of a waiting thread (a few
+/// microseconds: a yield costs well under one when nothing else waits).
+const YIELD_EVERY: u32 = 1024;
+
 /// Bits of [`Shared::state`]: the job's tag (high 32 bits), whether it is
 /// closed, and how many workers are inside it.
 const CLOSED: u64 = 1 << 31;
@@ -221,11 +225,13 @@ impl ThreadPool {
                 self.0.state.0.fetch_or(CLOSED, Ordering::AcqRel);
                 let mut spins = 0u32;
                 while self.0.state.0.load(Ordering::Acquire) & COUNT != 0 {
-                    spins += 1;
-                    if spins < 1 << 16 {
-                        std::hint::spin_loop();
-                    } else {
+                    spins = spins.wrapping_add(1);
+                    // Yield now and then: on a busy machine the worker we wait
+                    // for may be queued on this very core.
+                    if spins.is_multiple_of(YIELD_EVERY) {
                         thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
                     }
                 }
                 self.1.store(false, Ordering::Release);
@@ -269,8 +275,14 @@ fn worker(sh: &Shared, me: usize) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || start.elapsed() < sh.spin {
-                std::hint::spin_loop();
+            if !spins.is_multiple_of(64) || start.elapsed() < sh.spin {
+                // Spinning must not starve a thread of ours (or anyone's)
+                // queued on the same core: yield now and then.
+                if spins.is_multiple_of(YIELD_EVERY) {
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             sh.sleeping[me].0.store(true, Ordering::SeqCst);

@@ -165,6 +165,7 @@ fn dense_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dense_rows(
     w: &[u8],
     elem: usize,

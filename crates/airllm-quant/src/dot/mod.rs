@@ -396,11 +396,6 @@ impl Kernels {
 }
 
 /// [`Kernels::best`]`().matmul(..)`: the matmul with the best kernels of this CPU.
-pub fn matmul<P: Parallel>(
-    m: &Matmul<'_>,
-    y: &mut [f32],
-    scratch: &mut Scratch,
-    pool: &P,
-) -> Result<(), MatmulError> {
+pub fn matmul<P: Parallel>(m: &Matmul<'_>, y: &mut [f32], scratch: &mut Scratch, pool: &P) -> Result<(), MatmulError> {
     Kernels::best().matmul(m, y, scratch, pool)
 }

@@ -225,9 +225,9 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
     let (q, dx, sx) = token_ptrs::<T>(act, t0);
     let u = chains(T);
     for r in 0..rows {
-        // SAFETY (whole loop): rows of `row_bytes` = `nbw` blocks of 20 bytes, and
-        // activation rows of `nbw` blocks, as `check_quant` verified; `out` holds
-        // `rows * T` values.
+        // SAFETY: rows of `row_bytes` = `nbw` blocks of 20 bytes, and activation
+        // rows of `nbw` blocks, as `check_quant` verified; `out` holds `rows * T`
+        // values.
         unsafe {
             let row = w.add(r * row_bytes);
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
