@@ -76,8 +76,9 @@ unsafe fn load_u16(p: *const u8) -> __m128i {
 unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: the caller passes a pointer to 16 readable bytes.
     unsafe {
-        let qs = _mm_loadu_si128(p.cast());
-        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), _mm256_set1_epi8(0x0F))
+        // Both halves from one broadcast load; the high half shifted by 4.
+        let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
+        _mm256_and_si256(_mm256_srlv_epi64(qs, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F))
     }
 }
 
