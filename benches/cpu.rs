@@ -221,10 +221,18 @@ fn pool_overhead(c: &mut Criterion) {
         let mut g = c.benchmark_group("cpu/pool");
         g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         g.bench_function(BenchmarkId::new("spin/empty", format!("{threads}t")), |b| {
-            b.iter(|| spin.parallel_for(36, |r| drop(black_box(r))))
+            b.iter(|| {
+                spin.parallel_for(36, |r| {
+                    black_box(r);
+                })
+            })
         });
         g.bench_function(BenchmarkId::new("rayon/empty", format!("{threads}t")), |b| {
-            b.iter(|| Parallel::parallel_for(&ray, 36, |r| drop(black_box(r))))
+            b.iter(|| {
+                Parallel::parallel_for(&ray, 36, |r| {
+                    black_box(r);
+                })
+            })
         });
         let mut scratch = Scratch::new();
         g.bench_function(BenchmarkId::new("spin/gemv-q4_1-576x576", format!("{threads}t")), |b| {
