@@ -1,10 +1,13 @@
-//! Block-wise weight codecs for airllm-rs: `q8_0`, `q4_0`, `q4_1` and `nf4`.
+//! Block-wise weight codecs for airllm-rs: `q8_0`, `q4_0`, `q4_1` and `nf4`,
+//! and fast CPU matmul over them.
 //!
 //! The shard writer encodes weight matrices with these codecs on the CPU; the
 //! GPU kernels read the very same bytes and dequantize on the fly. This crate
-//! is the definition of those byte layouts, their CPU encoder and decoder, and
-//! the reference dot product the GEMV kernels are tested against. It needs
-//! no GPU and can be used alone.
+//! is the definition of those byte layouts, their CPU encoder and decoder, the
+//! reference dot product the GEMV kernels are tested against, and the CPU
+//! executor's matmul ([`dot`]: SIMD kernels over the stored bytes, chosen once
+//! at start; [`pool`]: the thread pool they run on). It needs no GPU and can
+//! be used alone.
 //!
 //! ```
 //! use airllm_quant::{Codec, Compression};
@@ -165,15 +168,18 @@
 //!   type must be dequantized by the format crate and re-encoded here.
 //! - No GPU code: the WGSL kernels live in `airllm-gpu`; this crate only fixes
 //!   the bytes they read and gives their CPU reference.
-//! - No fast CPU matmul: [`Codec::dot_row`] is a reference, not a kernel.
+//! - [`Codec::dot_row`] is a reference, not a kernel: the fast CPU matmul is
+//!   [`dot::matmul`] (see [`dot`] for its tiling, accuracy bound and speed).
 //! - No calibration, importance matrices or outlier handling: every block is
 //!   encoded on its own, deterministically, from its values alone.
 
 mod codec;
 mod compression;
+pub mod dot;
 mod error;
 mod floats;
 pub mod nf4;
+pub mod pool;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;

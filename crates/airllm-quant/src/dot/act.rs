@@ -1,0 +1,200 @@
+//! Activations quantized to 8 bits per block of 32, the other operand of the
+//! quantized kernels (ggml's `q8_0` / `q8_1` idea, our own layout).
+//!
+//! Each token row of `k` values is padded with zeros to `kp` (a multiple of
+//! the weight codec's block) and cut into blocks of [`QK_ACT`]. For block `b`:
+//! `amax = max |x|`, `d = amax / 127`, `q = round_ties_even(x * (1 / d))`
+//! (0 when `d == 0`) and `s = d * sum q` (what `q4_1`'s minimum
+//! multiplies). `d` and `s` stay f32 (ggml rounds `d` to f16; we need not
+//! match a byte layout here), so the only error is the rounding of `q`:
+//! `|x - d q| <= d / 2` for every value (plus the f32 rounding of `x / d`,
+//! at most `127 * 2^-24 d`). A block holding NaN or infinity
+//! gets `d = s = NaN` (and codes 0), so the outputs it feeds are NaN instead
+//! of silently finite.
+//!
+//! Every SIMD level computes `d`, `1 / d` and `q` with the same f32
+//! operations and ties-to-even rounding, so the quantized activations are
+//! bit-identical across levels (the tests check it); only the f32 sums of the
+//! kernels differ in order.
+
+use std::ops::Range;
+
+/// Values per activation block.
+pub const QK_ACT: usize = 32;
+
+/// The quantized activations of `t` token rows: codes, and `d` and `s` per
+/// block (separate arrays, so kernels load 8 blocks' scales at once).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QAct<'a> {
+    /// `t * kp` codes.
+    pub q: &'a [i8],
+    /// `t * kp / 32` block scales `d`.
+    pub d: &'a [f32],
+    /// `t * kp / 32` block sums `s = d * sum q`.
+    pub s: &'a [f32],
+    /// Padded row length (a multiple of 32).
+    pub kp: usize,
+}
+
+impl<'a> QAct<'a> {
+    /// Blocks per token row.
+    #[inline]
+    pub fn nb(&self) -> usize {
+        self.kp / QK_ACT
+    }
+
+    /// Codes of token `t`.
+    #[inline]
+    pub fn q_row(&self, t: usize) -> &'a [i8] {
+        &self.q[t * self.kp..(t + 1) * self.kp]
+    }
+
+    /// `d` of token `t`'s blocks.
+    #[inline]
+    pub fn d_row(&self, t: usize) -> &'a [f32] {
+        let nb = self.nb();
+        &self.d[t * nb..(t + 1) * nb]
+    }
+
+    /// `s` of token `t`'s blocks.
+    #[inline]
+    pub fn s_row(&self, t: usize) -> &'a [f32] {
+        let nb = self.nb();
+        &self.s[t * nb..(t + 1) * nb]
+    }
+
+    /// Checks that tokens `tokens` exist (kernels index without checks after it).
+    #[inline]
+    pub fn check(&self, tokens: Range<usize>) {
+        let nb = self.nb();
+        assert!(
+            self.kp.is_multiple_of(QK_ACT)
+                && self.q.len() >= tokens.end * self.kp
+                && self.d.len() >= tokens.end * nb
+                && self.s.len() >= tokens.end * nb,
+            "quantized activations hold fewer than {} token rows of {}",
+            tokens.end,
+            self.kp
+        );
+    }
+}
+
+/// One row's quantizer: `x` (`k` values, `k <= q.len()`) into `q` (`kp`
+/// codes), `d` and `s` (`kp / 32` each), padding quantized as zeros.
+pub(crate) type QuantizeRow = fn(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]);
+
+/// The block scale and its inverse, as every level computes them.
+#[inline(always)]
+pub(crate) fn scale_of(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    (d, if d != 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// The portable quantizer (the reference of the SIMD ones).
+pub(crate) fn quantize_row_generic(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    check_row(x, q, d, s);
+    let mut buf = [0.0f32; QK_ACT];
+    for (b, qb) in q.chunks_exact_mut(QK_ACT).enumerate() {
+        let start = (b * QK_ACT).min(x.len());
+        let n = (x.len() - start).min(QK_ACT);
+        buf[..n].copy_from_slice(&x[start..start + n]);
+        buf[n..].fill(0.0);
+        [d[b], s[b]] = quantize_block(&buf, qb);
+    }
+}
+
+/// Asserts the row sizes every quantizer needs.
+#[inline]
+pub(crate) fn check_row(x: &[f32], q: &[i8], d: &[f32], s: &[f32]) {
+    assert!(x.len() <= q.len() && q.len() == d.len() * QK_ACT && d.len() == s.len(), "activation row sizes");
+}
+
+/// Quantizes one block of 32 (the scalar path, also used by the SIMD
+/// quantizers for a partial last block and for non-finite blocks).
+#[inline]
+pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> [f32; 2] {
+    if x.iter().any(|v| !v.is_finite()) {
+        q.fill(0);
+        return [f32::NAN; 2];
+    }
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (d, id) = scale_of(amax);
+    let mut sum = 0i32;
+    for (o, &v) in q.iter_mut().zip(x) {
+        let c = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32;
+        *o = c as i8;
+        sum += c;
+    }
+    [d, d * sum as f32]
+}
+
+/// Reusable buffers for the quantized activations of one matmul at a time.
+/// They only grow, so a caller that keeps one `Scratch` per executor
+/// allocates nothing after the first call of the largest shape.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub(crate) q: Vec<i8>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) s: Vec<f32>,
+}
+
+impl Scratch {
+    /// Empty buffers (they grow on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held now.
+    pub fn capacity_bytes(&self) -> usize {
+        self.q.capacity() + (self.d.capacity() + self.s.capacity()) * 4
+    }
+
+    /// Makes room for `t` rows of `kp` values and returns the buffers.
+    pub(crate) fn buffers(&mut self, t: usize, kp: usize) -> (&mut [i8], &mut [f32], &mut [f32]) {
+        let nb = kp / QK_ACT;
+        if self.q.len() < t * kp {
+            self.q.resize(t * kp, 0);
+        }
+        if self.d.len() < t * nb {
+            self.d.resize(t * nb, 0.0);
+            self.s.resize(t * nb, 0.0);
+        }
+        (&mut self.q[..t * kp], &mut self.d[..t * nb], &mut self.s[..t * nb])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizes_within_half_a_step_and_pads_with_zeros() {
+        let x: Vec<f32> = (0..45).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.37).collect();
+        let mut q = vec![0i8; 64];
+        let (mut d, mut s) = (vec![0.0f32; 2], vec![0.0f32; 2]);
+        quantize_row_generic(&x, &mut q, &mut d, &mut s);
+        for (j, &v) in x.iter().enumerate() {
+            let d = f64::from(d[j / 32]);
+            let err = (f64::from(v) - d * f64::from(q[j])).abs();
+            assert!(err <= d * (0.5 + 127.0 * f64::from(f32::EPSILON)), "value {j}: {err} for d = {d}");
+        }
+        assert!(q[45..].iter().all(|&c| c == 0));
+        for b in 0..2 {
+            let sum: i32 = q[b * 32..(b + 1) * 32].iter().map(|&c| i32::from(c)).sum();
+            assert_eq!(s[b], d[b] * sum as f32);
+        }
+        assert_eq!(q.iter().map(|c| c.unsigned_abs()).max(), Some(127));
+    }
+
+    #[test]
+    fn zero_block_has_zero_scale_and_non_finite_gives_nan() {
+        let mut q = vec![1i8; 64];
+        let (mut d, mut s) = (vec![1.0f32; 2], vec![1.0f32; 2]);
+        let mut x = [0.0f32; 64];
+        x[40] = f32::INFINITY;
+        quantize_row_generic(&x, &mut q, &mut d, &mut s);
+        assert!(q.iter().all(|&c| c == 0));
+        assert_eq!((d[0], s[0]), (0.0, 0.0));
+        assert!(d[1].is_nan() && s[1].is_nan());
+    }
+}
