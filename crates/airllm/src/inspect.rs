@@ -31,7 +31,12 @@ pub fn planned_shard_sizes(loc: &ModelLocation, compression: Compression) -> Res
 
 /// The plan for a budget, from the same planning call the engine makes
 /// ([`crate::engine::plan_units`]), so `inspect` and `generate` agree.
-pub fn plan_for(spec: &ModelSpec, shards: &ShardSizes, cfg: &EngineConfig, staging_in_vram: bool) -> Result<Plan> {
+pub fn plan_for(
+    spec: &ModelSpec,
+    shards: &ShardSizes,
+    cfg: &EngineConfig,
+    ctx: Option<&airllm_gpu::GpuContext>,
+) -> Result<Plan> {
     let find = |u: Unit| shards.iter().find(|s| s.0 == u).map(|s| s.2);
     let mut units = Vec::new();
     for l in 0..spec.num_layers as u32 {
@@ -49,5 +54,5 @@ pub fn plan_for(spec: &ModelSpec, shards: &ShardSizes, cfg: &EngineConfig, stagi
     } else {
         units.extend(parts);
     }
-    crate::engine::plan_units(spec, units, cfg, staging_in_vram)
+    crate::engine::plan_for_device(spec, units, cfg, ctx)
 }

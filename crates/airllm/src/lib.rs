@@ -42,5 +42,5 @@ pub mod tokenizer;
 
 pub use error::{EngineError, Result};
 pub use model::{AutoModel, FinishReason, Generation, Prompt, Timings, TokenEvent};
-pub use options::{GenerateOptions, KvDtype, Options};
+pub use options::{Device, GenerateOptions, KvDtype, Options};
 pub use tokenizer::{ChatMessage, TextTokenizer};

@@ -9,7 +9,7 @@ use airllm_gpu::{GpuContext, GpuOptions};
 
 use crate::engine::{Engine, EngineStats, Logits, SeqId, StepItem};
 use crate::error::{EngineError, Result};
-use crate::options::{GenerateOptions, Options};
+use crate::options::{Device, GenerateOptions, Options};
 use crate::scheduler::{Event, Request, Scheduler};
 use crate::tokenizer::{ChatMessage, TextTokenizer};
 
@@ -115,6 +115,31 @@ impl std::fmt::Debug for AutoModel {
     }
 }
 
+/// The GPU context `opts` asks for: none for `--device cpu`; for `auto`,
+/// none when no adapter exists or the only one is a software rasterizer
+/// (the CPU executor is far faster there); for `gpu`, the adapter or an error.
+pub fn open_device(opts: &Options) -> Result<Option<GpuContext>> {
+    let gpu_opts = GpuOptions { adapter: opts.adapter.clone(), backend: opts.backend, ..Default::default() };
+    match opts.device {
+        Device::Cpu => Ok(None),
+        Device::Gpu => Ok(Some(GpuContext::new(&gpu_opts)?)),
+        Device::Auto => match GpuContext::new(&gpu_opts) {
+            Ok(ctx) if ctx.caps().is_software() && opts.adapter.is_none() => {
+                tracing::info!(
+                    "{} is a software rasterizer: running on the CPU executor (--device gpu to use it)",
+                    ctx.caps().adapter_name
+                );
+                Ok(None)
+            }
+            Ok(ctx) => Ok(Some(ctx)),
+            Err(e) => {
+                tracing::info!("no GPU adapter ({e}): running on the CPU executor");
+                Ok(None)
+            }
+        },
+    }
+}
+
 /// The default shard directory of a checkpoint.
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
     let name = model
@@ -162,16 +187,21 @@ impl AutoModel {
         let dir = ShardDir::open(&shards_dir)?;
         let spec = dir.manifest().spec.clone();
         let tokenizer = TextTokenizer::load(&shards_dir, &spec.eos_token_ids)?;
-        let ctx = GpuContext::new(&GpuOptions {
-            adapter: opts.adapter.clone(),
-            backend: opts.backend,
-            ..Default::default()
-        })?;
-        if opts.profiling {
-            ctx.set_profiling(true);
+        if let Some(t) = opts.threads {
+            airllm_quant::pool::init_global(t)
+                .map_err(|e| EngineError::invalid("--threads", format!("{e} (set it before any model is loaded)")))?;
         }
-        let cfg = opts.engine_config(&spec);
+        let ctx = open_device(&opts)?;
+        if let Some(ctx) = &ctx {
+            if opts.profiling {
+                ctx.set_profiling(true);
+            }
+        }
+        let mut cfg = opts.engine_config(&spec);
+        // The cost model decides CPU-or-stream only when the choice was left to us.
+        cfg.cost_model = opts.device == Device::Auto;
         let engine = Engine::new(ctx, dir, cfg)?;
+        tracing::info!("{} on {}", spec.family, engine.device_name());
         Ok(AutoModel { engine, tokenizer, shards_dir })
     }
 

@@ -52,6 +52,43 @@ impl fmt::Display for KvDtype {
     }
 }
 
+/// Where the engine runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The GPU when a real one exists, else the CPU executor (also when the only
+    /// adapter is a software rasterizer such as llvmpipe/lavapipe, WARP or
+    /// SwiftShader, which is far slower than the CPU kernels).
+    #[default]
+    Auto,
+    /// The GPU (a software adapter too); units that do not fit stream, or run on
+    /// the CPU where the planner (or `cpu_layers`) puts them.
+    Gpu,
+    /// Everything on the CPU executor; no GPU is opened.
+    Cpu,
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "gpu" => Ok(Device::Gpu),
+            "cpu" => Ok(Device::Cpu),
+            other => Err(format!("unknown device {other:?} (use auto, gpu or cpu)")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Gpu => "gpu",
+            Device::Cpu => "cpu",
+        })
+    }
+}
+
 /// How to load and place a model.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -91,6 +128,13 @@ pub struct Options {
     pub progress: bool,
     /// KV cache element type.
     pub kv_dtype: KvDtype,
+    /// Where to run.
+    pub device: Device,
+    /// Run exactly this many decoder layers on the CPU (with a GPU); overrides
+    /// the planner's cost model.
+    pub cpu_layers: Option<usize>,
+    /// CPU threads (None: all cores).
+    pub threads: Option<usize>,
 }
 
 impl Default for Options {
@@ -112,6 +156,9 @@ impl Default for Options {
             read_mode: None,
             progress: false,
             kv_dtype: KvDtype::F32,
+            device: Device::Auto,
+            cpu_layers: None,
+            threads: None,
         }
     }
 }
@@ -129,6 +176,7 @@ impl Options {
             max_batch_tokens: self.max_batch_tokens,
             read_mode: self.read_mode,
             kv_dtype: self.kv_dtype,
+            cpu_layers: self.cpu_layers,
             ..crate::engine::EngineConfig::default()
         }
     }

@@ -139,6 +139,10 @@ impl std::fmt::Display for Plan {
             if self.is_resident(Unit::LmHead) { ", lm_head" } else { "" }
         )?;
         writeln!(f, "streamed/pass   {}", human_bytes(self.streamed_bytes()))?;
+        let cpu = self.placement.iter().filter(|p| **p == Placement::Cpu).count();
+        if cpu > 0 {
+            writeln!(f, "on the CPU      {} ({cpu} units, read from RAM each pass)", human_bytes(self.cpu_bytes()))?;
+        }
         writeln!(f, "ring            {} slots x {}", self.ring_slots, human_bytes(self.slot_bytes))?;
         writeln!(
             f,
@@ -274,6 +278,96 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             ),
         }
     })
+}
+
+/// Everything on the CPU executor: no VRAM at all.
+pub fn all_cpu(units: Vec<(Unit, u64)>) -> Plan {
+    Plan {
+        placement: vec![Placement::Cpu; units.len()],
+        units,
+        ring_slots: 0,
+        slot_bytes: 0,
+        staging_buffers: 0,
+        staging_bytes: 0,
+        staging_in_vram: false,
+        kv_bytes: 0,
+        activation_bytes: 0,
+        budget: u64::MAX,
+    }
+}
+
+/// Bandwidths the CPU-or-stream choice rests on (measured: see
+/// `engine::calibrate`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CostModel {
+    /// CPU matmul over weights in RAM, one token, GB/s.
+    pub cpu_gbps: f64,
+    /// Host memory to VRAM through the staging ring, GB/s.
+    pub stream_gbps: f64,
+}
+
+impl CostModel {
+    /// Predicted seconds one pass spends on `bytes` placed at `p` (a decode
+    /// pass: weights read once; resident units cost their VRAM read, taken
+    /// as free beside the other two).
+    pub fn seconds(&self, p: Placement, bytes: u64) -> f64 {
+        match p {
+            Placement::Resident => 0.0,
+            Placement::Streamed => bytes as f64 / (self.stream_gbps * 1e9),
+            Placement::Cpu => bytes as f64 / (self.cpu_gbps * 1e9),
+        }
+    }
+}
+
+/// Moves units off the streaming ring onto the CPU: exactly `cpu_layers`
+/// decoder layers when given (streamed ones first, then resident ones from
+/// the top of the stack), else, with a cost model, every streamed unit the
+/// CPU reads faster than the ring delivers. The ring shrinks to the units
+/// still streamed.
+pub fn place_cpu(plan: &mut Plan, cpu_layers: Option<usize>, cost: Option<&CostModel>) {
+    let layers: Vec<usize> = (0..plan.units.len()).filter(|&i| matches!(plan.units[i].0, Unit::Layer(_))).collect();
+    match cpu_layers {
+        Some(n) => {
+            let mut chosen: Vec<usize> =
+                layers.iter().copied().filter(|&i| plan.placement[i] == Placement::Streamed).take(n).collect();
+            for &i in layers.iter().rev() {
+                if chosen.len() >= n {
+                    break;
+                }
+                if !chosen.contains(&i) {
+                    chosen.push(i);
+                }
+            }
+            for i in chosen {
+                plan.placement[i] = Placement::Cpu;
+            }
+        }
+        None => {
+            let Some(c) = cost else { return };
+            for i in 0..plan.units.len() {
+                let b = plan.units[i].1;
+                if plan.placement[i] == Placement::Streamed
+                    && c.seconds(Placement::Cpu, b) < c.seconds(Placement::Streamed, b)
+                {
+                    plan.placement[i] = Placement::Cpu;
+                }
+            }
+        }
+    }
+    let slot = plan
+        .units
+        .iter()
+        .zip(&plan.placement)
+        .filter(|(_, p)| **p == Placement::Streamed)
+        .map(|((_, b), _)| *b)
+        .max()
+        .unwrap_or(0);
+    if slot == 0 {
+        plan.ring_slots = 0;
+        plan.staging_buffers = 0;
+    }
+    plan.slot_bytes = slot;
+    plan.staging_bytes = slot;
 }
 
 fn finish(base: &Plan, resident: Vec<bool>, ring: usize, depth: usize) -> Plan {

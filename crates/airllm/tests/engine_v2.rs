@@ -154,8 +154,12 @@ fn churn(model: &mut AutoModel, g: &Golden, family: &str, mode: &str) {
 fn check(family: &str) {
     let g = Golden::load(family);
     let tmp = tempfile::tempdir().unwrap();
-    for (mode, resident_layers) in [("resident", None), ("streamed", Some(0))] {
-        let opts = Options { resident_layers, max_context: Some(128), ..Options::default() };
+    for (mode, resident_layers, device) in [
+        ("resident", None, airllm::Device::Gpu),
+        ("streamed", Some(0), airllm::Device::Gpu),
+        ("cpu", None, airllm::Device::Cpu),
+    ] {
+        let opts = Options { resident_layers, max_context: Some(128), device, ..Options::default() };
         let Some(mut model) = load(family, tmp.path(), opts) else { return };
         if resident_layers == Some(0) {
             assert_eq!(model.engine().plan().resident_layers(), 0);
@@ -218,7 +222,7 @@ fn drain(model: &mut AutoModel, prompts: &[Vec<u32>], o: &GenerateOptions) -> (V
 fn full_kv_pool_makes_requests_wait() {
     let g = Golden::load("llama");
     let tmp = tempfile::tempdir().unwrap();
-    let opts = Options { max_context: Some(64), kv_tokens: Some(32), ..Options::default() };
+    let opts = Options { max_context: Some(64), kv_tokens: Some(32), device: airllm::Device::Gpu, ..Options::default() };
     let Some(mut model) = load("llama", tmp.path(), opts) else { return };
     assert_eq!(model.engine().total_blocks(), 2);
     let o = GenerateOptions { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
@@ -257,7 +261,7 @@ fn peak_vram_stays_within_budget_for_any_batch() {
     let bin = env!("CARGO_BIN_EXE_airllm");
     // The all-resident plan's size, from inspect (the same planning call as generate).
     let out = std::process::Command::new(bin)
-        .args(["inspect", fixture("llama").to_str().unwrap(), "--json", "--max-context", "64"])
+        .args(["inspect", fixture("llama").to_str().unwrap(), "--json", "--max-context", "64", "--device", "gpu"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -267,7 +271,7 @@ fn peak_vram_stays_within_budget_for_any_batch() {
     let budget = full - layer / 2; // one layer's worth must stream
     for n in [1usize, 4, 16] {
         let mut cmd = std::process::Command::new(bin);
-        cmd.args(["generate", "--model", fixture("llama").to_str().unwrap(), "--json", "--max-new-tokens", "6"])
+        cmd.args(["generate", "--model", fixture("llama").to_str().unwrap(), "--json", "--max-new-tokens", "6", "--device", "gpu"])
             .args(["--max-context", "64", "--max-vram", &budget.to_string(), "--shards-dir", shards.to_str().unwrap()]);
         for i in 0..n {
             cmd.args(["--prompt", &format!("The cat {i} sat")]);

@@ -52,7 +52,12 @@ fn missing_tokenizer_is_named() {
 #[test]
 fn budget_too_small_names_the_minimum() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = Options { shards_dir: Some(tmp.path().join("s")), max_vram: Some(1000), ..Options::default() };
+    let opts = Options {
+        shards_dir: Some(tmp.path().join("s")),
+        max_vram: Some(1000),
+        device: airllm::Device::Gpu,
+        ..Options::default()
+    };
     let e = err(&fixture("llama"), opts);
     assert!(e.contains("--max-vram") && e.contains("minimum"), "{e}");
 }
@@ -96,6 +101,7 @@ fn damaged_shard_while_streaming_is_named_and_recovery_is_clean() {
         resident_layers: Some(0),
         prefetch_depth: 1,
         max_context: Some(64),
+        device: airllm::Device::Gpu,
         ..Options::default()
     };
     let mut m = AutoModel::from_pretrained(fixture("mistral").to_str().unwrap(), opts()).unwrap();
@@ -144,6 +150,6 @@ fn unit_larger_than_the_largest_buffer_is_named() {
     )
     .unwrap();
     let dir = airllm_format::ShardDir::open(tmp.path()).unwrap();
-    let e = airllm::engine::Engine::new(ctx, dir, airllm::engine::EngineConfig::default()).unwrap_err().to_string();
+    let e = airllm::engine::Engine::new(Some(ctx), dir, airllm::engine::EngineConfig::default()).unwrap_err().to_string();
     assert!(e.contains("layer.00.shard") && e.contains("largest buffer") && e.contains("--compression"), "{e}");
 }

@@ -46,11 +46,23 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load(family: &str, shards: &Path, resident_layers: Option<usize>) -> Option<AutoModel> {
+    load_on(family, shards, resident_layers, airllm::Device::Gpu, None)
+}
+
+fn load_on(
+    family: &str,
+    shards: &Path,
+    resident_layers: Option<usize>,
+    device: airllm::Device,
+    cpu_layers: Option<usize>,
+) -> Option<AutoModel> {
     let opts = Options {
         shards_dir: Some(shards.to_path_buf()),
         resident_layers,
         prefetch_depth: 2,
         max_context: Some(128),
+        device,
+        cpu_layers,
         ..Options::default()
     };
     match AutoModel::from_pretrained(fixture(family).to_str().unwrap(), opts) {
@@ -121,6 +133,38 @@ fn check_family(family: &str) {
     assert_eq!(s.logits, a.logits, "{family}: streamed logits differ from resident");
     assert_eq!(s.greedy, a.greedy, "{family}: streamed greedy differs");
     assert_eq!(s.batch, a.batch, "{family}: streamed batch differs");
+    drop(streamed);
+
+    // The CPU executor alone, and a mixed placement (layer 1 on the CPU, the
+    // rest streamed to the GPU, activations crossing twice per pass): the same
+    // transformers logits and greedy ids.
+    for (what, device, resident_layers, cpu_layers) in
+        [("cpu", airllm::Device::Cpu, None, None), ("mixed", airllm::Device::Gpu, Some(0), Some(1))]
+    {
+        let Some(mut m) = load_on(family, tmp.path(), resident_layers, device, cpu_layers) else { return };
+        let cpu_units = m.engine().plan().placement.iter().filter(|p| **p == airllm::planner::Placement::Cpu).count();
+        if what == "mixed" {
+            assert_eq!(cpu_units, 1, "{family}: one layer on the CPU");
+            assert!(m.engine().ctx().is_some());
+        } else {
+            assert_eq!(cpu_units, m.engine().plan().placement.len(), "{family}: all on the CPU");
+            assert!(m.engine().ctx().is_none(), "{family}: --device cpu opens no GPU");
+        }
+        let c = run(&mut m, &g);
+        for (i, name) in ["prompt0.logits", "prompt1.logits"].iter().enumerate() {
+            let d = max_abs(&c.logits[i], &g.f32(name));
+            eprintln!("{family} {what}: {name} max abs diff {d:.2e}");
+            assert!(d <= TOL, "{family} {what}: {name} differs by {d}");
+        }
+        assert_eq!(c.greedy, g.ids("greedy.prompt0.new_ids"), "{family} {what}: greedy continuation");
+        for b in 0..2 {
+            let d = max_abs(&c.batch[b], &a.batch[b]);
+            assert!(d <= TOL, "{family} {what}: batch row {b} differs from the GPU's by {d}");
+        }
+        if what == "mixed" {
+            assert!(m.engine().stats().transfer_bytes > 0, "{family}: activations crossed");
+        }
+    }
 }
 
 macro_rules! family_tests {
@@ -197,6 +241,7 @@ fn f16_kv_cache_stays_close() {
         let opts = Options {
             shards_dir: Some(tmp.path().to_path_buf()),
             max_context: Some(128),
+            device: airllm::Device::Gpu,
             kv_dtype: airllm::KvDtype::F16,
             ..Options::default()
         };

@@ -25,20 +25,32 @@ fn tensor_ids(bytes: &[u8], name: &str) -> Vec<u32> {
     st.tensor(name).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
 }
 
-fn model() -> Option<(AutoModel, tempfile::TempDir)> {
+fn model(device: airllm::Device) -> Option<(AutoModel, tempfile::TempDir)> {
     let Some(gguf) = airllm_format::gguf::smollm2_path() else {
         assert!(std::env::var_os("CI").is_none(), "CI must fetch SmolLM2 (see .ci/run)");
         eprintln!("skipping: SmolLM2 GGUF not found (run `cargo xtask demo --fetch-only`)");
         return None;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let opts = Options { shards_dir: Some(tmp.path().to_path_buf()), max_context: Some(96), ..Options::default() };
+    let opts =
+        Options { shards_dir: Some(tmp.path().to_path_buf()), max_context: Some(96), device, ..Options::default() };
     Some((AutoModel::from_pretrained(gguf.to_str().unwrap(), opts).unwrap(), tmp))
 }
 
 #[test]
 fn smollm2_matches_transformers() {
-    let Some((mut m, _tmp)) = model() else { return };
+    check(airllm::Device::Gpu);
+}
+
+/// The CPU executor (SIMD kernels, activations rounded to 8 bits per block as
+/// ggml does) on the real model: the same goldens.
+#[test]
+fn smollm2_matches_transformers_on_the_cpu() {
+    check(airllm::Device::Cpu);
+}
+
+fn check(device: airllm::Device) {
+    let Some((mut m, _tmp)) = model(device) else { return };
     let g = golden();
     // Tokenizer: the prompts encode to the golden ids.
     let json: serde_json::Value = serde_json::from_slice(
@@ -58,8 +70,11 @@ fn smollm2_matches_transformers() {
         let want = tensor_f32(&g, &format!("{n}.last_logits"));
         let got = &logits[b][..];
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        eprintln!("smollm2 {n}: last logits max abs diff {d:.2e}");
-        assert!(d <= 2e-3, "{n}: last logits differ by {d}");
+        let rms = (want.iter().map(|x| x * x).sum::<f32>() / want.len() as f32).sqrt();
+        eprintln!("smollm2 {device}: {n}: last logits max abs diff {d:.2e} (logit rms {rms:.2})");
+        if std::env::var_os("AIRLLM_DIAG").is_none() {
+            assert!(d <= 2e-3, "{n}: last logits differ by {d}");
+        }
         assert_eq!(airllm::sampler::argmax(got), airllm::sampler::argmax(&want), "{n}: top-1");
     }
 
@@ -69,6 +84,7 @@ fn smollm2_matches_transformers() {
         let opts = GenerateOptions { max_new_tokens: 32, ..Default::default() };
         let (gens, _) = m.generate(&[Prompt::Ids(tensor_ids(&g, &format!("{n}.input_ids")))], &opts, |_| {}).unwrap();
         let want: Vec<u32> = want.into_iter().take_while(|&id| id != 2).collect();
+        eprintln!("smollm2 {device}: {n}: got {:?}\n want {:?}", gens[0].new_ids, want);
         assert_eq!(gens[0].new_ids, want, "{n}: greedy ids");
     }
 }

@@ -62,6 +62,14 @@ pub struct EngineArgs {
     /// memory, for long contexts in a small budget; logits move by a few 1e-3).
     #[arg(long, default_value_t = airllm::KvDtype::F32)]
     pub kv_cache: airllm::KvDtype,
+    /// Where to run: auto (the GPU, or the CPU executor when there is no real GPU:
+    /// no adapter, or only a software rasterizer such as llvmpipe), gpu, or cpu.
+    #[arg(long, default_value_t = airllm::Device::Auto)]
+    pub device: airllm::Device,
+    /// With a GPU, run exactly this many decoder layers on the CPU (the rest are
+    /// planned as usual); overrides the planner's measured cost model.
+    #[arg(long)]
+    pub cpu_layers: Option<usize>,
 }
 
 impl EngineArgs {
@@ -75,6 +83,8 @@ impl EngineArgs {
         o.max_sequences = self.max_sequences.unwrap_or(o.max_sequences);
         o.max_batch_tokens = self.max_batch_tokens.unwrap_or(o.max_batch_tokens);
         o.kv_dtype = self.kv_cache;
+        o.device = self.device;
+        o.cpu_layers = self.cpu_layers.or(o.cpu_layers);
     }
 }
 
@@ -110,6 +120,9 @@ pub struct ModelArgs {
     /// Print where time went, stage by stage and per kernel.
     #[arg(long)]
     pub profile: bool,
+    /// CPU threads for the CPU executor [default: all cores].
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
 }
 
 #[cfg(test)]

@@ -62,7 +62,12 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
         "peak_vram_bytes": e.peak_vram(),
         "budget_bytes": (e.plan().budget != u64::MAX).then_some(e.plan().budget),
         "resident_layers": e.plan().resident_layers(),
-        "adapter": e.ctx().caps().adapter_name,
+        "device": e.device_name(),
+        "adapter": e.ctx().map(|c| c.caps().adapter_name.clone()),
+        "cpu_s": t.engine.cpu.as_secs_f64(),
+        "transfer_s": t.engine.transfer.as_secs_f64(),
+        "transfer_bytes": t.engine.transfer_bytes,
+        "units": e.placements().iter().map(|(u, b, p)| serde_json::json!({"unit": u.to_string(), "bytes": b, "executor": p.name()})).collect::<Vec<_>>(),
     })
 }
 
@@ -87,10 +92,19 @@ pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
     if let Some(r) = e.reader_stats() {
         s += &format!("\nreader: {r}");
     }
-    let p = e.ctx().take_profile();
-    let text = p.to_string();
-    if !text.trim().is_empty() {
-        s += &format!("\nGPU kernels:\n{text}");
+    if g.cpu > std::time::Duration::ZERO || g.transfer_bytes > 0 {
+        s += &format!(
+            "\ncpu executor {:.3} s; host<->GPU transfers {:.3} s ({})",
+            g.cpu.as_secs_f64(),
+            g.transfer.as_secs_f64(),
+            human_bytes(g.transfer_bytes)
+        );
+    }
+    if let Some(ctx) = e.ctx() {
+        let text = ctx.take_profile().to_string();
+        if !text.trim().is_empty() {
+            s += &format!("\nGPU kernels:\n{text}");
+        }
     }
     s
 }

@@ -84,6 +84,7 @@ impl ModelArgs {
             adapter: self.adapter.clone(),
             backend: self.backend,
             read_mode: self.read_mode,
+            threads: self.threads,
             progress,
             ..Options::default()
         };
@@ -99,14 +100,21 @@ impl ModelArgs {
             .with_context(|| format!("loading {}", self.model))?;
         if progress {
             let e = m.engine();
-            eprintln!(
-                "{} on {} ({} of {} layers resident, {} streamed per pass)",
-                e.spec().family,
-                e.ctx().caps().adapter_name,
-                e.plan().resident_layers(),
-                e.spec().num_layers,
-                airllm_format::human_bytes(e.plan().streamed_bytes())
-            );
+            let p = e.plan();
+            let cpu = p.placement.iter().filter(|x| **x == airllm::planner::Placement::Cpu).count();
+            if cpu == p.placement.len() {
+                eprintln!("{} on {} (every unit on the CPU executor)", e.spec().family, e.device_name());
+            } else {
+                eprintln!(
+                    "{} on {} ({} of {} layers resident, {} streamed per pass{})",
+                    e.spec().family,
+                    e.device_name(),
+                    p.resident_layers(),
+                    e.spec().num_layers,
+                    airllm_format::human_bytes(p.streamed_bytes()),
+                    if cpu > 0 { format!(", {cpu} units on the CPU") } else { String::new() }
+                );
+            }
         }
         Ok(m)
     }

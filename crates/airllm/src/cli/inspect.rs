@@ -46,16 +46,18 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let mut opts = airllm::Options { adapter: a.adapter.clone(), ..airllm::Options::default() };
     a.engine.apply(&mut opts);
     let mut cfg = opts.engine_config(&spec);
-    // The adapter decides the default budget and whether staging counts as VRAM.
-    let gpu = airllm_gpu::GpuContext::new(&airllm_gpu::GpuOptions { adapter: a.adapter.clone(), ..Default::default() });
-    let (staging_in_vram, adapter) = match &gpu {
-        Ok(ctx) => {
+    cfg.cost_model = opts.device == airllm::Device::Auto;
+    // The device decides the default budget, whether staging counts as VRAM,
+    // and whether anything runs on the GPU at all: as `generate` decides it.
+    let gpu = airllm::model::open_device(&opts)?;
+    let adapter = match &gpu {
+        Some(ctx) => {
             cfg.max_vram = airllm::engine::effective_budget(ctx, &cfg);
-            (airllm::engine::staging_in_vram(ctx), ctx.caps().adapter_name.clone())
+            ctx.caps().adapter_name.clone()
         }
-        Err(_) => (true, "no adapter found: planned as a discrete GPU".to_string()),
+        None => "CPU executor (no GPU in use)".to_string(),
     };
-    let plan = airllm::inspect::plan_for(&spec, &units, &cfg, staging_in_vram)?;
+    let plan = airllm::inspect::plan_for(&spec, &units, &cfg, gpu.as_ref())?;
     let cap = cfg.capacity();
     if a.json {
         let v = serde_json::json!({

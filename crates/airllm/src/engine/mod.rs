@@ -16,6 +16,7 @@
 //! ([`crate::planner`]) with the sizes of [`crate::sizing`], so the VRAM
 //! budget holds at every batch.
 
+pub mod calibrate;
 pub mod embedding;
 pub mod exec;
 pub mod graph;
@@ -34,6 +35,8 @@ use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout, Ring, wgpu};
 use airllm_io::{ReadMode, ReaderOptions, ShardSpec};
 
 use self::embedding::EmbeddingTable;
+use self::exec::Buf;
+use self::exec::cpu::{CpuActivations, CpuExec, CpuKv, CpuUnit};
 use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
 use self::kv::BlockPool;
 pub use self::step::{Logits, SeqId, StepItem};
@@ -70,6 +73,11 @@ pub struct EngineConfig {
     pub read_mode: Option<ReadMode>,
     /// Reader threads (None: one per core, at most 16).
     pub read_threads: Option<usize>,
+    /// Decoder layers to run on the CPU (with a GPU): overrides the cost model.
+    pub cpu_layers: Option<usize>,
+    /// Let the planner move streamed units to the CPU when it reads them faster
+    /// (measured once per machine, see [`calibrate`]).
+    pub cost_model: bool,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +96,8 @@ impl Default for EngineConfig {
             kv_dtype: o.kv_dtype,
             read_mode: o.read_mode,
             read_threads: None,
+            cpu_layers: o.cpu_layers,
+            cost_model: false,
         }
     }
 }
@@ -113,7 +123,10 @@ struct PlanUnit {
     unit: Unit,
     shard: usize,
     placement: Placement,
+    /// The VRAM copy of a resident unit.
     resident: Option<wgpu::Buffer>,
+    /// The mapped shard of a CPU unit.
+    cpu: Option<CpuUnit>,
 }
 
 /// Time and bytes spent so far.
@@ -140,6 +153,12 @@ pub struct EngineStats {
     pub streamed_bytes: u64,
     /// Time loading resident units.
     pub load: Duration,
+    /// Time moving activations between the CPU and the GPU (at placement boundaries).
+    pub transfer: Duration,
+    /// Bytes moved between the CPU and the GPU.
+    pub transfer_bytes: u64,
+    /// Time computing CPU-placed units.
+    pub cpu: Duration,
 }
 
 impl EngineStats {
@@ -156,6 +175,9 @@ impl EngineStats {
             readback: later.readback.saturating_sub(self.readback),
             streamed_bytes: later.streamed_bytes - self.streamed_bytes,
             load: later.load,
+            transfer: later.transfer.saturating_sub(self.transfer),
+            transfer_bytes: later.transfer_bytes - self.transfer_bytes,
+            cpu: later.cpu.saturating_sub(self.cpu),
         }
     }
 }
@@ -199,22 +221,48 @@ impl StepBuffers {
     }
 }
 
+/// The GPU side: the context and every buffer the engine holds in VRAM.
+struct GpuSide {
+    /// Shared so a pass can record on it while the side's buffers change.
+    ctx: std::sync::Arc<GpuContext>,
+    ring: Option<Ring>,
+    /// KV buffers of the GPU-placed layers, and each layer's index in them.
+    kv: Option<KvCache>,
+    kv_index: Vec<Option<usize>>,
+    act: GpuActivations,
+    inputs: StepBuffers,
+    ropes: Vec<(RopeSpec, wgpu::Buffer)>,
+}
+
+/// The CPU side: host activations, RAM KV of CPU-placed layers, threads.
+struct CpuSide {
+    act: CpuActivations,
+    kv: Vec<Option<CpuKv>>,
+    ropes: Vec<(RopeSpec, Vec<f32>)>,
+    pool: &'static airllm_quant::pool::ThreadPool,
+    scratch: airllm_quant::dot::Scratch,
+}
+
+/// Where the live activation of a pass is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Gpu,
+    Cpu,
+}
+
 /// The engine.
 pub struct Engine {
-    ctx: GpuContext,
+    gpu: Option<GpuSide>,
+    cpu: Option<CpuSide>,
     dir: ShardDir,
     spec: ModelSpec,
     layers: Vec<LayerSpec>,
     plan: Plan,
     units: Vec<PlanUnit>,
-    ring: Option<Ring>,
-    kv: KvCache,
+    kv_layout: KvLayout,
     pool: BlockPool,
     seqs: BTreeMap<SeqId, SeqState>,
     next_seq: u64,
-    act: GpuActivations,
-    inputs: StepBuffers,
-    ropes: Vec<(RopeSpec, wgpu::Buffer)>,
     embed: EmbeddingTable,
     cfg: EngineConfig,
     cap: StepCapacity,
@@ -272,6 +320,29 @@ pub fn plan_units(
     })
 }
 
+/// The whole plan for a device: everything on the CPU without a GPU context;
+/// else the VRAM plan, with units moved to the CPU by `cfg.cpu_layers` or
+/// (when `cfg.cost_model`) the measured cost model. `cfg.max_vram` must be
+/// resolved already ([`effective_budget`]). The engine and `inspect` both
+/// plan with this.
+pub fn plan_for_device(
+    spec: &ModelSpec,
+    sizes: Vec<(Unit, u64)>,
+    cfg: &EngineConfig,
+    ctx: Option<&GpuContext>,
+) -> Result<Plan> {
+    match ctx {
+        None => Ok(crate::planner::all_cpu(sizes)),
+        Some(ctx) => {
+            let mut plan = plan_units(spec, sizes, cfg, staging_in_vram(ctx))?;
+            let cost = (cfg.cost_model && cfg.cpu_layers.is_none())
+                .then(|| calibrate::cost_model(ctx, airllm_quant::pool::global()));
+            crate::planner::place_cpu(&mut plan, cfg.cpu_layers, cost.as_ref());
+            Ok(plan)
+        }
+    }
+}
+
 /// Whether mapped staging buffers live in VRAM on this adapter (discrete GPUs
 /// map them through the BAR; integrated and software adapters use host memory).
 pub fn staging_in_vram(ctx: &GpuContext) -> bool {
@@ -323,35 +394,53 @@ fn load_resident(ctx: &GpuContext, dir: &ShardDir, shard: usize) -> Result<wgpu:
 }
 
 impl Engine {
-    /// Places a shard directory on the GPU by the plan for `cfg`.
-    pub fn new(ctx: GpuContext, dir: ShardDir, mut cfg: EngineConfig) -> Result<Engine> {
+    /// Places a shard directory by the plan for `cfg`: on the GPU of `ctx`
+    /// (units that do not fit stream, or run on the CPU where the plan says),
+    /// or, with no context, entirely on the CPU executor.
+    pub fn new(ctx: Option<GpuContext>, dir: ShardDir, mut cfg: EngineConfig) -> Result<Engine> {
         let t0 = Instant::now();
-        cfg.max_vram = effective_budget(&ctx, &cfg);
         let spec = dir.manifest().spec.clone();
         let listed = pass_units(&dir)?;
-        let plan = plan_units(&spec, listed.iter().map(|(u, _, b)| (*u, *b)).collect(), &cfg, staging_in_vram(&ctx))?;
-        // Each unit lives in one buffer (resident, or a ring slot and a staging buffer).
-        let max_buffer = ctx.caps().max_buffer;
-        if let Some((_, shard, bytes)) = listed.iter().find(|(_, _, b)| *b > max_buffer) {
-            return Err(EngineError::invalid(
-                dir.entry(*shard).file.clone(),
-                format!(
-                    "{} is larger than the largest buffer {} allows ({}); re-shard with --compression 8bit or 4bit, \
-                     or use another adapter (--adapter)",
-                    airllm_format::human_bytes(*bytes),
-                    ctx.caps().adapter_name,
-                    airllm_format::human_bytes(max_buffer)
-                ),
-            ));
+        let sizes: Vec<(Unit, u64)> = listed.iter().map(|(u, _, b)| (*u, *b)).collect();
+        let cpu_pool = airllm_quant::pool::global();
+        if let Some(ctx) = &ctx {
+            cfg.max_vram = effective_budget(ctx, &cfg);
+        }
+        let plan = plan_for_device(&spec, sizes, &cfg, ctx.as_ref())?;
+        if let Some(ctx) = &ctx {
+            // Each GPU unit lives in one buffer (resident, or a ring slot and a staging buffer).
+            let max_buffer = ctx.caps().max_buffer;
+            let too_big = listed
+                .iter()
+                .zip(&plan.placement)
+                .find(|((_, _, b), p)| **p != Placement::Cpu && *b > max_buffer);
+            if let Some(((_, shard, bytes), _)) = too_big {
+                return Err(EngineError::invalid(
+                    dir.entry(*shard).file.clone(),
+                    format!(
+                        "{} is larger than the largest buffer {} allows ({}); re-shard with --compression 8bit or \
+                         4bit, use another adapter (--adapter), or run it on the CPU (--device cpu)",
+                        airllm_format::human_bytes(*bytes),
+                        ctx.caps().adapter_name,
+                        airllm_format::human_bytes(max_buffer)
+                    ),
+                ));
+            }
         }
         let cap = cfg.capacity();
         let kv_layout = sizing::kv_layout(&spec, &cap);
         let mut units = Vec::new();
         for (i, (unit, shard, _)) in listed.iter().enumerate() {
             let placement = plan.placement[i];
-            let resident =
-                if placement == Placement::Resident { Some(load_resident(&ctx, &dir, *shard)?) } else { None };
-            units.push(PlanUnit { unit: *unit, shard: *shard, placement, resident });
+            let resident = match (&ctx, placement) {
+                (Some(ctx), Placement::Resident) => Some(load_resident(ctx, &dir, *shard)?),
+                _ => None,
+            };
+            let cpu = match placement {
+                Placement::Cpu => Some(CpuUnit::open(dir.map(*shard)?, dir.entry(*shard))?),
+                _ => None,
+            };
+            units.push(PlanUnit { unit: *unit, shard: *shard, placement, resident, cpu });
         }
         let mut read_opts = ReaderOptions::default();
         if let Some(m) = cfg.read_mode {
@@ -360,28 +449,50 @@ impl Engine {
         if let Some(t) = cfg.read_threads {
             read_opts.threads = t.max(1);
         }
-        let ring = new_ring(&ctx, &dir, &units, &plan, &read_opts)?;
-        let kv = KvCache::new(&ctx, spec.num_layers, kv_layout)?;
-        let act = GpuActivations::new(&ctx, &spec, cap.rows as u32, cap.logit_rows as u32);
-        let inputs = StepBuffers::new(&ctx, &cap);
-        let ropes = spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
+        let on = |p: Placement, l: usize| {
+            units.iter().any(|u| u.unit == Unit::Layer(l as u32) && (u.placement == Placement::Cpu) == (p == Placement::Cpu))
+        };
+        let gpu = match ctx {
+            None => None,
+            Some(ctx) => {
+                let ring = new_ring(&ctx, &dir, &units, &plan, &read_opts)?;
+                let mut kv_index = Vec::new();
+                let mut n = 0;
+                for l in 0..spec.num_layers {
+                    kv_index.push(on(Placement::Resident, l).then(|| {
+                        n += 1;
+                        n - 1
+                    }));
+                }
+                let kv = if n > 0 { Some(KvCache::new(&ctx, n, kv_layout)?) } else { None };
+                let act = GpuActivations::new(&ctx, &spec, cap.rows as u32, cap.logit_rows as u32);
+                let inputs = StepBuffers::new(&ctx, &cap);
+                let ropes =
+                    spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
+                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes })
+            }
+        };
+        let cpu = units.iter().any(|u| u.placement == Placement::Cpu).then(|| CpuSide {
+            act: CpuActivations::new(&spec, cap.rows, cap.logit_rows),
+            kv: (0..spec.num_layers).map(|l| on(Placement::Cpu, l).then(|| CpuKv::new(&kv_layout))).collect(),
+            ropes: spec.distinct_ropes().into_iter().map(|r| (r, r.inv_freq())).collect(),
+            pool: cpu_pool,
+            scratch: airllm_quant::dot::Scratch::new(),
+        });
         let embed = EmbeddingTable::open(&dir)?;
         let layers = spec.layer_specs();
         let mut e = Engine {
-            ctx,
+            gpu,
+            cpu,
             dir,
             spec,
             layers,
             plan,
             units,
-            ring,
-            kv,
+            kv_layout,
             pool: BlockPool::new(kv_layout.num_blocks as usize, kv_layout.block as usize),
             seqs: BTreeMap::new(),
             next_seq: 0,
-            act,
-            inputs,
-            ropes,
             embed,
             cfg,
             cap,
@@ -414,9 +525,21 @@ impl Engine {
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
-    /// The GPU context.
-    pub fn ctx(&self) -> &GpuContext {
-        &self.ctx
+    /// The GPU context (None when everything runs on the CPU).
+    pub fn ctx(&self) -> Option<&GpuContext> {
+        self.gpu.as_ref().map(|g| &*g.ctx)
+    }
+    /// Where the engine runs, for people: the adapter, the CPU executor, or both.
+    pub fn device_name(&self) -> String {
+        let cpu = self.cpu.as_ref().map(|c| {
+            format!("CPU ({}, {} threads)", airllm_quant::dot::Kernels::best().level().name(), c.pool.threads())
+        });
+        match (self.gpu.as_ref().map(|g| g.ctx.caps().adapter_name.clone()), cpu) {
+            (Some(g), Some(c)) => format!("{g} + {c}"),
+            (Some(g), None) => g,
+            (None, Some(c)) => c,
+            (None, None) => "nothing".into(),
+        }
     }
     /// The shard directory.
     pub fn dir(&self) -> &ShardDir {
@@ -433,7 +556,7 @@ impl Engine {
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         let mut s = self.stats.clone();
-        if let Some(r) = &self.ring {
+        if let Some(r) = self.gpu.as_ref().and_then(|g| g.ring.as_ref()) {
             let rs = r.stats();
             s.io_wait = rs.io_wait;
             s.remap_wait = rs.remap_wait;
@@ -444,21 +567,26 @@ impl Engine {
     }
     /// The reader's statistics, when streaming.
     pub fn reader_stats(&self) -> Option<airllm_io::ReaderStats> {
-        self.ring.as_ref().and_then(|s| s.reader_stats())
+        self.gpu.as_ref().and_then(|g| g.ring.as_ref()).and_then(|s| s.reader_stats())
     }
     /// Longest sequence in slots.
     pub fn max_context(&self) -> usize {
         self.cap.max_context
     }
+    /// Where each unit runs: (unit, bytes, placement).
+    pub fn placements(&self) -> Vec<(Unit, u64, Placement)> {
+        self.plan.units.iter().zip(&self.plan.placement).map(|((u, b), p)| (*u, *b, *p)).collect()
+    }
 
     /// GPU bytes allocated by the engine now.
     pub fn vram_bytes(&self) -> u64 {
+        let Some(g) = &self.gpu else { return 0 };
         let resident: u64 = self.units.iter().filter_map(|u| u.resident.as_ref()).map(|b| b.size()).sum();
-        let (ring, staging) = self.ring.as_ref().map(|s| s.bytes()).unwrap_or((0, 0));
+        let (ring, staging) = g.ring.as_ref().map(|s| s.bytes()).unwrap_or((0, 0));
         let staging = if self.plan.staging_in_vram { staging } else { 0 };
-        let kv = self.kv.layers() as u64 * sizing::storage_size(self.kv.layout().layer_bytes());
-        let ropes: u64 = self.ropes.iter().map(|(_, b)| b.size()).sum();
-        resident + ring + staging + kv + self.act.bytes() + self.inputs.bytes() + ropes
+        let kv = g.kv.as_ref().map(|k| k.layers() as u64 * sizing::storage_size(k.layout().layer_bytes())).unwrap_or(0);
+        let ropes: u64 = g.ropes.iter().map(|(_, b)| b.size()).sum();
+        resident + ring + staging + kv + g.act.bytes() + g.inputs.bytes() + ropes
     }
     /// The largest [`Engine::vram_bytes`] seen.
     pub fn peak_vram(&self) -> u64 {
@@ -601,105 +729,237 @@ impl Engine {
     }
 
     /// One pass over the units for a built step; returns the selected logit rows.
+    ///
+    /// Units run in order where the plan placed them. The live activation (the
+    /// residual `X` before the final norm, the normed rows `LastH` after it)
+    /// crosses between host and GPU only where consecutive units sit on
+    /// different sides; each head part writes its logit columns on its side and
+    /// the columns are gathered at the end.
     fn pass(&mut self, s: &step::BuiltStep) -> Result<Vec<f32>> {
         let t0 = Instant::now();
-        let spec = &self.spec;
-        let h = spec.hidden_size;
+        let h = self.spec.hidden_size;
+        let v = self.spec.vocab_size;
         let rows = s.tokens.len() as u32;
+        let n_logits = s.logit_rows.len();
         // Inputs: embedding rows gathered on the host, positions and the step layout.
         let mut x = Vec::with_capacity(s.tokens.len() * h);
         self.embed.gather(&s.tokens, &mut x)?;
-        let q = self.ctx.queue();
-        q.write_buffer(self.act.buffer(exec::Buf::X), 0, bytemuck::cast_slice(&x));
-        q.write_buffer(&self.inputs.positions, 0, bytemuck::cast_slice(&s.positions));
-        q.write_buffer(&self.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
-        q.write_buffer(&self.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
-        q.write_buffer(&self.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
+        let first_side = match self.units.first().map(|u| u.placement) {
+            Some(Placement::Cpu) => Side::Cpu,
+            _ => Side::Gpu,
+        };
+        if let Some(g) = &self.gpu {
+            let q = g.ctx.queue();
+            if first_side == Side::Gpu {
+                q.write_buffer(g.act.buffer(Buf::X), 0, bytemuck::cast_slice(&x));
+            }
+            q.write_buffer(&g.inputs.positions, 0, bytemuck::cast_slice(&s.positions));
+            q.write_buffer(&g.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
+            q.write_buffer(&g.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
+            q.write_buffer(&g.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
+        }
+        if first_side == Side::Cpu {
+            if let Some(c) = &mut self.cpu {
+                c.act.get_mut(Buf::X)[..x.len()].copy_from_slice(&x);
+            }
+        }
         let host = t0.elapsed();
 
-        if self.ring.as_ref().is_some_and(|r| !r.at_pass_start()) {
-            // An earlier pass failed half way: restart the reader at the first unit.
-            self.ring = None;
-            self.ring = new_ring(&self.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
+        if let Some(g) = &mut self.gpu {
+            if g.ring.as_ref().is_some_and(|r| !r.at_pass_start()) {
+                // An earlier pass failed half way: restart the reader at the first unit.
+                g.ring = None;
+                g.ring = new_ring(&g.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
+            }
         }
-        let n_logits = s.logit_rows.len() as u32;
-        let kv_layout: KvLayout = self.kv.layout();
         let head_parts = self.units.iter().filter(|u| matches!(u.unit, Unit::LmHead | Unit::LmHeadPart(_))).count();
         let mut heads_done = 0;
-        // Consecutive resident units share one submission; before a streamed unit
-        // the pending work is submitted, so the GPU runs while we wait for its bytes.
+        // (first column, columns, side) of each head part's logits.
+        let mut head_cols: Vec<(usize, usize, Side)> = Vec::new();
+        let mut side = first_side;
+        let mut after_norm = false;
+        let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
         let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
         for ui in 0..self.units.len() {
             let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
-            let streamed = placement == Placement::Streamed;
-            if streamed {
+            let want = if placement == Placement::Cpu { Side::Cpu } else { Side::Gpu };
+            if want != side {
+                // Move the live activation across.
                 if let Some(r) = pending.take() {
                     r.submit()?;
                 }
+                let (buf, n) = if after_norm { (Buf::LastH, n_logits * h) } else { (Buf::X, rows as usize * h) };
+                self.transfer(buf, n, want)?;
+                side = want;
             }
-            let mut rec = pending.take().unwrap_or_else(|| self.ctx.recorder(&unit.to_string()));
-            let buffer: &wgpu::Buffer = match &self.units[ui].resident {
-                Some(b) => b,
-                None => {
-                    let r = self.ring.as_mut().ok_or_else(|| EngineError::invalid("engine", "no streaming ring"))?;
-                    r.acquire(&self.ctx, rec.encoder(), shard)?
-                }
-            };
-            let kv = match unit {
-                Unit::Layer(l) => Some(GpuKv {
-                    layout: kv_layout,
-                    k: self.kv.k(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
-                    v: self.kv.v(l as usize).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
-                }),
-                _ => None,
-            };
-            let mut ex = GpuExec {
-                rec: &mut rec,
-                spec,
-                w: UnitWeights { buffer, entry: self.dir.entry(shard) },
-                act: &self.act,
-                step: self.inputs.views(),
-                positions: BufView::whole(&self.inputs.positions),
-                ropes: &self.ropes,
-                kv,
-                rows,
-            };
-            match unit {
-                Unit::Layer(l) => graph::decoder_layer(&mut ex, spec, &self.layers[l as usize])?,
-                Unit::FinalNorm => graph::final_norm(&mut ex, spec, &s.logit_rows)?,
-                Unit::LmHead | Unit::LmHeadPart(_) => {
-                    heads_done += 1;
-                    // A part of a split lm_head writes its columns of the logits.
-                    let row_start = ex.w.entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0) as u32;
-                    graph::lm_head(&mut ex, spec, n_logits, row_start, heads_done == head_parts)?;
-                }
-                Unit::Embedding => {}
+            let entry = self.dir.entry(shard);
+            let row_start = entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0);
+            if matches!(unit, Unit::LmHead | Unit::LmHeadPart(_)) {
+                heads_done += 1;
+                let cols = entry.tensors.first().and_then(|t| t.shape.first().copied()).unwrap_or(v);
+                head_cols.push((row_start, cols.min(v - row_start.min(v)), want));
             }
-            if streamed {
-                rec.submit()?;
-                if let Some(r) = self.ring.as_mut() {
-                    r.submitted();
-                }
+            let last_part = heads_done == head_parts && matches!(unit, Unit::LmHead | Unit::LmHeadPart(_));
+            if placement == Placement::Cpu {
+                let t = Instant::now();
+                let cpu = self.cpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no CPU executor"))?;
+                let cu = self.units[ui].cpu.as_ref().ok_or_else(|| EngineError::invalid("engine", "CPU unit not mapped"))?;
+                let kv = match unit {
+                    Unit::Layer(l) => Some((
+                        cpu.kv[l as usize].as_mut().ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
+                        self.kv_layout,
+                    )),
+                    _ => None,
+                };
+                let mut ex = CpuExec {
+                    spec: &self.spec,
+                    entry,
+                    unit: cu,
+                    act: &mut cpu.act,
+                    step: &s.layout,
+                    positions: &s.positions,
+                    ropes: &cpu.ropes,
+                    kv,
+                    rows,
+                    pool: cpu.pool,
+                    scratch: &mut cpu.scratch,
+                };
+                run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
+                self.stats.cpu += t.elapsed();
             } else {
-                pending = Some(rec);
+                let g = self.gpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+                let ctx = ctx.as_deref().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+                let streamed = placement == Placement::Streamed;
+                if streamed {
+                    if let Some(r) = pending.take() {
+                        r.submit()?;
+                    }
+                }
+                let mut rec = pending.take().unwrap_or_else(|| ctx.recorder(&unit.to_string()));
+                let buffer: &wgpu::Buffer = match &self.units[ui].resident {
+                    Some(b) => b,
+                    None => {
+                        let r = g.ring.as_mut().ok_or_else(|| EngineError::invalid("engine", "no streaming ring"))?;
+                        r.acquire(ctx, rec.encoder(), shard)?
+                    }
+                };
+                let kv = match unit {
+                    Unit::Layer(l) => {
+                        let k = g.kv_index[l as usize]
+                            .and_then(|i| g.kv.as_ref().map(|c| (c, i)))
+                            .ok_or_else(|| EngineError::invalid("kv", "no VRAM cache for layer"))?;
+                        Some(GpuKv {
+                            layout: self.kv_layout,
+                            k: k.0.k(k.1).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
+                            v: k.0.v(k.1).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
+                        })
+                    }
+                    _ => None,
+                };
+                let mut ex = GpuExec {
+                    rec: &mut rec,
+                    spec: &self.spec,
+                    w: UnitWeights { buffer, entry },
+                    act: &g.act,
+                    step: g.inputs.views(),
+                    positions: BufView::whole(&g.inputs.positions),
+                    ropes: &g.ropes,
+                    kv,
+                    rows,
+                };
+                run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
+                if streamed {
+                    rec.submit()?;
+                    if let Some(r) = g.ring.as_mut() {
+                        r.submitted();
+                    }
+                } else {
+                    pending = Some(rec);
+                }
+            }
+            if unit == Unit::FinalNorm {
+                after_norm = true;
             }
         }
         if let Some(r) = pending.take() {
             r.submit()?;
         }
         let t1 = Instant::now();
-        let logits = airllm_gpu::read_buffer_f32(
-            &self.ctx,
-            self.act.buffer(exec::Buf::Logits),
-            0,
-            s.logit_rows.len() * spec.vocab_size,
-        )?;
+        let logits = self.gather_logits(n_logits, &head_cols)?;
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
         self.stats.passes += 1;
         self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
+    }
+
+    /// Copies the first `n` values of `buf` to side `to`.
+    fn transfer(&mut self, buf: Buf, n: usize, to: Side) -> Result<()> {
+        let t = Instant::now();
+        let (g, c) = match (self.gpu.as_mut(), self.cpu.as_mut()) {
+            (Some(g), Some(c)) => (g, c),
+            _ => return Err(EngineError::invalid("engine", "a placement boundary without both executors")),
+        };
+        match to {
+            Side::Cpu => {
+                let vals = airllm_gpu::read_buffer_f32(&g.ctx, g.act.buffer(buf), 0, n)?;
+                c.act.get_mut(buf)[..n].copy_from_slice(&vals);
+            }
+            Side::Gpu => {
+                g.ctx.queue().write_buffer(g.act.buffer(buf), 0, bytemuck::cast_slice(&c.act.get(buf)[..n]));
+            }
+        }
+        self.stats.transfer += t.elapsed();
+        self.stats.transfer_bytes += n as u64 * 4;
+        Ok(())
+    }
+
+    /// The `[n, vocab]` logits, each head part's columns from the side that
+    /// computed them.
+    fn gather_logits(&self, n: usize, parts: &[(usize, usize, Side)]) -> Result<Vec<f32>> {
+        let v = self.spec.vocab_size;
+        let from_gpu = match (&self.gpu, parts.iter().any(|p| p.2 == Side::Gpu)) {
+            (Some(g), true) => Some(airllm_gpu::read_buffer_f32(&g.ctx, g.act.buffer(Buf::Logits), 0, n * v)?),
+            _ => None,
+        };
+        if parts.iter().all(|p| p.2 == Side::Gpu) {
+            return Ok(from_gpu.unwrap_or_default());
+        }
+        let cpu = self.cpu.as_ref().map(|c| &c.act.get(Buf::Logits)[..n * v]).unwrap_or(&[]);
+        if parts.iter().all(|p| p.2 == Side::Cpu) {
+            return Ok(cpu.to_vec());
+        }
+        let mut out = cpu.to_vec();
+        if let Some(gl) = from_gpu {
+            for &(start, cols, side) in parts {
+                if side == Side::Gpu {
+                    for r in 0..n {
+                        out[r * v + start..r * v + start + cols].copy_from_slice(&gl[r * v + start..r * v + start + cols]);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one unit's graph on an executor.
+fn run_unit<E: exec::Exec>(
+    ex: &mut E,
+    spec: &ModelSpec,
+    layers: &[LayerSpec],
+    unit: Unit,
+    logit_rows: &[u32],
+    row_start: u32,
+    last_part: bool,
+) -> Result<()> {
+    match unit {
+        Unit::Layer(l) => graph::decoder_layer(ex, spec, &layers[l as usize]),
+        Unit::FinalNorm => graph::final_norm(ex, spec, logit_rows),
+        // A part of a split lm_head writes its columns of the logits.
+        Unit::LmHead | Unit::LmHeadPart(_) => graph::lm_head(ex, spec, logit_rows.len() as u32, row_start, last_part),
+        Unit::Embedding => Ok(()),
     }
 }
 

@@ -11,6 +11,8 @@
 //! strided window of one: `rows` rows of `stride` values, starting at column
 //! `off`. All activations are f32.
 
+pub mod cpu;
+pub mod cpu_ops;
 pub mod gpu;
 
 use airllm_format::{Activation, AttentionSpec, MoeSpec, Role, RopeSpec};
