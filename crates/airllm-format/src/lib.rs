@@ -50,7 +50,7 @@ pub use checkpoint::{Checkpoint, expected_tensors, parse_safetensors_header};
 pub use dtype::{DType, StorageFormat};
 pub use error::{FormatError, Result, human_bytes};
 pub use gguf::GgufSource;
-pub use hub::{ModelLocation, resolve_model};
+pub use hub::{ModelLocation, SearchRoots, resolve_model, resolve_model_with};
 pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry, TensorEntry};
 pub use roles::{Role, Unit};
 pub use shard_dir::ShardDir;

@@ -33,6 +33,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` reached.
     Length,
+    /// [`GenerateOptions::cancel`] was set (issue 19 hook).
+    Cancelled,
 }
 
 /// Timings of one `generate` call.
@@ -94,6 +96,17 @@ impl std::fmt::Debug for AutoModel {
 
 /// The default shard directory of a checkpoint.
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
+    // [issue 19] A model inside a Hugging Face cache snapshot keeps its shards in
+    // airllm's cache: tools that read the hub cache take every entry of `snapshots/` for a revision.
+    if let (Some((repo, rev, rel)), Some(cache)) =
+        (airllm_format::hub::hf_snapshot_of(model), airllm_format::hub::airllm_cache_dir())
+    {
+        let mut name = format!("{}--{}", repo.replace('/', "--"), &rev[..rev.len().min(12)]);
+        if let Some(stem) = rel.file_stem() {
+            name = format!("{name}--{}", stem.to_string_lossy());
+        }
+        return cache.join("shards").join(format!("{name}.airllm-shards-{}", opts.compression));
+    }
     let name = model
         .file_stem()
         .or_else(|| model.file_name())
@@ -166,6 +179,10 @@ impl AutoModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+    /// Mutable tokenizer access (a chat template override; issue 19).
+    pub fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
     }
     /// The engine (plan, stats, GPU context).
     pub fn engine(&self) -> &Engine {
@@ -268,6 +285,14 @@ impl AutoModel {
         let mut decode = Duration::ZERO;
         let mut steps = 0;
         for step in 0..opts.max_new_tokens {
+            // [issue 19 hook] cancellation, checked once per step.
+            if opts.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+                for (g, d) in gens.iter_mut().zip(&mut done).filter(|(_, d)| !**d) {
+                    g.finish = FinishReason::Cancelled;
+                    *d = true;
+                }
+                break;
+            }
             let mut next = vec![self.pad_id(); b];
             for i in 0..b {
                 if done[i] {
@@ -276,7 +301,17 @@ impl AutoModel {
                 let mut row = logits[i * v..(i + 1) * v].to_vec();
                 let mut context = gens[i].prompt_ids.clone();
                 context.extend(&gens[i].new_ids);
+                // [issue 19 hook] constrained output: mask before sampling, report the choice after.
+                let hook = |f: &mut dyn FnMut(&mut dyn crate::sampler::LogitsHook) -> std::result::Result<(), String>| {
+                    match &opts.logits_hook {
+                        Some(h) => f(&mut *h.lock().unwrap_or_else(|p| p.into_inner()))
+                            .map_err(|m| EngineError::invalid("constrained output", m)),
+                        None => Ok(()),
+                    }
+                };
+                hook(&mut |h| h.mask(i, &mut row))?;
                 let id = samplers[i].sample(&mut row, &context);
+                hook(&mut |h| h.accept(i, id))?;
                 next[i] = id;
                 let g = &mut gens[i];
                 if opts.stop_at_eos && self.tokenizer.eos_ids().contains(&id) {

@@ -2,6 +2,8 @@
 //! [`AutoModel::generate`](crate::AutoModel::generate).
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use airllm_quant::Compression;
 
@@ -81,6 +83,13 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Stop at end-of-sequence tokens.
     pub stop_at_eos: bool,
+    // --- issue 19 hooks (tooling): the generate loop checks `cancel` once per step
+    // and calls `logits_hook` around each sampling; port both into engine v2's loop.
+    /// When set to true, generation stops at the next step ([`FinishReason::Cancelled`](crate::FinishReason)).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Masks each sequence's logits before sampling and sees the chosen id
+    /// (constrained output, see [`crate::constrain`]).
+    pub logits_hook: Option<Arc<Mutex<dyn crate::sampler::LogitsHook>>>,
 }
 
 impl Default for GenerateOptions {
@@ -94,6 +103,8 @@ impl Default for GenerateOptions {
             seed: 0,
             stop_strings: Vec::new(),
             stop_at_eos: true,
+            cancel: None,
+            logits_hook: None,
         }
     }
 }

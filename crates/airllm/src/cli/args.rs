@@ -31,8 +31,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// How to load and place a model.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, or repo id
-    /// (org/name) already in the local Hugging Face cache.
+    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, repo id
+    /// (org/name, or org/name:Q4_K_M for one file of a GGUF repo; downloaded into the
+    /// Hugging Face cache on first use), or the bare name of a cached model
+    /// (`airllm list` shows them).
     #[arg(long, short = 'm')]
     pub model: String,
     /// VRAM budget (e.g. 1.5GiB, 4GB, unlimited). Default: the adapter's device memory
@@ -56,7 +58,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 4)]
     pub prefetch_depth: usize,
     /// Longest context (prompt + new tokens) to size the KV cache for.
-    #[arg(long)]
+    #[arg(long, short = 'c', visible_alias = "ctx-size")]
     pub max_context: Option<usize>,
     /// KV cache element type: f32 (matches transformers to 1e-5) or f16 (half the
     /// memory, for long contexts in a small budget; logits move by a few 1e-3).
