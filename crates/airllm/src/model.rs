@@ -302,16 +302,15 @@ impl AutoModel {
                 let mut context = gens[i].prompt_ids.clone();
                 context.extend(&gens[i].new_ids);
                 // [issue 19 hook] constrained output: mask before sampling, report the choice after.
-                let hook = |f: &mut dyn FnMut(&mut dyn crate::sampler::LogitsHook) -> std::result::Result<(), String>| {
-                    match &opts.logits_hook {
-                        Some(h) => f(&mut *h.lock().unwrap_or_else(|p| p.into_inner()))
-                            .map_err(|m| EngineError::invalid("constrained output", m)),
-                        None => Ok(()),
-                    }
-                };
-                hook(&mut |h| h.mask(i, &mut row))?;
+                if let Some(h) = &opts.logits_hook {
+                    let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+                    h.mask(i, &mut row).map_err(|m| EngineError::invalid("constrained output", m))?;
+                }
                 let id = samplers[i].sample(&mut row, &context);
-                hook(&mut |h| h.accept(i, id))?;
+                if let Some(h) = &opts.logits_hook {
+                    let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+                    h.accept(i, id).map_err(|m| EngineError::invalid("constrained output", m))?;
+                }
                 next[i] = id;
                 let g = &mut gens[i];
                 if opts.stop_at_eos && self.tokenizer.eos_ids().contains(&id) {

@@ -24,11 +24,6 @@ impl Out {
         Out { closed: false, cancel }
     }
 
-    /// Whether the reader has gone away.
-    pub fn closed(&self) -> bool {
-        self.closed
-    }
-
     /// Write and flush; after a broken pipe, writes are dropped.
     pub fn write(&mut self, s: &str) {
         if self.closed || s.is_empty() {

@@ -163,9 +163,11 @@ impl Client {
         if status != 200 {
             return Err(HubError::Status { url, status, hint: status_hint(status, repo) });
         }
-        let info: RepoInfo = resp
+        let text = resp
             .body_mut()
-            .read_json()
+            .read_to_string()
+            .map_err(|e| HubError::Transport { url: url.clone(), message: e.to_string() })?;
+        let info: RepoInfo = serde_json::from_str(&text)
             .map_err(|e| HubError::Protocol { url: url.clone(), message: format!("not the repo JSON: {e}") })?;
         if !is_hex(&info.sha, 40) {
             return Err(HubError::Protocol { url, message: format!("commit {:?} is not a 40-digit hash", info.sha) });

@@ -16,7 +16,7 @@ pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
     airllm_format::hub::repo_cache_dir(cache, repo)
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> HubError + 'a {
     move |source| HubError::Io { action, path: path.to_owned(), source }
 }
 
@@ -119,7 +119,8 @@ fn hash_prefix(f: &mut File, len: u64, h: &mut Hasher, path: &Path) -> Result<()
     let mut left = len;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
-        let n = f.read(&mut buf[..left.min(buf.len() as u64) as usize]).map_err(io("reading", path))?;
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f.read(&mut buf[..want]).map_err(io("reading", path))?;
         if n == 0 {
             break;
         }
