@@ -220,10 +220,10 @@ fn lark_name(n: &str) -> String {
 }
 
 /// Convert a GBNF grammar (llama.cpp's format) to llguidance's Lark dialect. The two
-/// share strings, character classes, grouping, `| * + ?` and `{m,n}`; what changes
-/// is the rule syntax (`name ::= body` → `name: body`), the entry rule (`root` →
-/// `start`), names (`-` → `_`), comments (`#` → dropped) and continuation lines
-/// (joined to their rule).
+/// share strings, grouping, `| * + ?` and `{m,n}`; what changes is the rule syntax
+/// (`name ::= body` → `name: body`), the entry rule (`root` → `start`), names (`-` →
+/// `_`), character classes (`[a-z]` → the regex `/[a-z]/`), comments (`#` → dropped)
+/// and continuation lines (joined to their rule).
 pub fn gbnf_to_lark(text: &str) -> String {
     let mut rules: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
@@ -275,13 +275,19 @@ fn rename_refs(body: &str) -> String {
     };
     for c in body.chars() {
         if in_str || in_class {
+            if in_class && c == '/' && !esc {
+                out.push('\\');
+            }
             out.push(c);
             if esc {
                 esc = false;
             } else if c == '\\' {
                 esc = true;
-            } else if (in_str && c == '"') || (in_class && c == ']') {
+            } else if in_str && c == '"' {
                 in_str = false;
+            } else if in_class && c == ']' {
+                // A GBNF class is a regex in Lark: `[a-z]` -> `/[a-z]/`.
+                out.push('/');
                 in_class = false;
             }
             continue;
@@ -300,6 +306,7 @@ fn rename_refs(body: &str) -> String {
             in_str = true;
         } else if c == '[' {
             in_class = true;
+            out.push('/');
         }
         out.push(c);
     }
@@ -323,7 +330,7 @@ mod tests {
         let g = "# a list\nroot ::= \"[\" item (\",\" item)* \"]\"  # items\nitem ::= [a-z#]+ |\n   \"x-y\" my-num{1,3}\nmy-num ::= [0-9]\n";
         assert!(is_gbnf(g) && !is_gbnf("start: \"a\""));
         let l = gbnf_to_lark(g);
-        assert_eq!(l, "start: \"[\" item (\",\" item)* \"]\"\nitem: [a-z#]+ | \"x-y\" my_num{1,3}\nmy_num: [0-9]\n");
+        assert_eq!(l, "start: \"[\" item (\",\" item)* \"]\"\nitem: /[a-z#]/+ | \"x-y\" my_num{1,3}\nmy_num: /[0-9]/\n");
     }
 
     /// A vocabulary of single bytes plus an EOS: the mask must follow the grammar.

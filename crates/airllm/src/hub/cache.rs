@@ -192,7 +192,12 @@ pub fn fetch_blob(client: &Client, repo_dir: &Path, meta: &FileMeta, opts: &Pull
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(HubError::Transport { url: meta.url.clone(), message: e.to_string() }),
+                    Err(e) => {
+                        return Err(HubError::Transport {
+                            url: meta.url.clone(),
+                            message: format!("connection closed after {have} of {} bytes ({e})", meta.size),
+                        });
+                    }
                 };
                 let take = n.min((meta.size - have) as usize);
                 f.write_all(&buf[..take]).map_err(io("writing", &part))?;
