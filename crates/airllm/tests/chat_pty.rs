@@ -113,7 +113,9 @@ fn ctrl_c_stops_the_reply_and_keeps_the_session() {
         .args(["--ctx-size", "256", "-n", "200", "--ignore-eos", "--temp", "0.8", "--seed", "3", "--resident-layers", "0"]);
     let mut pty = Pty::spawn(cmd);
     let long = Duration::from_secs(240);
-    let at = pty.expect(0, "> ", long);
+    // After loading (whose progress bars hold "> " too) the banner, then the prompt.
+    let at = pty.expect(0, "/help for commands", long);
+    let at = pty.expect(at, "> ", long);
     pty.send("hello there\r");
     // The reply starts streaming after the echoed line; interrupt it.
     let at = pty.expect(at, "hello there", long);
