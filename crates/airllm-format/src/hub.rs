@@ -105,7 +105,11 @@ pub fn resolve_model_with(arg: &str, roots: &SearchRoots) -> Result<ModelLocatio
                     message: format!(
                         "the name is ambiguous; it matches {} cached models:\n{}\npass one of them",
                         found.len(),
-                        found.iter().map(|(name, l)| format!("  {name}  ({})", l.path().display())).collect::<Vec<_>>().join("\n")
+                        found
+                            .iter()
+                            .map(|(name, l)| format!("  {name}  ({})", l.path().display()))
+                            .collect::<Vec<_>>()
+                            .join("\n")
                     ),
                 });
             }
@@ -278,7 +282,12 @@ pub fn scan_hf_cache(cache: &Path) -> Vec<CachedRepo> {
             }
         }
         snapshots.sort();
-        out.push(CachedRepo { repo_id: format!("{org}/{model}"), bytes: dir_bytes(&dir.join("blobs")), dir, snapshots });
+        out.push(CachedRepo {
+            repo_id: format!("{org}/{model}"),
+            bytes: dir_bytes(&dir.join("blobs")),
+            dir,
+            snapshots,
+        });
     }
     out.sort_by(|a, b| a.repo_id.cmp(&b.repo_id));
     out
@@ -366,9 +375,16 @@ fn classify_path(p: &Path, arg: &str, tag: Option<&str>) -> Result<ModelLocation
                 Ok(files) if files.len() == 1 => Ok(ModelLocation::Gguf(p.join(files[0]))),
                 Ok(files) => Err(FormatError::ModelNotFound {
                     model: arg.to_owned(),
-                    message: format!("{} is split into {} files; merge them first (llama-gguf-split --merge)", files[0], files.len()),
+                    message: format!(
+                        "{} is split into {} files; merge them first (llama-gguf-split --merge)",
+                        files[0],
+                        files.len()
+                    ),
                 }),
-                Err(why) => Err(FormatError::ModelNotFound { model: arg.to_owned(), message: format!("in {}: {why}", p.display()) }),
+                Err(why) => Err(FormatError::ModelNotFound {
+                    model: arg.to_owned(),
+                    message: format!("in {}: {why}", p.display()),
+                }),
             };
         }
     }

@@ -143,7 +143,8 @@ impl Constraint {
     /// A constraint for `model`'s vocabulary. The grammar is compiled here, so a
     /// bad schema or grammar is an error before generation starts.
     pub fn new(model: &crate::AutoModel, grammar: Grammar) -> Result<Constraint> {
-        let env = tok_env(&model.shards_dir().join("tokenizer.json"), model.spec().vocab_size, model.tokenizer().eos_ids())?;
+        let env =
+            tok_env(&model.shards_dir().join("tokenizer.json"), model.spec().vocab_size, model.tokenizer().eos_ids())?;
         Constraint::with_env(&env, grammar)
     }
 
@@ -210,7 +211,8 @@ fn gbnf_rule_start(line: &str) -> Option<(&str, &str)> {
     let t = line.trim_start();
     let (name, rest) = t.split_once("::=")?;
     let name = name.trim();
-    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')).then_some((name, rest))
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then_some((name, rest))
 }
 
 /// A GBNF rule name as a Lark rule name: lower case, `-` as `_`, `root` as `start`.
@@ -330,7 +332,10 @@ mod tests {
         let g = "# a list\nroot ::= \"[\" item (\",\" item)* \"]\"  # items\nitem ::= [a-z#]+ |\n   \"x-y\" my-num{1,3}\nmy-num ::= [0-9]\n";
         assert!(is_gbnf(g) && !is_gbnf("start: \"a\""));
         let l = gbnf_to_lark(g);
-        assert_eq!(l, "start: \"[\" item (\",\" item)* \"]\"\nitem: /[a-z#]/+ | \"x-y\" my_num{1,3}\nmy_num: /[0-9]/\n");
+        assert_eq!(
+            l,
+            "start: \"[\" item (\",\" item)* \"]\"\nitem: /[a-z#]/+ | \"x-y\" my_num{1,3}\nmy_num: /[0-9]/\n"
+        );
     }
 
     /// A vocabulary of single bytes plus an EOS: the mask must follow the grammar.
@@ -366,7 +371,8 @@ mod tests {
         let env = approximate_env(&words, 0);
         let e = Constraint::with_env(&env, Grammar::Lark("start: undefined_rule".into())).unwrap_err().to_string();
         assert!(e.contains("--grammar"), "{e}");
-        let e = Constraint::with_env(&env, Grammar::JsonSchema(serde_json::json!({"type": 5}))).unwrap_err().to_string();
+        let e =
+            Constraint::with_env(&env, Grammar::JsonSchema(serde_json::json!({"type": 5}))).unwrap_err().to_string();
         assert!(e.contains("--json-schema"), "{e}");
     }
 }

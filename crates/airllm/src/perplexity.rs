@@ -148,11 +148,7 @@ impl DivergenceAcc {
         let mut sorted = self.kls.clone();
         sorted.sort_by(f64::total_cmp);
         let q = |f: f64| {
-            if sorted.is_empty() {
-                0.0
-            } else {
-                sorted[((sorted.len() - 1) as f64 * f).round() as usize]
-            }
+            if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * f).round() as usize] }
         };
         Divergence {
             positions: self.kls.len(),

@@ -51,7 +51,8 @@ impl StopStream {
             from -= 1;
         }
         self.text.push_str(piece);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|p| p + from)).min() {
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|p| p + from)).min()
+        {
             self.text.truncate(pos);
             self.stopped = true;
             return self.take(pos);

@@ -99,7 +99,8 @@ fn ctrl_c_stops_the_reply_and_keeps_the_session() {
     let tmp = tempfile::tempdir().unwrap();
     // The tiny models have no chat template: give one.
     let template = tmp.path().join("t.jinja");
-    std::fs::write(&template, "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:").unwrap();
+    std::fs::write(&template, "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+        .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_airllm"));
     cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("XDG_CACHE_HOME", tmp.path().join("cache"))
@@ -110,7 +111,19 @@ fn ctrl_c_stops_the_reply_and_keeps_the_session() {
         .arg(tmp.path().join("shards"))
         .arg("--chat-template")
         .arg(&template)
-        .args(["--ctx-size", "256", "-n", "200", "--ignore-eos", "--temp", "0.8", "--seed", "3", "--resident-layers", "0"]);
+        .args([
+            "--ctx-size",
+            "256",
+            "-n",
+            "200",
+            "--ignore-eos",
+            "--temp",
+            "0.8",
+            "--seed",
+            "3",
+            "--resident-layers",
+            "0",
+        ]);
     let mut pty = Pty::spawn(cmd);
     let long = Duration::from_secs(240);
     // After loading (whose progress bars hold "> " too) the banner, then the prompt.

@@ -61,7 +61,18 @@ fn schema_constrained_output_is_valid_json_on_a_random_model() {
         let g = generate(
             &fixture(family),
             &tmp.path().join(family),
-            &["-p", "The cat sat", "-n", "60", "--temp", temp, "--seed", "7", "--json-schema", schema.to_str().unwrap()],
+            &[
+                "-p",
+                "The cat sat",
+                "-n",
+                "60",
+                "--temp",
+                temp,
+                "--seed",
+                "7",
+                "--json-schema",
+                schema.to_str().unwrap(),
+            ],
         );
         assert_eq!(g["finish"], "eos", "{family}: {g}");
         let text = g["text"].as_str().unwrap();
@@ -75,7 +86,11 @@ fn schema_constrained_output_is_valid_json_on_a_random_model() {
     // A grammar in GBNF, as llama.cpp takes it.
     let gbnf = tmp.path().join("g.gbnf");
     std::fs::write(&gbnf, "root ::= \"yes\" | \"no\" | number\nnumber ::= [1-9] [0-9]{0,2}\n").unwrap();
-    let g = generate(&fixture("qwen3"), &tmp.path().join("qwen3"), &["-p", "Answer:", "-n", "10", "--grammar", gbnf.to_str().unwrap()]);
+    let g = generate(
+        &fixture("qwen3"),
+        &tmp.path().join("qwen3"),
+        &["-p", "Answer:", "-n", "10", "--grammar", gbnf.to_str().unwrap()],
+    );
     let t = g["text"].as_str().unwrap();
     assert!(t == "yes" || t == "no" || (t.len() <= 3 && t.parse::<u32>().is_ok()), "{t:?}");
 }
@@ -106,7 +121,15 @@ fn smollm2_writes_json_for_a_schema() {
     let g = generate(
         &gguf,
         &tmp.path().join("s"),
-        &["--chat", "-p", "Describe France as JSON with its name and capital.", "-n", "48", "--json-schema", schema.to_str().unwrap()],
+        &[
+            "--chat",
+            "-p",
+            "Describe France as JSON with its name and capital.",
+            "-n",
+            "48",
+            "--json-schema",
+            schema.to_str().unwrap(),
+        ],
     );
     let text = g["text"].as_str().unwrap();
     let v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));

@@ -21,7 +21,11 @@ fn has_gpu() -> bool {
 
 fn airllm(shards: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_airllm"));
-    c.env("XDG_RUNTIME_DIR", std::env::temp_dir()).args(["generate", "--model"]).arg(fixture("qwen3")).arg("--shards-dir").arg(shards);
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .args(["generate", "--model"])
+        .arg(fixture("qwen3"))
+        .arg("--shards-dir")
+        .arg(shards);
     c
 }
 
@@ -78,7 +82,8 @@ fn json_is_one_line_and_jsonl_streams_events() {
     let (out, _) = run_ok(airllm(tmp.path()).args(["--prompt-ids", PROMPT0, "-n", "24", "--json"]));
     assert_eq!(out.trim_end().lines().count(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let ids: Vec<u64> = v["generations"][0]["new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let ids: Vec<u64> =
+        v["generations"][0]["new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(ids, golden_ids());
     assert_eq!(v["generations"][0]["finish"], "length");
     assert!(v["seed"].is_u64() && v["timings"]["per_token_s"].as_f64().unwrap() > 0.0);
@@ -100,8 +105,10 @@ fn json_is_one_line_and_jsonl_streams_events() {
     }
     // One prompt has the same shape.
     let (out, _) = run_ok(airllm(tmp.path()).args(["-p", "The cat sat", "-n", "3", "--jsonl"]));
-    let kinds: Vec<String> =
-        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(kinds, ["token", "token", "token", "done", "summary"]);
 }
 
@@ -119,12 +126,14 @@ fn stop_strings_never_reach_the_text() {
     assert!(chars.len() > 8, "{full:?}");
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let cut = &full[..full.find(&stop).unwrap()];
-    let (out, _) = run_ok(airllm(tmp.path()).args(["-p", "The cat sat on the mat", "-n", "24", "--jsonl", "--stop", &stop]));
+    let (out, _) =
+        run_ok(airllm(tmp.path()).args(["-p", "The cat sat on the mat", "-n", "24", "--jsonl", "--stop", &stop]));
     let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let done = events.iter().find(|e| e["event"] == "done").unwrap();
     assert_eq!(done["text"], cut);
     assert_eq!(done["finish"], "stop");
-    let streamed: String = events.iter().filter(|e| e["event"] == "token").map(|e| e["text"].as_str().unwrap()).collect();
+    let streamed: String =
+        events.iter().filter(|e| e["event"] == "token").map(|e| e["text"].as_str().unwrap()).collect();
     assert_eq!(streamed, cut, "the stream showed part of the stop string {stop:?}");
     // Plain streaming prints the same cut text.
     let (out, _) = run_ok(airllm(tmp.path()).args(["-p", "The cat sat on the mat", "-n", "24", "--stop", &stop]));
@@ -141,17 +150,24 @@ fn prompts_from_files_and_stdin_seeds_and_a_closed_stdout() {
     std::fs::write(&file, "The cat sat on the mat").unwrap();
     let (a, _) = run_ok(airllm(tmp.path()).arg("-f").arg(&file).args(["-n", "5", "--json", "--seed", "1"]));
     let mut c = airllm(tmp.path());
-    let mut child = c.args(["-f", "-", "-n", "5", "--json", "--seed", "1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .args(["-f", "-", "-n", "5", "--json", "--seed", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"The cat sat on the mat").unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
-    let ids = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["generations"][0]["new_ids"].clone();
+    let ids =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["generations"][0]["new_ids"].clone();
     assert_eq!(ids(&a), ids(&String::from_utf8_lossy(&o.stdout)));
 
     // Sampling: a random seed by default, printed; the same seed gives the same ids.
     let sample = ["-p", "The cat", "-n", "8", "--temp", "1.0"];
     let (_, err) = run_ok(airllm(tmp.path()).args(sample));
-    let seed: String = err.lines().find_map(|l| l.strip_prefix("seed ")).unwrap().split_whitespace().next().unwrap().into();
+    let seed: String =
+        err.lines().find_map(|l| l.strip_prefix("seed ")).unwrap().split_whitespace().next().unwrap().into();
     let (x, _) = run_ok(airllm(tmp.path()).args(sample).args(["--seed", &seed, "--json"]));
     let (y, _) = run_ok(airllm(tmp.path()).args(sample).args(["--seed", &seed, "--json"]));
     assert_eq!(ids(&x), ids(&y));

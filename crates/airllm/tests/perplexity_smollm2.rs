@@ -6,6 +6,9 @@
 //! ```sh
 //! cargo test --release -p airllm --test perplexity_smollm2 -- --ignored --nocapture
 //! ```
+//!
+//! `AIRLLM_PPL_TOKENS=N` scores only the first N tokens of the text (one chunk of N
+//! when N <= 512), for a quick run on a slow machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
 
@@ -73,14 +76,19 @@ fn smollm2_perplexity_by_codec() {
         .tensors()
         .iter()
         .map(|t| SourceTensor {
-            format: if matches!(t.format, StorageFormat::Quant(_)) { StorageFormat::Dense(DType::F32) } else { t.format },
+            format: if matches!(t.format, StorageFormat::Quant(_)) {
+                StorageFormat::Dense(DType::F32)
+            } else {
+                t.format
+            },
             ..t.clone()
         })
         .collect();
     let src = Dequantized { inner, tensors };
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/text/pride_and_prejudice_ch1.txt"))
-            .unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/text/pride_and_prejudice_ch1.txt"),
+    )
+    .unwrap();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut reference: Vec<Vec<f32>> = Vec::new();
     let mut rows = Vec::new();
@@ -92,7 +100,10 @@ fn smollm2_perplexity_by_codec() {
         let mut m =
             AutoModel::from_pretrained(dir.to_str().unwrap(), Options { max_context: Some(CTX), ..Options::default() })
                 .unwrap();
-        let ids = m.encode(&Prompt::Text(text.clone())).unwrap();
+        let mut ids = m.encode(&Prompt::Text(text.clone())).unwrap();
+        if let Some(n) = std::env::var("AIRLLM_PPL_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()) {
+            ids.truncate(n);
+        }
         let v = m.spec().vocab_size;
         let (mut nlls, mut acc) = (Vec::new(), DivergenceAcc::default());
         for (k, c) in chunks(&ids, CTX).iter().enumerate() {
@@ -112,7 +123,7 @@ fn smollm2_perplexity_by_codec() {
         std::fs::remove_dir_all(&dir).ok();
     }
     eprintln!(
-        "\nSmolLM2-135M-Instruct, {} tokens of testdata/text/pride_and_prejudice_ch1.txt, --ctx {CTX}",
+        "\nSmolLM2-135M-Instruct, the first {} tokens of testdata/text/pride_and_prejudice_ch1.txt, --ctx {CTX}",
         rows[0].4
     );
     eprintln!("| weights | shards | perplexity (95% CI) | mean KL vs f32 | max KL | top-1 agreement |");

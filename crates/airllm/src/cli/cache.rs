@@ -72,9 +72,7 @@ fn repo_shard_prefix(repo: &str) -> String {
 
 fn shards_of<'a>(repo: &str, all: &'a [ShardInfo]) -> Vec<&'a ShardInfo> {
     let prefix = repo_shard_prefix(repo);
-    all.iter()
-        .filter(|s| s.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
-        .collect()
+    all.iter().filter(|s| s.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))).collect()
 }
 
 fn models_dir_entries() -> Vec<(PathBuf, u64)> {
@@ -85,7 +83,8 @@ fn models_dir_entries() -> Vec<(PathBuf, u64)> {
                 .map(|e| e.path())
                 .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().contains(".airllm-shards-")))
                 .map(|p| {
-                    let b = if p.is_dir() { dir_bytes(&p) } else { std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) };
+                    let b =
+                        if p.is_dir() { dir_bytes(&p) } else { std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) };
                     (p, b)
                 })
                 .collect()
@@ -153,10 +152,16 @@ pub fn list(a: ListArgs) -> anyhow::Result<()> {
             println!("  (none)");
         }
         for (p, b) in &models {
-            println!("  {:<48} {:>10}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), human_bytes(*b));
+            println!(
+                "  {:<48} {:>10}",
+                p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                human_bytes(*b)
+            );
         }
-        let others: Vec<&ShardInfo> =
-            shards.iter().filter(|s| !repos.iter().any(|r| shards_of(&r.repo_id, &shards).iter().any(|x| x.path == s.path))).collect();
+        let others: Vec<&ShardInfo> = shards
+            .iter()
+            .filter(|s| !repos.iter().any(|r| shards_of(&r.repo_id, &shards).iter().any(|x| x.path == s.path)))
+            .collect();
         println!("airllm shards: {}", dir.join("shards").display());
         if others.is_empty() {
             println!("  (none other than those listed with their models)");
@@ -203,7 +208,9 @@ pub fn rm(a: RmArgs) -> anyhow::Result<()> {
     if p.join(airllm_format::MANIFEST_FILE).is_file() {
         targets.push((p.to_owned(), dir_bytes(p)));
     } else if let Some(r) = hf_cache_dir().as_deref().map(scan_hf_cache).unwrap_or_default().into_iter().find(|r| {
-        r.repo_id == repo || (!a.model.contains('/') && r.repo_id.rsplit('/').next().is_some_and(|n| n.eq_ignore_ascii_case(&a.model)))
+        r.repo_id == repo
+            || (!a.model.contains('/')
+                && r.repo_id.rsplit('/').next().is_some_and(|n| n.eq_ignore_ascii_case(&a.model)))
     }) {
         targets.extend(shards_of(&r.repo_id, &shards).into_iter().map(|s| (s.path.clone(), s.bytes)));
         if !a.shards {
@@ -220,17 +227,18 @@ pub fn rm(a: RmArgs) -> anyhow::Result<()> {
         targets.extend(
             shards
                 .iter()
-                .filter(|s| s.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}.airllm-shards-"))))
+                .filter(|s| {
+                    s.path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}.airllm-shards-")))
+                })
                 .map(|s| (s.path.clone(), s.bytes)),
         );
         if !a.shards {
             targets.push((path, bytes));
         }
     } else {
-        anyhow::bail!(
-            "{} is not a cached model or a shard directory (`airllm list` shows what there is)",
-            a.model
-        );
+        anyhow::bail!("{} is not a cached model or a shard directory (`airllm list` shows what there is)", a.model);
     }
     if targets.is_empty() {
         println!("nothing to delete: {} has no shard directories", a.model);

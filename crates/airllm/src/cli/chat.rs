@@ -175,7 +175,8 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let idle = Arc::new(AtomicBool::new(true));
     signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, idle.clone())
         .context("installing the Ctrl-C handler")?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, cancel.clone()).context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, cancel.clone())
+        .context("installing the Ctrl-C handler")?;
 
     let mut rl = rustyline::DefaultEditor::new().context("setting up line editing")?;
     let hist = if a.no_history { None } else { history_file() };

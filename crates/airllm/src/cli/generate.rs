@@ -179,7 +179,9 @@ pub fn constraint(
     grammar: Option<&PathBuf>,
 ) -> anyhow::Result<Option<Arc<std::sync::Mutex<dyn airllm::sampler::LogitsHook>>>> {
     if schema.is_some() || grammar.is_some() {
-        anyhow::bail!("this airllm was built without the `constrain` feature, so --json-schema/--grammar are unavailable");
+        anyhow::bail!(
+            "this airllm was built without the `constrain` feature, so --json-schema/--grammar are unavailable"
+        );
     }
     Ok(None)
 }
@@ -254,7 +256,10 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             v["seq"] = i.into();
             out.line(&v.to_string());
         }
-        out.line(&serde_json::json!({"event": "summary", "generations": gens.len(), "seed": seed, "timings": timing}).to_string());
+        out.line(
+            &serde_json::json!({"event": "summary", "generations": gens.len(), "seed": seed, "timings": timing})
+                .to_string(),
+        );
     } else if a.json {
         let v = serde_json::json!({
             "generations": gens.iter().map(generation_json).collect::<Vec<_>>(), "seed": seed, "timings": timing,

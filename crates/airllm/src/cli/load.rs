@@ -98,7 +98,8 @@ fn pull_on_first_use(arg: &str, _repo: &str, _tag: Option<&str>, _progress: bool
 fn first_use_notes(loc: &ModelLocation, opts: &Options, progress: bool) {
     let (ModelLocation::HfDir(p) | ModelLocation::Gguf(p)) = loc else { return };
     let out = opts.shards_dir.clone().unwrap_or_else(|| airllm::model::default_shards_dir(p, opts));
-    let ready = airllm_format::ShardDir::open(&out).is_ok_and(|d| d.manifest().compression == opts.compression.to_string());
+    let ready =
+        airllm_format::ShardDir::open(&out).is_ok_and(|d| d.manifest().compression == opts.compression.to_string());
     if ready {
         return;
     }
@@ -125,8 +126,14 @@ pub fn gguf_warnings(path: &std::path::Path, compression: airllm_quant::Compress
     let mut out = Vec::new();
     let Ok(meta) = airllm_format::gguf::read_metadata(path) else { return out };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let quantized: Vec<&airllm_format::gguf::GgufTensorInfo> =
-        meta.tensors.iter().filter(|t| t.ggml_type.is_some_and(|g| g.offered_as().is_some_and(|f| matches!(f, airllm_format::StorageFormat::Quant(_))))).collect();
+    let quantized: Vec<&airllm_format::gguf::GgufTensorInfo> = meta
+        .tensors
+        .iter()
+        .filter(|t| {
+            t.ggml_type
+                .is_some_and(|g| g.offered_as().is_some_and(|f| matches!(f, airllm_format::StorageFormat::Quant(_))))
+        })
+        .collect();
     let mut requant: std::collections::BTreeMap<String, usize> = Default::default();
     for t in &quantized {
         if let Some(g) = t.ggml_type.filter(|g| g.is_transcoded()) {

@@ -45,7 +45,11 @@ pub fn run(mut a: PerplexityArgs) -> anyhow::Result<()> {
     let progress = !a.json;
     let mut model = a.model.load(progress)?;
     if model.engine().max_context() < a.ctx {
-        anyhow::bail!("--ctx {} is longer than the model's context ({}); lower --ctx", a.ctx, model.engine().max_context());
+        anyhow::bail!(
+            "--ctx {} is longer than the model's context ({}); lower --ctx",
+            a.ctx,
+            model.engine().max_context()
+        );
     }
     let ids = model.encode(&airllm::Prompt::Text(text))?;
     let mut base = match &a.kl_base {
@@ -86,7 +90,13 @@ pub fn run(mut a: PerplexityArgs) -> anyhow::Result<()> {
         println!("reference perplexity {:.4} (95% CI {:.4} .. {:.4})", b.perplexity, b.ci95[0], b.ci95[1]);
         println!(
             "KL divergence vs reference: mean {:.6} ± {:.6}, median {:.6}, p99 {:.6}, max {:.6}; top-1 agreement {:.2}% of {} positions",
-            d.kl.mean, d.kl.se, d.kl_median, d.kl_p99, d.kl_max, 100.0 * d.top1_agreement, d.positions
+            d.kl.mean,
+            d.kl.se,
+            d.kl_median,
+            d.kl_p99,
+            d.kl_max,
+            100.0 * d.top1_agreement,
+            d.positions
         );
     }
     Ok(())

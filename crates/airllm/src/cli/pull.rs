@@ -62,7 +62,13 @@ pub fn run(a: PullArgs) -> anyhow::Result<()> {
         };
         println!("  {:<40} {:>10}  {how}", f.path, human_bytes(f.bytes));
     }
-    println!("{} at {} ({} fetched): {}", p.repo, &p.commit[..p.commit.len().min(12)], human_bytes(fetched), p.model_path().display());
+    println!(
+        "{} at {} ({} fetched): {}",
+        p.repo,
+        &p.commit[..p.commit.len().min(12)],
+        human_bytes(fetched),
+        p.model_path().display()
+    );
     Ok(())
 }
 

@@ -118,7 +118,9 @@ fn status_hint(status: u16, repo: &str) -> String {
             "{repo} is gated or private, or the token is not allowed to read it: accept its terms on the Hub and \
              set HF_TOKEN (or run `huggingface-cli login`)"
         ),
-        404 => format!("no repo {repo} or no such revision or file (check the spelling; gated repos also answer 404 without a token)"),
+        404 => format!(
+            "no repo {repo} or no such revision or file (check the spelling; gated repos also answer 404 without a token)"
+        ),
         429 => "rate limited; wait a little and pull again (the partial file is kept)".into(),
         s if s >= 500 => "the Hub had an error; pull again later (the partial file is kept)".into(),
         _ => "unexpected status".into(),
@@ -177,7 +179,13 @@ impl Client {
 
     /// Etag, size and digest of one file at `commit` (HEAD, redirects not followed,
     /// so the LFS headers of the Hub's own answer are seen).
-    pub fn file_meta(&self, repo: &str, commit: &str, path: &str, sibling: Option<&super::api::Sibling>) -> Result<FileMeta> {
+    pub fn file_meta(
+        &self,
+        repo: &str,
+        commit: &str,
+        path: &str,
+        sibling: Option<&super::api::Sibling>,
+    ) -> Result<FileMeta> {
         let url = format!("{}/{}/resolve/{}/{}", self.endpoint, encode_path(repo), commit, encode_path(path));
         let mut target = url.clone();
         let resp = loop {
@@ -191,7 +199,11 @@ impl Client {
             let status = resp.status().as_u16();
             // A relative redirect is a renamed repo: follow it; an absolute one is the CDN.
             match header(&resp, "location") {
-                Some(loc) if (300..400).contains(&status) && loc.starts_with('/') && header(&resp, "x-linked-etag").is_none() => {
+                Some(loc)
+                    if (300..400).contains(&status)
+                        && loc.starts_with('/')
+                        && header(&resp, "x-linked-etag").is_none() =>
+                {
                     target = format!("{}{loc}", self.endpoint);
                 }
                 _ => break resp,
@@ -217,7 +229,10 @@ impl Client {
             .or_else(|| header(&resp, "content-length"))
             .and_then(|s| s.trim().parse::<u64>().ok())
             .or(sibling.and_then(|s| s.lfs.as_ref().and_then(|l| l.size).or(s.size)))
-            .ok_or_else(|| HubError::Protocol { url: url.clone(), message: "no file size (X-Linked-Size / Content-Length)".into() })?;
+            .ok_or_else(|| HubError::Protocol {
+                url: url.clone(),
+                message: "no file size (X-Linked-Size / Content-Length)".into(),
+            })?;
         let lfs_sha = sibling.and_then(|s| s.lfs.as_ref()).and_then(|l| l.sha256.clone().or_else(|| l.oid.clone()));
         let digest = if is_hex(&etag, 64) {
             if let Some(api) = &lfs_sha {
@@ -233,12 +248,17 @@ impl Client {
             Digest::Sha256(api.to_ascii_lowercase())
         } else if linked.is_none() && is_hex(&etag, 40) {
             Digest::GitSha1(etag.to_ascii_lowercase())
-        } else if let Some(b) = sibling.and_then(|s| s.blob_id.clone()).filter(|b| is_hex(b, 40) && sibling.is_some_and(|s| s.lfs.is_none())) {
+        } else if let Some(b) = sibling
+            .and_then(|s| s.blob_id.clone())
+            .filter(|b| is_hex(b, 40) && sibling.is_some_and(|s| s.lfs.is_none()))
+        {
             Digest::GitSha1(b.to_ascii_lowercase())
         } else {
             return Err(HubError::Protocol {
                 url,
-                message: format!("etag {etag:?} is neither a sha256 nor a git sha1 and the API gave no checksum, so the file cannot be verified"),
+                message: format!(
+                    "etag {etag:?} is neither a sha256 nor a git sha1 and the API gave no checksum, so the file cannot be verified"
+                ),
             });
         };
         Ok(FileMeta { path: path.to_owned(), url, etag, size, digest })
@@ -262,7 +282,10 @@ impl Client {
                     .strip_prefix("bytes ")
                     .and_then(|r| r.split('-').next())
                     .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| HubError::Protocol { url: meta.url.clone(), message: format!("bad Content-Range {cr:?}") })?
+                    .ok_or_else(|| HubError::Protocol {
+                    url: meta.url.clone(),
+                    message: format!("bad Content-Range {cr:?}"),
+                })?
             }
             s => return Err(HubError::Status { url: meta.url.clone(), status: s, hint: status_hint(s, &meta.path) }),
         };

@@ -35,7 +35,10 @@ pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<(Stri
 pub fn offline_pull(cfg: &HubConfig, repo: &str, opts: &PullOptions) -> Result<Pulled> {
     let missing = |why: String| HubError::Offline {
         repo: repo.to_owned(),
-        message: format!("{why}, and HF_HUB_OFFLINE is set so nothing is downloaded; unset it or copy the model into {}", cfg.cache_dir.display()),
+        message: format!(
+            "{why}, and HF_HUB_OFFLINE is set so nothing is downloaded; unset it or copy the model into {}",
+            cfg.cache_dir.display()
+        ),
     };
     let Some((commit, snapshot)) = cached_snapshot(&cfg.cache_dir, repo, &opts.revision) else {
         return Err(missing(format!("revision {} is not in the cache", opts.revision)));
@@ -104,9 +107,9 @@ fn bar(meta: &FileMeta, show: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(meta.size);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} eta {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} eta {eta}")
+    {
         pb.set_style(style);
     }
     pb.set_message(meta.path.clone());
@@ -158,7 +161,13 @@ pub fn fetch_blob(client: &Client, repo_dir: &Path, meta: &FileMeta, opts: &Pull
         return Ok(done(0, 0));
     }
     let part = blobs.join(format!("{}.incomplete", meta.etag));
-    let mut f = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&part).map_err(io("opening", &part))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(io("opening", &part))?;
     let mut have = f.metadata().map_err(io("reading", &part))?.len();
     if have > meta.size {
         f.set_len(0).map_err(io("truncating", &part))?;
@@ -178,7 +187,10 @@ pub fn fetch_blob(client: &Client, repo_dir: &Path, meta: &FileMeta, opts: &Pull
             if status == 200 || start != have {
                 // The server sent the whole file (no range support): start over.
                 if start != 0 {
-                    return Err(HubError::Protocol { url: meta.url.clone(), message: format!("asked for bytes from {have}, got from {start}") });
+                    return Err(HubError::Protocol {
+                        url: meta.url.clone(),
+                        message: format!("asked for bytes from {have}, got from {start}"),
+                    });
                 }
                 f.set_len(0).map_err(io("truncating", &part))?;
                 have = 0;
@@ -231,7 +243,10 @@ pub fn fetch_blob(client: &Client, repo_dir: &Path, meta: &FileMeta, opts: &Pull
             {
                 attempt += 1;
                 let _ = f.flush();
-                pb.println(format!("{}: {e}; resuming from byte {have} (try {attempt} of {})", meta.path, opts.retries));
+                pb.println(format!(
+                    "{}: {e}; resuming from byte {have} (try {attempt} of {})",
+                    meta.path, opts.retries
+                ));
                 std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
             }
             Err(e) => {
@@ -282,7 +297,8 @@ pub fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<()> {
     let path = repo_dir.join("refs").join(revision);
     let parent = path.parent().unwrap_or(repo_dir).to_owned();
     std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp =
+        parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, commit).map_err(io("writing", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io("writing", &path))
 }

@@ -135,12 +135,14 @@ impl HubConfig {
     pub fn from_env() -> Result<HubConfig> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let endpoint = var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim_end_matches('/').to_owned();
-        let hf_home = var("HF_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|h| h.join(".cache/huggingface")));
+        let hf_home =
+            var("HF_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|h| h.join(".cache/huggingface")));
         let token = var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
             let p = var("HF_TOKEN_PATH").map(PathBuf::from).or_else(|| hf_home.as_ref().map(|h| h.join("token")))?;
             std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
         });
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
+        let offline = var("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
         let cache_dir = airllm_format::hub::hf_cache_dir().ok_or_else(|| HubError::Offline {
             repo: String::new(),
             message: "no Hugging Face cache directory is known: set HF_HOME or HF_HUB_CACHE".into(),
@@ -202,7 +204,8 @@ pub struct Pulled {
 impl Pulled {
     /// The path to load: the one GGUF file when the pull selected exactly one, else the snapshot.
     pub fn model_path(&self) -> PathBuf {
-        let ggufs: Vec<&PulledFile> = self.files.iter().filter(|f| f.path.to_ascii_lowercase().ends_with(".gguf")).collect();
+        let ggufs: Vec<&PulledFile> =
+            self.files.iter().filter(|f| f.path.to_ascii_lowercase().ends_with(".gguf")).collect();
         match ggufs.as_slice() {
             [one] => self.snapshot.join(&one.path),
             _ => self.snapshot.clone(),

@@ -109,7 +109,9 @@ impl HubServer {
                     Ok((stream, _)) => {
                         let _ = handle(stream, &repos, &l, &f, &u);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(_) => break,
                 }
             }
@@ -122,7 +124,13 @@ impl HubServer {
     }
 }
 
-fn respond(s: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8], head_only: bool) -> std::io::Result<()> {
+fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut h = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
     for (k, v) in headers {
         h += &format!("{k}: {v}\r\n");
@@ -236,7 +244,10 @@ fn handle(
         }
         let body = &bytes[start..];
         let (status, mut h) = if start > 0 {
-            ("206 Partial Content", vec![("Content-Range".to_owned(), format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()))])
+            (
+                "206 Partial Content",
+                vec![("Content-Range".to_owned(), format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()))],
+            )
         } else {
             ("200 OK", Vec::new())
         };
