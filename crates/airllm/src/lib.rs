@@ -26,8 +26,20 @@
 //! forward passes), [`planner`] (which units stay resident), [`tokenizer`],
 //! [`sampler`]. The `airllm` binary wraps them in a CLI.
 //!
-//! Non-goals: training, CUDA-specific code paths, downloading models (repo ids
-//! resolve against the local Hugging Face cache only).
+//! Tooling modules: [`hub`] (downloads from the Hugging Face Hub into its standard
+//! cache, feature `hub`), [`perplexity`] (quality evaluation), [`constrain`]
+//! (grammar / JSON-schema constrained sampling through llguidance, feature
+//! `constrain`), [`stop`] (stop strings in streamed text).
+//!
+//! Non-goals: training, CUDA-specific code paths.
+
+// Tooling modules (issue 19).
+#[cfg(feature = "constrain")]
+pub mod constrain;
+#[cfg(feature = "hub")]
+pub mod hub;
+pub mod perplexity;
+pub mod stop;
 
 pub mod engine;
 pub mod error;

@@ -10,6 +10,8 @@ mod cli;
 /// software Vulkan driver with no GPU.
 ///
 /// Examples:
+///   airllm pull HuggingFaceTB/SmolLM2-135M-Instruct
+///   airllm chat --model HuggingFaceTB/SmolLM2-135M-Instruct
 ///   airllm generate --model ./SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt "What is a GPU?"
 ///   airllm generate --model ./Llama-3-8B --max-vram 1.5GiB --compression 4bit --prompt "Hi"
 ///   airllm shard ./Llama-3-8B --out ./llama-shards --compression 8bit
@@ -36,9 +38,32 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// List GPU adapters with their features and limits.
     Info(cli::info::InfoArgs),
+    /// Download a model from the Hugging Face Hub into its cache (resumable, sha256-verified).
+    Pull(cli::pull::PullArgs),
+    /// List cached models and their shard directories.
+    List(cli::cache::ListArgs),
+    /// Delete a cached model or its shards.
+    Rm(cli::cache::RmArgs),
+    /// Perplexity of a text, and KL divergence against a reference model.
+    Perplexity(cli::perplexity::PerplexityArgs),
 }
 
 fn main() {
+    // `airllm ... | head`: a print to a closed stdout is the reader going away, not a bug.
+    // Commands that stream (generate) stop on it themselves; for the rest, exit quietly.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AIRLLM_LOG")
@@ -54,8 +79,20 @@ fn main() {
         Command::Shard(a) => cli::shard::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Pull(a) => cli::pull::run(a),
+        Command::List(a) => cli::cache::list(a),
+        Command::Rm(a) => cli::cache::rm(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
     };
     if let Err(e) = result {
+        // The reader of our output went away (`| head`): nothing to report.
+        let closed = e.chain().any(|c| {
+            c.downcast_ref::<cli::out::Closed>().is_some()
+                || c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

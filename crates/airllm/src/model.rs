@@ -142,6 +142,17 @@ pub fn open_device(opts: &Options) -> Result<Option<GpuContext>> {
 
 /// The default shard directory of a checkpoint.
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
+    // [issue 19] A model inside a Hugging Face cache snapshot keeps its shards in
+    // airllm's cache: tools that read the hub cache take every entry of `snapshots/` for a revision.
+    if let (Some((repo, rev, rel)), Some(cache)) =
+        (airllm_format::hub::hf_snapshot_of(model), airllm_format::hub::airllm_cache_dir())
+    {
+        let mut name = format!("{}--{}", repo.replace('/', "--"), &rev[..rev.len().min(12)]);
+        if let Some(stem) = rel.file_stem() {
+            name = format!("{name}--{}", stem.to_string_lossy());
+        }
+        return cache.join("shards").join(format!("{name}.airllm-shards-{}", opts.compression));
+    }
     let name = model
         .file_stem()
         .or_else(|| model.file_name())
@@ -212,6 +223,10 @@ impl AutoModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+    /// Mutable tokenizer access (a chat template override; issue 19).
+    pub fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
     }
     /// The engine (plan, stats, GPU context).
     pub fn engine(&self) -> &Engine {
@@ -354,7 +369,7 @@ impl AutoModel {
         let mut index = std::collections::HashMap::new();
         for (i, p) in ids.iter().enumerate() {
             let o = GenerateOptions { seed: opts.seed.wrapping_add(i as u64), ..opts.clone() };
-            let id = sched.submit(&self.engine, Request { prompt: p.clone(), opts: o })?;
+            let id = sched.submit(&self.engine, Request { prompt: p.clone(), opts: o, hook_seq: i })?;
             index.insert(id, i);
         }
         let mut gens: Vec<Option<Generation>> = vec![None; ids.len()];

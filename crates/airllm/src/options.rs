@@ -5,8 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use airllm_gpu::GpuBackend;
 use airllm_quant::Compression;
@@ -208,6 +208,9 @@ pub struct GenerateOptions {
     /// When set to true (e.g. by a Ctrl-C handler), generation stops after the
     /// current pass; sequences finish with `FinishReason::Cancelled`.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Masks each sequence's logits before sampling and sees the chosen id
+    /// (constrained output, see [`crate::constrain`]).
+    pub logits_hook: Option<Arc<Mutex<dyn crate::sampler::LogitsHook>>>,
 }
 
 impl Default for GenerateOptions {
@@ -223,6 +226,7 @@ impl Default for GenerateOptions {
             stop_at_eos: true,
             logprobs: None,
             cancel: None,
+            logits_hook: None,
         }
     }
 }

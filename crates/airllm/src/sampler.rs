@@ -91,6 +91,16 @@ impl Sampler {
     }
 }
 
+/// A hook on the sampling path (issue 19): `mask` runs on a sequence's logits
+/// before sampling (set disallowed ids to `f32::NEG_INFINITY`), `accept` sees the
+/// id chosen. Errors are messages for the user (a grammar that rejects a token).
+pub trait LogitsHook: Send + std::fmt::Debug {
+    /// Restrict sequence `seq`'s next token.
+    fn mask(&mut self, seq: usize, logits: &mut [f32]) -> Result<(), String>;
+    /// Sequence `seq` produced `id`.
+    fn accept(&mut self, seq: usize, id: u32) -> Result<(), String>;
+}
+
 /// Index of the largest value (the first one on ties, like torch.argmax).
 pub fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;

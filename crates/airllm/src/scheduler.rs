@@ -83,6 +83,9 @@ pub struct Request {
     pub prompt: Vec<u32>,
     /// Sampling and stopping.
     pub opts: GenerateOptions,
+    /// The index this request's sequence has for `opts.logits_hook` (a batch's
+    /// requests share one hook that keeps state per index).
+    pub hook_seq: usize,
 }
 
 struct Running {
@@ -103,6 +106,7 @@ struct Running {
     /// Bytes of `text` already emitted.
     emitted: usize,
     opts: GenerateOptions,
+    hook_seq: usize,
     /// Admission order (for choosing whom to preempt).
     admitted: u64,
 }
@@ -343,6 +347,7 @@ impl Scheduler {
                     text: String::new(),
                     emitted: 0,
                     opts: w.req.opts,
+                    hook_seq: w.req.hook_seq,
                     admitted: self.admissions,
                 },
             };
@@ -392,7 +397,16 @@ impl Scheduler {
             let logprob = r.opts.logprobs.map(|n| token_logprobs(&row, n));
             let mut context = r.context[..r.prompt_len.min(r.context.len())].to_vec();
             context.extend(&r.generated);
+            // Constrained output: the hook masks what may come next and sees the choice.
+            if let Some(h) = &r.opts.logits_hook {
+                let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+                h.mask(r.hook_seq, &mut row).map_err(|m| EngineError::invalid("constrained output", m))?;
+            }
             let id = r.sampler.sample(&mut row, &context);
+            if let Some(h) = &r.opts.logits_hook {
+                let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+                h.accept(r.hook_seq, id).map_err(|m| EngineError::invalid("constrained output", m))?;
+            }
             report.sampled += 1;
             let logprob = logprob.map(|mut lp| {
                 lp.logprob = log_softmax_at(&lg[..v], id);
@@ -472,7 +486,7 @@ impl Scheduler {
         r.fed = 0;
         r.next = None;
         let id = r.id;
-        let req = Request { prompt: r.context[..r.prompt_len].to_vec(), opts: r.opts.clone() };
+        let req = Request { prompt: r.context[..r.prompt_len].to_vec(), opts: r.opts.clone(), hook_seq: r.hook_seq };
         self.waiting.push_front(Waiting { id, req, resumed: Some(Box::new(r)) });
     }
 }

@@ -123,6 +123,11 @@ impl TextTokenizer {
         &self.eos_ids
     }
 
+    /// Replace the chat template (`--chat-template FILE`; issue 19).
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
+    }
+
     /// Whether a chat template is available.
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()

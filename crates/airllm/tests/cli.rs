@@ -51,11 +51,12 @@ fn shard_inspect_generate() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let new_ids: Vec<u64> = v["new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let g = &v["generations"][0];
+    let new_ids: Vec<u64> = g["new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     let want: Vec<u64> = find_greedy(&golden);
     assert_eq!(new_ids, want);
     assert!(v["timings"]["per_token_s"].as_f64().unwrap() > 0.0);
-    assert!(v["text"].is_string() && v["prompt_ids"].as_array().unwrap().len() == 13);
+    assert!(g["text"].is_string() && g["prompt_ids"].as_array().unwrap().len() == 13);
 }
 
 /// The greedy ids of prompt 0 from golden.json.

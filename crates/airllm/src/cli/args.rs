@@ -47,7 +47,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub prefetch_depth: Option<usize>,
     /// Longest sequence (prompt + new tokens) [default: the model's context, at most 4096].
-    #[arg(long, visible_alias = "ctx-size")]
+    #[arg(long, short = 'c', visible_alias = "ctx-size")]
     pub max_context: Option<usize>,
     /// Tokens the KV cache holds, shared by all sequences [default: --max-context].
     #[arg(long)]
@@ -91,8 +91,10 @@ impl EngineArgs {
 /// How to load and place a model.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, or repo id
-    /// (org/name) already in the local Hugging Face cache.
+    /// Model: Hugging Face checkpoint directory, shard directory, .gguf file, repo id
+    /// (org/name, or org/name:Q4_K_M for one file of a GGUF repo; downloaded into the
+    /// Hugging Face cache on first use), or the bare name of a cached model
+    /// (`airllm list` shows them).
     #[arg(long, short = 'm')]
     pub model: String,
     #[command(flatten)]

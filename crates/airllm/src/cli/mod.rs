@@ -1,7 +1,12 @@
 pub mod args;
 pub mod bench;
+pub mod cache;
 pub mod chat;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+pub mod load;
+pub mod out;
+pub mod perplexity;
+pub mod pull;
 pub mod shard;
