@@ -123,6 +123,10 @@ fn ctrl_c_stops_the_reply_and_keeps_the_session() {
             "3",
             "--resident-layers",
             "0",
+            // Streamed through lavapipe the reply is slow enough to interrupt; the
+            // CPU executor would finish 200 tokens before Ctrl-C arrives.
+            "--device",
+            "gpu",
         ]);
     let mut pty = Pty::spawn(cmd);
     let long = Duration::from_secs(240);

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use airllm::stop::StopStream;
 use airllm::{AutoModel, ChatMessage, FinishReason, GenerateOptions, Generation, Prompt};
 use anyhow::Context;
 
@@ -231,15 +230,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     opts.logits_hook = constraint(&model, a.json_schema.as_ref(), a.grammar.as_ref())?;
     let mut out = Out::new(cancel);
     let stream_text = !machine && prompts.len() == 1;
-    let mut streams: Vec<StopStream> = prompts.iter().map(|_| StopStream::new(&opts.stop_strings)).collect();
+    // The scheduler holds back text that could start a stop string and never
+    // emits a stop string, so events are shown as they come.
     let (gens, timings) = model.generate(&prompts, &opts, |ev| {
-        let Some(s) = streams.get_mut(ev.seq) else { return };
-        let shown = ev.text.as_deref().map(|t| s.push(t)).unwrap_or_default();
-        if a.jsonl {
+        let shown = ev.text.as_deref().unwrap_or_default();
+        // Text released at the end with no token of its own is in the done event.
+        if a.jsonl && ev.id != u32::MAX {
             let line = serde_json::json!({"event": "token", "seq": ev.seq, "id": ev.id, "text": shown});
             out.line(&line.to_string());
         } else if stream_text {
-            out.write(&shown);
+            out.write(shown);
         }
     })?;
     let prompt_tokens = gens.iter().map(|g| g.prompt_ids.len()).max().unwrap_or(0);
@@ -262,9 +262,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         out.line(&v.to_string());
     } else {
         if stream_text {
-            // What the stream held back (a possible stop-string start that never completed).
-            let rest = streams[0].finish();
-            out.write(&rest);
             out.line("");
         } else {
             for (i, g) in gens.iter().enumerate() {
