@@ -36,6 +36,8 @@ pub mod model;
 pub mod options;
 pub mod planner;
 pub mod sampler;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod sizing;
 pub mod tokenizer;
 

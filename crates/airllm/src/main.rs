@@ -15,6 +15,7 @@ mod cli;
 ///   airllm shard ./Llama-3-8B --out ./llama-shards --compression 8bit
 ///   airllm inspect ./llama-shards --max-vram 4GiB
 ///   airllm bench --model ./llama-shards --max-vram 1.5GiB --json
+///   airllm serve --model ./SmolLM2-135M-Instruct.Q4_1.gguf --port 8080
 #[derive(Parser)]
 #[command(name = "airllm", version, verbatim_doc_comment)]
 struct Cli {
@@ -36,6 +37,10 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// List GPU adapters with their features and limits.
     Info(cli::info::InfoArgs),
+    /// Serve a model over the OpenAI HTTP API (chat and completions, streamed or not).
+    Serve(cli::serve::ServeArgs),
+    /// Load an OpenAI-compatible server: tokens/s, time to first token, inter-token latency.
+    Loadgen(cli::loadgen::LoadgenArgs),
 }
 
 fn main() {
@@ -54,6 +59,8 @@ fn main() {
         Command::Shard(a) => cli::shard::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Loadgen(a) => cli::loadgen::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,4 +4,6 @@ pub mod chat;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+pub mod loadgen;
+pub mod serve;
 pub mod shard;
