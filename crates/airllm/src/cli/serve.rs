@@ -46,6 +46,7 @@ pub struct ServeArgs {
 }
 
 /// The name to serve: the file stem of a .gguf, the directory name, or a repo id as given.
+#[cfg(feature = "server")]
 pub fn default_model_name(model: &str) -> String {
     let p = std::path::Path::new(model);
     if p.exists() {
