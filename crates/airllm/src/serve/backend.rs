@@ -12,7 +12,8 @@
 //!   returns a [`RequestId`]. An accepted request's sink is then called from the engine's
 //!   own thread with zero or more [`GenEvent::Token`]s followed by exactly one terminal
 //!   event ([`GenEvent::Finished`] or [`GenEvent::Failed`]), and never again after that.
-//!   The sink may be called before `submit` returns.
+//!   The sink may be called before `submit` returns, and (for requests still waiting)
+//!   from the thread that calls [`Backend::shutdown`].
 //! - The sink returns `false` when nobody is listening any more (the client went away).
 //!   The backend then cancels the request: it is dropped from the queue or the running
 //!   batch at the next pass boundary, its KV blocks are freed, and the sink is not

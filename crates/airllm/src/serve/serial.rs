@@ -186,6 +186,13 @@ fn run_job(s: &Shared, model: &mut AutoModel, eos: &[u32], job: Job) {
     let prompt = [Prompt::Ids(req.prompt_ids)];
     let result = catch_unwind(AssertUnwindSafe(|| {
         model.generate(&prompt, &opts, |ev| {
+            // The end-of-sequence token ends the text; it is not a completion token.
+            let is_eos = ev.text.is_none() && eos.contains(&ev.id);
+            if !is_eos {
+                // Counted even when nobody listens any more: the engine made it, and
+                // tokens per pass measures the engine.
+                s.n.generated.fetch_add(1, Ordering::Relaxed);
+            }
             if !alive {
                 return;
             }
@@ -200,11 +207,9 @@ fn run_job(s: &Shared, model: &mut AutoModel, eos: &[u32], job: Job) {
                     return;
                 }
             }
-            // The end-of-sequence token ends the text; it is not a completion token.
-            if ev.text.is_none() && eos.contains(&ev.id) {
+            if is_eos {
                 return;
             }
-            s.n.generated.fetch_add(1, Ordering::Relaxed);
             let piece = ev.text.clone().unwrap_or_default();
             raw.push_str(&piece);
             let text = stop.push(&piece);
