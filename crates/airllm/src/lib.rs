@@ -49,6 +49,8 @@ pub mod options;
 pub mod planner;
 pub mod sampler;
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod sizing;
 pub mod tokenizer;
 

@@ -17,6 +17,7 @@ mod cli;
 ///   airllm shard ./Llama-3-8B --out ./llama-shards --compression 8bit
 ///   airllm inspect ./llama-shards --max-vram 4GiB
 ///   airllm bench --model ./llama-shards --max-vram 1.5GiB --json
+///   airllm serve --model ./SmolLM2-135M-Instruct.Q4_1.gguf --port 8080
 #[derive(Parser)]
 #[command(name = "airllm", version, verbatim_doc_comment)]
 struct Cli {
@@ -46,6 +47,10 @@ enum Command {
     Rm(cli::cache::RmArgs),
     /// Perplexity of a text, and KL divergence against a reference model.
     Perplexity(cli::perplexity::PerplexityArgs),
+    /// Serve a model over the OpenAI HTTP API (chat and completions, streamed or not).
+    Serve(cli::serve::ServeArgs),
+    /// Load an OpenAI-compatible server: tokens/s, time to first token, inter-token latency.
+    Loadgen(cli::loadgen::LoadgenArgs),
 }
 
 fn main() {
@@ -83,6 +88,8 @@ fn main() {
         Command::List(a) => cli::cache::list(a),
         Command::Rm(a) => cli::cache::rm(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Loadgen(a) => cli::loadgen::run(a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`| head`): nothing to report.

@@ -9,4 +9,6 @@ pub mod load;
 pub mod out;
 pub mod perplexity;
 pub mod pull;
+pub mod loadgen;
+pub mod serve;
 pub mod shard;
