@@ -30,6 +30,8 @@ fn gguf_arch(family: Family) -> &'static str {
         Family::Qwen3 => "qwen3",
         Family::Gemma => "gemma",
         Family::Phi3 => "phi3",
+        Family::Gemma2 => "gemma2",
+        Family::Gemma3 => "gemma3",
         Family::Glm => unreachable!("not converted"),
     }
 }

@@ -2,11 +2,12 @@
 
 use crate::error::Result;
 use crate::gguf::parse::{GgufMetadata, GgufValue};
+use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 use crate::spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
 
 /// GGUF architectures this reader maps, for error messages.
 pub const SUPPORTED_ARCHITECTURES: &str =
-    "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, phi3";
+    "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, gemma2, gemma3, phi3";
 
 /// How a GGUF architecture maps onto a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub fn arch_info(meta: &GgufMetadata) -> Result<(String, ArchInfo)> {
         "qwen2" => info(Family::Qwen2, false, false),
         "qwen3" => info(Family::Qwen3, false, false),
         "gemma" => info(Family::Gemma, false, false),
+        "gemma2" => info(Family::Gemma2, false, false),
+        "gemma3" => info(Family::Gemma3, false, false),
         "phi3" => info(Family::Phi3, false, true),
         "chatglm" | "glm4" => {
             return Err(meta.err(format!(
@@ -182,6 +185,15 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             }
         }
     }
+    if family.is_gemma() {
+        // Gemma's chat turns end with <end_of_turn>; llama.cpp's converter stores no
+        // eot id, and llama.cpp finds the token by its text (as here).
+        if let Some(id) = token_index(meta, "<end_of_turn>") {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+    }
     let spec = ModelSpec {
         family,
         hidden_size,
@@ -195,23 +207,115 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         // RMSNorm multiply is exact here (no NormKind::RmsOnePlus).
         norm: NormKind::Rms,
         norm_eps,
-        activation: if family == Family::Gemma { Activation::GeluTanh } else { Activation::Silu },
+        activation: if family.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
         rope,
         qkv_bias: family == Family::Qwen2 || has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
         o_bias: has("blk.0.attn_output.bias"),
         mlp_bias: has("blk.0.ffn_down.bias"),
-        qk_norm: family == Family::Qwen3,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
         tie_word_embeddings: !has("output.weight"),
-        sliding_window: count(meta, &k("attention.sliding_window"))?.filter(|&w| w > 0),
+        sliding_window: match (family, count(meta, &k("attention.sliding_window"))?) {
+            // llama.cpp's default for Gemma 2 files that do not say.
+            (Family::Gemma2, None) => Some(4096),
+            (_, w) => w.filter(|&w| w > 0),
+        },
         moe,
-        embedding_scale: (family == Family::Gemma).then(|| (hidden_size as f32).sqrt()),
+        embedding_scale: family.is_gemma().then(|| (hidden_size as f32).sqrt()),
         max_position_embeddings: count(meta, &k("context_length"))?.unwrap_or(4096),
         bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id"),
         eos_token_ids,
         pad_token_id: token_id(meta, "tokenizer.ggml.padding_token_id"),
         layers: Default::default(),
     };
+    let spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };
     spec.validate().map_err(|m| meta.err(m))?;
+    Ok(spec)
+}
+
+/// The id of the vocabulary entry `text`, if any.
+fn token_index(meta: &GgufMetadata, text: &str) -> Option<u32> {
+    let tokens = meta.get_array("tokenizer.ggml.tokens")?;
+    tokens.iter().position(|t| t.as_str() == Some(text)).and_then(|i| u32::try_from(i).ok())
+}
+
+/// Gemma 2 / Gemma 3's per-layer attention, as llama.cpp reads it
+/// (`llama-model.cpp`, `LLM_ARCH_GEMMA2` / `LLM_ARCH_GEMMA3`):
+///
+/// - layer types: `{arch}.attention.sliding_window_pattern` when the file has it
+///   (a bool per layer, true = sliding, as llama.cpp's newer architectures write
+///   it; or an integer N: every N-th layer global), else llama.cpp's fixed
+///   patterns: Gemma 2 every other layer (sliding first), Gemma 3 five sliding
+///   layers then a global one. Without `attention.sliding_window` (or with 0) a
+///   Gemma 3 file has no sliding layers.
+/// - RoPE: `rope.freq_base` and `rope.scaling.*` for global layers; sliding Gemma 3
+///   layers use `rope.freq_base_swa` when present, else llama.cpp's fixed 10000,
+///   unscaled.
+/// - soft-caps: Gemma 2 `attn_logit_softcapping` / `final_logit_softcapping`,
+///   defaults 50 / 30 (llama.cpp's); Gemma 3 `final_logit_softcapping` only,
+///   default none; 0 means none.
+/// - score scale: `{arch}.attention.scale` when present, else llama.cpp's rule:
+///   `(hidden / heads)^-0.5` for the 27B models (46 / 62 layers), else
+///   `head_dim^-0.5` (their `query_pre_attn_scalar`).
+/// - sandwich norms: `post_attention_norm` / `post_ffw_norm`, stored as `1 + w`
+///   like the other norms.
+fn gemma_layers(meta: &GgufMetadata, arch: &str, mut spec: ModelSpec) -> Result<ModelSpec> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let gemma2 = spec.family == Family::Gemma2;
+    let n = spec.num_layers;
+    let layer_types = match meta.get(&k("attention.sliding_window_pattern")) {
+        _ if spec.sliding_window.is_none() => vec![LayerType::Full; n],
+        Some(v) => match v.as_array() {
+            Some(items) => {
+                let flags: Option<Vec<bool>> = items.iter().map(|x| x.as_bool()).collect();
+                match flags {
+                    Some(f) if f.len() == n => {
+                        f.into_iter().map(|s| if s { LayerType::Sliding } else { LayerType::Full }).collect()
+                    }
+                    _ => {
+                        return Err(meta.err(format!(
+                            "{} must be {n} booleans (one per layer), found {v}",
+                            k("attention.sliding_window_pattern")
+                        )));
+                    }
+                }
+            }
+            None => match v.as_u64() {
+                Some(p) => layer_types_from_pattern(n, p as usize),
+                None => {
+                    return Err(meta.err(format!(
+                        "{} must be an integer or a list of booleans, found {v}",
+                        k("attention.sliding_window_pattern")
+                    )));
+                }
+            },
+        },
+        None => layer_types_from_pattern(n, if gemma2 { 2 } else { 6 }),
+    };
+    let cap = |key: &str, default: Option<f32>| meta.get_f32(&k(key)).or(default).filter(|&c| c != 0.0);
+    let scale = match meta.get_f32(&k("attention.scale")) {
+        Some(s) if s.is_finite() && s > 0.0 => {
+            // Back to the integer transformers configs hold, when it is one.
+            let q = 1.0 / (s * s);
+            if (q - q.round()).abs() <= 1e-4 * q { q.round() } else { q }
+        }
+        Some(s) => return Err(meta.err(format!("{} is {s}; expected a positive number", k("attention.scale")))),
+        None if n == if gemma2 { 46 } else { 62 } => (spec.hidden_size / spec.num_heads) as f32,
+        None => spec.head_dim as f32,
+    };
+    let rope_local = (!gemma2).then(|| RopeSpec {
+        theta: meta.get_f32(&k("rope.freq_base_swa")).unwrap_or(10_000.0),
+        scaling: RopeScaling::None,
+        ..spec.rope
+    });
+    spec.layers = LayerOverrides {
+        layer_types,
+        rope_local: rope_local.filter(|r| *r != spec.rope),
+        attn_softcap: if gemma2 { cap("attn_logit_softcapping", Some(50.0)) } else { None },
+        final_softcap: cap("final_logit_softcapping", gemma2.then_some(30.0)),
+        query_pre_attn_scalar: Some(scale),
+        sandwich_norms: true,
+        ..LayerOverrides::default()
+    };
     Ok(spec)
 }
 
