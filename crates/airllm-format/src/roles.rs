@@ -259,7 +259,8 @@ pub fn hf_ignored_for(family: Family, name: &str) -> bool {
 /// (transformers 5) become `model.X`; `language_model.lm_head.weight` becomes
 /// `lm_head.weight`.
 fn gemma3_text_name(name: &str) -> std::borrow::Cow<'_, str> {
-    if let Some(rest) = name.strip_prefix("language_model.model.").or_else(|| name.strip_prefix("model.language_model."))
+    if let Some(rest) =
+        name.strip_prefix("language_model.model.").or_else(|| name.strip_prefix("model.language_model."))
     {
         return format!("model.{rest}").into();
     }
@@ -422,7 +423,8 @@ mod name_tests {
 
     #[test]
     fn hf_name_inverts_classify() {
-        for role in [Role::Q, Role::QBias, Role::GateUp, Role::ExpertDown(2), Role::Router, Role::KNorm, Role::MlpNorm] {
+        for role in [Role::Q, Role::QBias, Role::GateUp, Role::ExpertDown(2), Role::Router, Role::KNorm, Role::MlpNorm]
+        {
             let n = hf_name(Family::Llama, Unit::Layer(3), role);
             assert_eq!(classify_hf(&n), Some((Unit::Layer(3), role)), "{n}");
             assert_eq!(classify_hf_for(Family::Llama, &n), Some((Unit::Layer(3), role)), "{n}");
@@ -430,7 +432,8 @@ mod name_tests {
         let head = hf_name(Family::Llama, Unit::LmHead, Role::LmHead);
         assert_eq!(classify_hf(&head), Some((Unit::LmHead, Role::LmHead)));
         for family in [Family::Gemma2, Family::Gemma3] {
-            for role in [Role::AttnNorm, Role::PostAttnNorm, Role::MlpNorm, Role::PostMlpNorm, Role::QNorm, Role::Down] {
+            for role in [Role::AttnNorm, Role::PostAttnNorm, Role::MlpNorm, Role::PostMlpNorm, Role::QNorm, Role::Down]
+            {
                 let n = hf_name(family, Unit::Layer(3), role);
                 assert_eq!(classify_hf_for(family, &n), Some((Unit::Layer(3), role)), "{family} {n}");
             }

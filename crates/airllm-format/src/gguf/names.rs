@@ -121,7 +121,10 @@ mod tests {
             classify_gguf("blk.3.post_attention_norm.weight"),
             Some(GgufName::Plain(Unit::Layer(3), Role::PostAttnNorm))
         );
-        assert_eq!(classify_gguf("blk.3.post_ffw_norm.weight"), Some(GgufName::Plain(Unit::Layer(3), Role::PostMlpNorm)));
+        assert_eq!(
+            classify_gguf("blk.3.post_ffw_norm.weight"),
+            Some(GgufName::Plain(Unit::Layer(3), Role::PostMlpNorm))
+        );
         assert_eq!(classify_gguf("blk.3.ffn_norm.weight"), Some(GgufName::Plain(Unit::Layer(3), Role::MlpNorm)));
         assert_eq!(classify_gguf("blk.x.attn_q.weight"), None);
         assert_eq!(classify_gguf("blk.+1.attn_q.weight"), None);

@@ -6,8 +6,7 @@ use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 use crate::spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
 
 /// GGUF architectures this reader maps, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str =
-    "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, gemma2, gemma3, phi3";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, gemma2, gemma3, phi3";
 
 /// How a GGUF architecture maps onto a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
