@@ -384,3 +384,103 @@ fn llama3_scaling_from_freqs(meta: &GgufMetadata, rope: &RopeSpec, freqs: &[f32]
          this rope scaling is not supported",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufBuilder, GgufValueType};
+
+    /// Metadata as llama.cpp's converter writes it for a Gemma 2/3 model of `layers` layers.
+    fn gemma(arch: &str, layers: u32, extra: &[(&str, GgufValue)]) -> Result<ModelSpec> {
+        let k = |s: &str| format!("{arch}.{s}");
+        let mut b = GgufBuilder::new();
+        b.kv("general.architecture", GgufValue::String(arch.into()))
+            .kv(&k("block_count"), GgufValue::U32(layers))
+            .kv(&k("embedding_length"), GgufValue::U32(640))
+            .kv(&k("feed_forward_length"), GgufValue::U32(2048))
+            .kv(&k("attention.head_count"), GgufValue::U32(4))
+            .kv(&k("attention.head_count_kv"), GgufValue::U32(1))
+            .kv(&k("attention.key_length"), GgufValue::U32(256))
+            .kv(&k("attention.value_length"), GgufValue::U32(256))
+            .kv(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-6))
+            .kv(&k("rope.freq_base"), GgufValue::F32(1e6))
+            .kv("tokenizer.ggml.tokens", GgufValue::strings(&["<pad>", "<eos>", "<bos>", "<end_of_turn>"]))
+            .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(1));
+        for (key, v) in extra {
+            b.kv(&k(key), v.clone());
+        }
+        let bytes = b.to_bytes();
+        let meta = GgufMetadata::parse(&bytes, "gemma.gguf".as_ref())?;
+        spec_from_metadata(&meta, None)
+    }
+
+    #[test]
+    fn gemma3_follows_llama_cpp_fixed_rules() {
+        let s = gemma("gemma3", 18, &[("attention.sliding_window", GgufValue::U32(512))]).unwrap();
+        assert_eq!(s.family, Family::Gemma3);
+        let full: Vec<usize> = (0..18).filter(|&l| s.layer(l).attention.window.is_none()).collect();
+        assert_eq!(full, vec![5, 11, 17], "five sliding layers, then a global one");
+        assert_eq!(s.layer(0).attention.window, Some(512));
+        assert_eq!((s.layer(0).attention.rope.theta, s.layer(5).attention.rope.theta), (10_000.0, 1e6));
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 16.0);
+        assert_eq!((s.layers.attn_softcap, s.layers.final_softcap), (None, None));
+        assert!(s.qk_norm && s.layers.sandwich_norms && s.norm == NormKind::Rms);
+        assert_eq!(s.embedding_scale, Some(640f32.sqrt()));
+        assert_eq!(s.eos_token_ids, vec![1, 3], "<end_of_turn> ends generation");
+        // The 27B rule: (hidden / heads)^-0.5.
+        let s = gemma("gemma3", 62, &[("attention.sliding_window", GgufValue::U32(1024))]).unwrap();
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 160f32.sqrt());
+        // No sliding window: every layer global.
+        let s = gemma("gemma3", 6, &[]).unwrap();
+        assert!((0..6).all(|l| s.layer(l).attention.window.is_none()));
+    }
+
+    #[test]
+    fn gemma3_explicit_keys_win() {
+        let pattern = GgufValue::Array {
+            elem: GgufValueType::Bool,
+            items: [true, false, true].iter().map(|&b| GgufValue::Bool(b)).collect(),
+        };
+        let s = gemma(
+            "gemma3",
+            3,
+            &[
+                ("attention.sliding_window", GgufValue::U32(8)),
+                ("attention.sliding_window_pattern", pattern),
+                ("rope.freq_base_swa", GgufValue::F32(5e4)),
+                ("final_logit_softcapping", GgufValue::F32(30.0)),
+                ("attention.scale", GgufValue::F32(1.0 / 24f32.sqrt())),
+            ],
+        )
+        .unwrap();
+        let w: Vec<_> = (0..3).map(|l| s.layer(l).attention.window).collect();
+        assert_eq!(w, vec![Some(8), None, Some(8)]);
+        assert_eq!(s.layer(0).attention.rope.theta, 5e4);
+        assert_eq!(s.layers.final_softcap, Some(30.0));
+        assert_eq!(s.layers.query_pre_attn_scalar, Some(24.0));
+        let bad = GgufValue::Array { elem: GgufValueType::Bool, items: vec![GgufValue::Bool(true)] };
+        let e = gemma(
+            "gemma3",
+            3,
+            &[("attention.sliding_window", GgufValue::U32(8)), ("attention.sliding_window_pattern", bad)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sliding_window_pattern") && e.contains("3 booleans"), "{e}");
+    }
+
+    #[test]
+    fn gemma2_defaults_are_llama_cpp_s() {
+        let s = gemma("gemma2", 46, &[]).unwrap();
+        assert_eq!(s.family, Family::Gemma2);
+        assert_eq!((s.layers.attn_softcap, s.layers.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(s.sliding_window, Some(4096));
+        let w: Vec<_> = (0..4).map(|l| s.layer(l).attention.window).collect();
+        assert_eq!(w, vec![Some(4096), None, Some(4096), None]);
+        assert_eq!(s.layer(1).attention.scale, 1.0 / 160f32.sqrt(), "27B: (hidden / heads)^-0.5");
+        assert!(s.layers.rope_local.is_none() && !s.qk_norm);
+        let s = gemma("gemma2", 26, &[("attn_logit_softcapping", GgufValue::F32(0.0))]).unwrap();
+        assert_eq!(s.layers.attn_softcap, None, "0 turns it off");
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 16.0);
+    }
+}
