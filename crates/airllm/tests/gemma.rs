@@ -462,3 +462,66 @@ fn gemma_chat_format() {
     let e = tok.apply_chat_template(&[m("assistant", "x")], true).unwrap_err().to_string();
     assert!(e.contains("alternate"), "{e}");
 }
+
+/// Gemma 3's multimodal checkpoints (`Gemma3ForConditionalGeneration`): the text
+/// config nested in `text_config`, the text model's tensors under
+/// `language_model.model.` (transformers 4.5x) or `model.language_model.`
+/// (transformers 5), a vision tower beside them. The text model runs as
+/// `Gemma3ForCausalLM` does.
+#[test]
+fn gemma3_multimodal_layouts_run_the_text_model() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let g = Golden::load("gemma3");
+    let src = fixture("gemma3");
+    let st_bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&st_bytes).unwrap();
+    let vision = vec![0u8; 4 * 4];
+    for prefix in ["language_model.model.", "model.language_model."] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("gemma3-mm");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let mut text: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        let top = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "eos_token_id": text["eos_token_id"].clone(), "bos_token_id": text["bos_token_id"].clone(),
+            "image_token_index": 511, "vision_config": {"hidden_size": 2, "model_type": "siglip_vision_model"},
+            "text_config": {"model_type": "gemma3_text"},
+        });
+        text.as_object_mut().unwrap().remove("architectures");
+        let mut cfg = top;
+        for (k, v) in text.as_object().unwrap() {
+            cfg["text_config"][k] = v.clone();
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let mut tensors: Vec<(String, TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, t)| (format!("{prefix}{}", name.strip_prefix("model.").unwrap()), t))
+            .collect();
+        let vision_prefix = if prefix.starts_with("model.") { "model." } else { "" };
+        tensors.push((
+            format!("{vision_prefix}vision_tower.vision_model.embeddings.patch_embedding.weight"),
+            TensorView::new(Dtype::F32, vec![2, 2], &vision).unwrap(),
+        ));
+        tensors.push((
+            format!("{vision_prefix}multi_modal_projector.mm_input_projection_weight"),
+            TensorView::new(Dtype::F32, vec![2, 2], &vision).unwrap(),
+        ));
+        safetensors::serialize_to_file(tensors, None, &dir.join("model.safetensors")).unwrap();
+
+        let ck = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        let reference = Checkpoint::open(&src).unwrap();
+        assert_eq!(ck.spec(), reference.spec(), "{prefix}: spec");
+        assert_eq!(ck.tensors().len(), reference.tensors().len(), "{prefix}: the vision tower is skipped");
+        let Some(mut m) = load(&dir, &tmp.path().join("shards"), None) else { return };
+        let p1 = g.ids("prompt1.input_ids");
+        let got = m.forward_logits(std::slice::from_ref(&p1)).unwrap().remove(0);
+        let d = max_abs(&got, &g.f32("prompt1.logits"));
+        eprintln!("gemma3 as {prefix}*: prompt1 logits max abs diff {d:.2e}");
+        assert!(d <= TOL, "{prefix}: logits differ by {d}");
+    }
+}
