@@ -192,13 +192,13 @@ pub fn check_tensors(spec: &ModelSpec, tensors: &[SourceTensor], origin: &Path) 
     }
     let layers: BTreeSet<u32> =
         tensors.iter().filter_map(|t| if let Unit::Layer(i) = t.unit { Some(i) } else { None }).collect();
-    if let Some(&max) = layers.iter().next_back() {
-        if max as usize >= spec.num_layers {
-            return Err(FormatError::Config {
-                path: origin.to_owned(),
-                message: format!("tensors exist for layer {max} but num_hidden_layers is {}", spec.num_layers),
-            });
-        }
+    if let Some(&max) = layers.iter().next_back()
+        && max as usize >= spec.num_layers
+    {
+        return Err(FormatError::Config {
+            path: origin.to_owned(),
+            message: format!("tensors exist for layer {max} but num_hidden_layers is {}", spec.num_layers),
+        });
     }
     Ok(())
 }

@@ -122,12 +122,10 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             )));
         }
     };
-    if let Some(v) = count(meta, &k("attention.value_length"))? {
-        if v != head_dim {
-            return Err(
-                meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported"))
-            );
-        }
+    if let Some(v) = count(meta, &k("attention.value_length"))?
+        && v != head_dim
+    {
+        return Err(meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported")));
     }
     let intermediate_size = required(meta, &k("feed_forward_length"))?;
     let vocab_size = match meta.tensor("token_embd.weight") {
@@ -158,10 +156,11 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             )));
         }
     }
-    if let Some(f) = meta.get_f32(&k("rope.scale_linear")) {
-        if f != 1.0 && rope.scaling == RopeScaling::None {
-            rope.scaling = RopeScaling::Linear { factor: f };
-        }
+    if let Some(f) = meta.get_f32(&k("rope.scale_linear"))
+        && f != 1.0
+        && rope.scaling == RopeScaling::None
+    {
+        rope.scaling = RopeScaling::Linear { factor: f };
     }
     if let Some(freqs) = rope_freqs {
         rope.scaling = llama3_scaling_from_freqs(meta, &rope, freqs)?;
@@ -178,20 +177,19 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     };
     let mut eos_token_ids = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-        if let Some(id) = token_id(meta, key) {
-            if !eos_token_ids.contains(&id) {
-                eos_token_ids.push(id);
-            }
+        if let Some(id) = token_id(meta, key)
+            && !eos_token_ids.contains(&id)
+        {
+            eos_token_ids.push(id);
         }
     }
-    if family.is_gemma() {
-        // Gemma's chat turns end with <end_of_turn>; llama.cpp's converter stores no
-        // eot id, and llama.cpp finds the token by its text (as here).
-        if let Some(id) = token_index(meta, "<end_of_turn>") {
-            if !eos_token_ids.contains(&id) {
-                eos_token_ids.push(id);
-            }
-        }
+    // Gemma's chat turns end with <end_of_turn>; llama.cpp's converter stores no
+    // eot id, and llama.cpp finds the token by its text (as here).
+    if family.is_gemma()
+        && let Some(id) = token_index(meta, "<end_of_turn>")
+        && !eos_token_ids.contains(&id)
+    {
+        eos_token_ids.push(id);
     }
     let spec = ModelSpec {
         family,
@@ -353,14 +351,14 @@ fn llama3_scaling_from_freqs(meta: &GgufMetadata, rope: &RopeSpec, freqs: &[f32]
     if let Some(&(x1, s1)) = smooth.first() {
         candidates.push((1.0, 4.0, tidy((s1 * 3.0 + 1.0) / x1)));
     }
-    if let (Some(&(x1, s1)), Some(&(x2, s2))) = (smooth.first(), smooth.last()) {
-        if x2 != x1 {
-            let a = (s2 - s1) / (x2 - x1);
-            let b = s1 - a * x1;
-            if b < 0.0 {
-                let high_minus_low = -1.0 / b;
-                candidates.push((1.0, tidy(1.0 + high_minus_low), tidy(a * high_minus_low)));
-            }
+    if let (Some(&(x1, s1)), Some(&(x2, s2))) = (smooth.first(), smooth.last())
+        && x2 != x1
+    {
+        let a = (s2 - s1) / (x2 - x1);
+        let b = s1 - a * x1;
+        if b < 0.0 {
+            let high_minus_low = -1.0 / b;
+            candidates.push((1.0, tidy(1.0 + high_minus_low), tidy(a * high_minus_low)));
         }
     }
     for (low, high, orig) in candidates {

@@ -187,10 +187,10 @@ pub fn export_tokenizer(meta: &GgufMetadata) -> Result<Option<ExportedTokenizer>
         "clean_up_tokenization_spaces": false,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    if let Some(arch) = meta.architecture() {
-        if let Some(ctx) = meta.get_u64(&format!("{arch}.context_length")) {
-            config["model_max_length"] = json!(ctx);
-        }
+    if let Some(arch) = meta.architecture()
+        && let Some(ctx) = meta.get_u64(&format!("{arch}.context_length"))
+    {
+        config["model_max_length"] = json!(ctx);
     }
     if let Some(t) = chat_template(meta) {
         config["chat_template"] = t;
