@@ -24,7 +24,7 @@ fn make_checkpoint(dir: &Path) -> Vec<PathBuf> {
     for (unit, role, shape) in &tensors {
         let n: usize = shape.iter().product::<usize>() * 2;
         header.insert(
-            airllm_format::roles::hf_name(*unit, *role),
+            airllm_format::roles::hf_name(spec.family, *unit, *role),
             serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + n]}),
         );
         off += n;

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::dtype::{DType, StorageFormat};
 use crate::error::{FormatError, IoContext, Result};
-use crate::roles::{Role, Unit, classify_hf, hf_ignored};
+use crate::roles::{Role, Unit, classify_hf_for, hf_ignored_for};
 use crate::source::{SourceFile, SourceTensor, TensorSource};
 use crate::spec::ModelSpec;
 
@@ -106,10 +106,10 @@ impl Checkpoint {
             let map = unsafe { Mmap::map(&file) }.at("memory-mapping", path)?;
             let header = parse_safetensors_header(&map, path)?;
             for (name, (dtype, shape, (b, e))) in header.tensors {
-                if hf_ignored(&name) {
+                if hf_ignored_for(spec.family, &name) {
                     continue;
                 }
-                let Some((unit, role)) = classify_hf(&name) else {
+                let Some((unit, role)) = classify_hf_for(spec.family, &name) else {
                     return Err(FormatError::UnknownTensor {
                         path: path.clone(),
                         tensor: name,
@@ -192,13 +192,13 @@ pub fn check_tensors(spec: &ModelSpec, tensors: &[SourceTensor], origin: &Path) 
     }
     let layers: BTreeSet<u32> =
         tensors.iter().filter_map(|t| if let Unit::Layer(i) = t.unit { Some(i) } else { None }).collect();
-    if let Some(&max) = layers.iter().next_back() {
-        if max as usize >= spec.num_layers {
-            return Err(FormatError::Config {
-                path: origin.to_owned(),
-                message: format!("tensors exist for layer {max} but num_hidden_layers is {}", spec.num_layers),
-            });
-        }
+    if let Some(&max) = layers.iter().next_back()
+        && max as usize >= spec.num_layers
+    {
+        return Err(FormatError::Config {
+            path: origin.to_owned(),
+            message: format!("tensors exist for layer {max} but num_hidden_layers is {}", spec.num_layers),
+        });
     }
     Ok(())
 }
@@ -231,6 +231,10 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
             out.push((u, Role::QNorm, vec![spec.head_dim]));
             out.push((u, Role::KNorm, vec![spec.head_dim]));
         }
+        let sandwich = spec.layer(l as usize).sandwich_norms;
+        if sandwich {
+            out.push((u, Role::PostAttnNorm, vec![h]));
+        }
         out.push((u, Role::MlpNorm, vec![h]));
         if let Some(m) = spec.moe {
             out.push((u, Role::Router, vec![m.num_experts, h]));
@@ -246,6 +250,9 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
             out.push((u, Role::Gate, vec![i, h]));
             out.push((u, Role::Up, vec![i, h]));
             out.push((u, Role::Down, vec![h, i]));
+        }
+        if sandwich {
+            out.push((u, Role::PostMlpNorm, vec![h]));
         }
     }
     out.push((Unit::FinalNorm, Role::FinalNorm, vec![h]));

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Family;
+
 /// One execution unit: the shards are written, read and run in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "index", rename_all = "snake_case")]
@@ -240,7 +242,62 @@ pub fn hf_ignored(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attn.bias")
 }
 
-/// Map a Hugging Face tensor name to its unit and role.
+/// Prefixes of the image parts of Gemma 3's multimodal checkpoints
+/// (`Gemma3ForConditionalGeneration`; transformers 4.5x and 5 layouts). Text
+/// generation does not read them.
+const GEMMA3_VISION_PREFIXES: [&str; 4] =
+    ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
+
+/// [`hf_ignored`], plus what `family` carries that text generation does not use
+/// (Gemma 3's vision tower and projector).
+pub fn hf_ignored_for(family: Family, name: &str) -> bool {
+    hf_ignored(name) || (family == Family::Gemma3 && GEMMA3_VISION_PREFIXES.iter().any(|p| name.starts_with(p)))
+}
+
+/// The text model's name for a tensor of Gemma 3's multimodal layout:
+/// `language_model.model.X` (transformers 4.5x) and `model.language_model.X`
+/// (transformers 5) become `model.X`; `language_model.lm_head.weight` becomes
+/// `lm_head.weight`.
+fn gemma3_text_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(rest) =
+        name.strip_prefix("language_model.model.").or_else(|| name.strip_prefix("model.language_model."))
+    {
+        return format!("model.{rest}").into();
+    }
+    if let Some(rest) = name.strip_prefix("language_model.") {
+        return rest.to_owned().into();
+    }
+    name.into()
+}
+
+/// Map a Hugging Face tensor name of a `family` checkpoint to its unit and role.
+///
+/// The families differ in the names of layer norms: Llama and most others have
+/// `input_layernorm` (before attention) and `post_attention_layernorm` (before the
+/// MLP); Gemma 2/3 have four, and there `post_attention_layernorm` is the norm of
+/// the attention *output* ([`Role::PostAttnNorm`]), `pre_feedforward_layernorm`
+/// the MLP input norm ([`Role::MlpNorm`]) and `post_feedforward_layernorm` the
+/// norm of the MLP output ([`Role::PostMlpNorm`]).
+pub fn classify_hf_for(family: Family, name: &str) -> Option<(Unit, Role)> {
+    if !family.has_sandwich_norms() {
+        return classify_hf(name);
+    }
+    let name = if family == Family::Gemma3 { gemma3_text_name(name) } else { name.into() };
+    let sandwich = name.strip_prefix("model.layers.").and_then(|rest| {
+        let (idx, rest) = rest.split_once('.')?;
+        let role = match rest {
+            "post_attention_layernorm.weight" => Role::PostAttnNorm,
+            "pre_feedforward_layernorm.weight" => Role::MlpNorm,
+            "post_feedforward_layernorm.weight" => Role::PostMlpNorm,
+            _ => return None,
+        };
+        Some((Unit::Layer(idx.parse().ok()?), role))
+    });
+    sandwich.or_else(|| classify_hf(&name))
+}
+
+/// Map a Hugging Face tensor name to its unit and role, with the norm names of
+/// Llama-like families (see [`classify_hf_for`] for Gemma 2/3's).
 pub fn classify_hf(name: &str) -> Option<(Unit, Role)> {
     match name {
         "model.embed_tokens.weight" => return Some((Unit::Embedding, Role::Embedding)),
@@ -312,21 +369,25 @@ mod tests {
     }
 }
 
-/// The Hugging Face tensor name of a (unit, role) — the inverse of [`classify_hf`]
-/// (used by `cargo xtask synth` to write checkpoints in Hugging Face layout).
-pub fn hf_name(unit: Unit, role: Role) -> String {
+/// The Hugging Face tensor name of a (unit, role) in a `family` checkpoint — the
+/// inverse of [`classify_hf_for`] (used by `cargo xtask synth` to write
+/// checkpoints in Hugging Face layout). Gemma 3 names are those of
+/// `Gemma3ForCausalLM`.
+pub fn hf_name(family: Family, unit: Unit, role: Role) -> String {
     let layer = match unit {
         Unit::Embedding => return "model.embed_tokens.weight".into(),
         Unit::FinalNorm => return "model.norm.weight".into(),
         Unit::LmHead | Unit::LmHeadPart(_) => return "lm_head.weight".into(),
         Unit::Layer(i) => i,
     };
+    let sandwich = family.has_sandwich_norms();
     let rest = match role {
         Role::AttnNorm => "input_layernorm.weight".to_string(),
+        Role::MlpNorm if sandwich => "pre_feedforward_layernorm.weight".into(),
         Role::MlpNorm => "post_attention_layernorm.weight".into(),
-        // Sandwich-norm families (Gemma 2/3) name their norms differently; synth
-        // does not write those families.
-        Role::PostAttnNorm => "post_attention_norm.weight".into(),
+        // Only sandwich-norm families have these two; other families' checkpoints
+        // have no name for them, and their specs never ask for them.
+        Role::PostAttnNorm => "post_attention_layernorm.weight".into(),
         Role::PostMlpNorm => "post_feedforward_layernorm.weight".into(),
         Role::Q => "self_attn.q_proj.weight".into(),
         Role::K => "self_attn.k_proj.weight".into(),
@@ -362,10 +423,43 @@ mod name_tests {
 
     #[test]
     fn hf_name_inverts_classify() {
-        for role in [Role::Q, Role::QBias, Role::GateUp, Role::ExpertDown(2), Role::Router, Role::KNorm] {
-            let n = hf_name(Unit::Layer(3), role);
+        for role in [Role::Q, Role::QBias, Role::GateUp, Role::ExpertDown(2), Role::Router, Role::KNorm, Role::MlpNorm]
+        {
+            let n = hf_name(Family::Llama, Unit::Layer(3), role);
             assert_eq!(classify_hf(&n), Some((Unit::Layer(3), role)), "{n}");
+            assert_eq!(classify_hf_for(Family::Llama, &n), Some((Unit::Layer(3), role)), "{n}");
         }
-        assert_eq!(classify_hf(&hf_name(Unit::LmHead, Role::LmHead)), Some((Unit::LmHead, Role::LmHead)));
+        let head = hf_name(Family::Llama, Unit::LmHead, Role::LmHead);
+        assert_eq!(classify_hf(&head), Some((Unit::LmHead, Role::LmHead)));
+        for family in [Family::Gemma2, Family::Gemma3] {
+            for role in [Role::AttnNorm, Role::PostAttnNorm, Role::MlpNorm, Role::PostMlpNorm, Role::QNorm, Role::Down]
+            {
+                let n = hf_name(family, Unit::Layer(3), role);
+                assert_eq!(classify_hf_for(family, &n), Some((Unit::Layer(3), role)), "{family} {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemma_norm_names() {
+        let l = Unit::Layer(0);
+        let g2 = |n: &str| classify_hf_for(Family::Gemma2, n);
+        assert_eq!(g2("model.layers.0.post_attention_layernorm.weight"), Some((l, Role::PostAttnNorm)));
+        assert_eq!(g2("model.layers.0.pre_feedforward_layernorm.weight"), Some((l, Role::MlpNorm)));
+        assert_eq!(g2("model.layers.0.post_feedforward_layernorm.weight"), Some((l, Role::PostMlpNorm)));
+        assert_eq!(g2("model.layers.0.input_layernorm.weight"), Some((l, Role::AttnNorm)));
+        // Llama's meaning is unchanged, and Gemma-only names are unknown there.
+        let ll = |n: &str| classify_hf_for(Family::Llama, n);
+        assert_eq!(ll("model.layers.0.post_attention_layernorm.weight"), Some((l, Role::MlpNorm)));
+        assert_eq!(ll("model.layers.0.pre_feedforward_layernorm.weight"), None);
+        // Gemma 3's multimodal layouts name the text model's tensors with a prefix.
+        let g3 = |n: &str| classify_hf_for(Family::Gemma3, n);
+        assert_eq!(g3("language_model.model.layers.0.pre_feedforward_layernorm.weight"), Some((l, Role::MlpNorm)));
+        assert_eq!(g3("model.language_model.layers.0.self_attn.q_norm.weight"), Some((l, Role::QNorm)));
+        assert_eq!(g3("language_model.model.embed_tokens.weight"), Some((Unit::Embedding, Role::Embedding)));
+        assert_eq!(g3("language_model.lm_head.weight"), Some((Unit::LmHead, Role::LmHead)));
+        assert!(hf_ignored_for(Family::Gemma3, "vision_tower.vision_model.embeddings.patch_embedding.weight"));
+        assert!(hf_ignored_for(Family::Gemma3, "model.multi_modal_projector.mm_input_projection_weight"));
+        assert!(!hf_ignored_for(Family::Llama, "vision_tower.x.weight"));
     }
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod gemma;
+
 use crate::error::{FormatError, IoContext, Result};
 use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 
@@ -30,11 +32,17 @@ pub enum Family {
     Gemma,
     /// `GlmForCausalLM` (partial interleaved rotary, fused gate_up).
     Glm,
+    /// `Gemma2ForCausalLM`: sandwich norms, alternating sliding-window and global
+    /// layers, soft-capped attention and final logits, `query_pre_attn_scalar`.
+    Gemma2,
+    /// `Gemma3ForCausalLM` (and the text part of `Gemma3ForConditionalGeneration`):
+    /// sandwich norms, q/k norm, per-layer sliding/global attention with a local RoPE base.
+    Gemma3,
 }
 
 impl Family {
     /// Every family, in documentation order.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 10] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -42,6 +50,8 @@ impl Family {
         Family::Mixtral,
         Family::Phi3,
         Family::Gemma,
+        Family::Gemma2,
+        Family::Gemma3,
         Family::Glm,
     ];
 
@@ -56,6 +66,8 @@ impl Family {
             Family::Phi3 => "Phi3ForCausalLM",
             Family::Gemma => "GemmaForCausalLM",
             Family::Glm => "GlmForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -70,12 +82,31 @@ impl Family {
             Family::Phi3 => "phi3",
             Family::Gemma => "gemma",
             Family::Glm => "glm",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3",
         }
     }
 
-    /// Look up by class name or model_type.
+    /// Look up by class name or model_type. Gemma 3's multimodal class
+    /// (`Gemma3ForConditionalGeneration`, model_type `gemma3`) and its text
+    /// config (`gemma3_text`) name the text model the engine runs.
     pub fn from_name(s: &str) -> Option<Family> {
+        match s {
+            "Gemma3ForConditionalGeneration" | "gemma3_text" => return Some(Family::Gemma3),
+            _ => {}
+        }
         Family::ALL.into_iter().find(|f| f.hf_class() == s || f.name() == s)
+    }
+
+    /// Any Gemma generation: `1 + w` RMSNorm, GELU-tanh, embeddings scaled by sqrt(hidden).
+    pub const fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
+    }
+
+    /// Norms after attention and after the MLP as well as before them (Gemma 2/3):
+    /// their checkpoints name the four norms of a layer differently from Llama's two.
+    pub const fn has_sandwich_norms(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
     }
 
     /// Comma-separated class names, for error messages.
@@ -292,6 +323,15 @@ impl ModelSpec {
             return Err(cfg.err("the top level must be a JSON object"));
         }
         let family = cfg.family()?;
+        if family == Family::Gemma3 {
+            let text = gemma::gemma3_text_config(v);
+            return ModelSpec::from_family_config(Family::Gemma3, &Cfg { v: &text, path });
+        }
+        ModelSpec::from_family_config(family, &cfg)
+    }
+
+    fn from_family_config(family: Family, cfg: &Cfg<'_>) -> Result<ModelSpec> {
+        let v = cfg.v;
         let hidden_size = cfg.usize("hidden_size")?;
         let num_layers = cfg.usize("num_hidden_layers")?;
         let num_heads = cfg.usize("num_attention_heads")?;
@@ -318,7 +358,7 @@ impl ModelSpec {
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
             // Gemma 1 checkpoints say "gelu" but transformers runs the tanh approximation.
-            "gelu" if family == Family::Gemma => Activation::GeluTanh,
+            "gelu" if family.is_gemma() => Activation::GeluTanh,
             other => {
                 return Err(cfg.err(&format!("hidden_act {other:?} is not supported (silu, gelu_pytorch_tanh)")));
             }
@@ -332,11 +372,13 @@ impl ModelSpec {
         };
         // GLM's attention_bias covers q/k/v only; Llama's covers o as well.
         let o_bias = match family {
-            Family::Llama | Family::Mistral | Family::Qwen3 | Family::Gemma => attention_bias.unwrap_or(false),
+            Family::Llama | Family::Mistral | Family::Qwen3 | Family::Gemma | Family::Gemma2 | Family::Gemma3 => {
+                attention_bias.unwrap_or(false)
+            }
             _ => false,
         };
         let mlp_bias = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
-        let tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(matches!(family, Family::Gemma));
+        let tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(family.is_gemma());
         let use_sliding = cfg.opt_bool("use_sliding_window")?.unwrap_or(true);
         let sliding_window = if use_sliding { cfg.opt_usize("sliding_window")? } else { None };
         let moe = match family {
@@ -347,10 +389,8 @@ impl ModelSpec {
             }),
             _ => None,
         };
-        let embedding_scale = match family {
-            Family::Gemma => Some((hidden_size as f32).sqrt()),
-            _ => None,
-        };
+        // transformers computes sqrt(hidden) in the activation dtype: f32 here.
+        let embedding_scale = family.is_gemma().then(|| (hidden_size as f32).sqrt());
         let max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(4096);
         let spec = ModelSpec {
             family,
@@ -361,14 +401,14 @@ impl ModelSpec {
             head_dim,
             intermediate_size,
             vocab_size,
-            norm: if family == Family::Gemma { NormKind::RmsOnePlus } else { NormKind::Rms },
+            norm: if family.is_gemma() { NormKind::RmsOnePlus } else { NormKind::Rms },
             norm_eps,
             activation,
             rope,
             qkv_bias,
             o_bias,
             mlp_bias,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             tie_word_embeddings,
             sliding_window,
             moe,
@@ -378,6 +418,10 @@ impl ModelSpec {
             eos_token_ids: token_ids(v.get("eos_token_id")),
             pad_token_id: token_ids(v.get("pad_token_id")).first().copied(),
             layers: cfg.layer_overrides(num_layers)?,
+        };
+        let spec = match family {
+            Family::Gemma2 | Family::Gemma3 => gemma::hf_overrides(spec, cfg)?,
+            _ => spec,
         };
         spec.validate().map_err(|m| cfg.err(&m))?;
         Ok(spec)
@@ -459,13 +503,13 @@ fn token_ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 /// Typed field access with errors that name the file and field.
-struct Cfg<'a> {
-    v: &'a Value,
-    path: &'a Path,
+pub(crate) struct Cfg<'a> {
+    pub(crate) v: &'a Value,
+    pub(crate) path: &'a Path,
 }
 
 impl Cfg<'_> {
-    fn err(&self, message: &str) -> FormatError {
+    pub(crate) fn err(&self, message: &str) -> FormatError {
         FormatError::Config { path: self.path.to_owned(), message: message.to_owned() }
     }
 
@@ -489,7 +533,7 @@ impl Cfg<'_> {
         })
     }
 
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
@@ -499,27 +543,27 @@ impl Cfg<'_> {
             Some(other) => Err(self.err(&format!("field `{key}` must be an integer, found {other}"))),
         }
     }
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
         self.opt_usize(key)?.ok_or_else(|| self.err(&format!("required field `{key}` is missing")))
     }
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         self.opt_f64_in(self.v, key)
     }
-    fn opt_f64_in(&self, obj: &Value, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64_in(&self, obj: &Value, key: &str) -> Result<Option<f64>> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
             Some(other) => Err(self.err(&format!("field `{key}` must be a number, found {other}"))),
         }
     }
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.err(&format!("field `{key}` must be true or false, found {other}"))),
         }
     }
-    fn opt_str(&self, key: &str) -> Option<&str> {
+    pub(crate) fn opt_str(&self, key: &str) -> Option<&str> {
         self.v.get(key).and_then(Value::as_str)
     }
 
@@ -562,6 +606,15 @@ impl Cfg<'_> {
     /// transformers 4 top-level `rope_theta` / `rope_scaling` / `partial_rotary_factor`.
     fn rope(&self, family: Family, head_dim: usize) -> Result<RopeSpec> {
         let params = self.v.get("rope_parameters").filter(|p| p.is_object());
+        // transformers 5 writes one entry per layer type when the types differ in
+        // RoPE (Gemma 3): the global one is full attention's.
+        let params = params.map(|p| p.get("full_attention").filter(|f| f.is_object()).unwrap_or(p));
+        self.rope_in(params, family, head_dim)
+    }
+
+    /// One RoPE description from a `rope_parameters`-like object, or (when
+    /// `params` is None) from the transformers 4 top-level keys.
+    pub(crate) fn rope_in(&self, params: Option<&Value>, family: Family, head_dim: usize) -> Result<RopeSpec> {
         let scaling_obj = match params {
             Some(p) => Some(p),
             None => self.v.get("rope_scaling").filter(|p| p.is_object()),
@@ -631,6 +684,7 @@ mod tests {
         v["architectures"] = json!(["FalconForCausalLM"]);
         let e = parse(v).unwrap_err().to_string();
         assert!(e.contains("FalconForCausalLM") && e.contains("MixtralForCausalLM"), "{e}");
+        assert!(e.contains("Gemma2ForCausalLM") && e.contains("Gemma3ForCausalLM"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn unsupported_architecture_lists_the_supported_ones() {
     std::fs::write(&p, text).unwrap();
     let e = Checkpoint::open(&dir).unwrap_err().to_string();
     assert!(e.contains("GPT2LMHeadModel") && e.contains("LlamaForCausalLM") && e.contains("config.json"), "{e}");
+    assert!(e.contains("Gemma2ForCausalLM") && e.contains("Gemma3ForCausalLM"), "{e}");
 }
 
 #[test]

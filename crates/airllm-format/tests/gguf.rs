@@ -642,6 +642,12 @@ fn unsupported_inputs_name_the_tensor_or_architecture() {
     assert!(e.contains("chatglm") && e.contains("not supported"), "{e}");
 
     let mut b = tiny_llama(GgmlType::F32);
+    b.kv("general.architecture", GgufValue::String("falcon".into()));
+    b.write(&path).unwrap();
+    let e = GgufSource::open(&path).unwrap_err().to_string();
+    assert!(e.contains("falcon") && e.contains("supported: llama") && e.contains("gemma2, gemma3"), "{e}");
+
+    let mut b = tiny_llama(GgmlType::F32);
     b.tensor_f32("blk.0.attn_mystery.weight", &[4], &[0.0; 4]);
     b.write(&path).unwrap();
     let e = GgufSource::open(&path).unwrap_err().to_string();

@@ -146,7 +146,7 @@ impl SynthSource {
             .into_iter()
             .enumerate()
             .map(|(index, (unit, role, shape))| SourceTensor {
-                name: hf_name(unit, role),
+                name: hf_name(spec.family, unit, role),
                 unit,
                 role,
                 format: StorageFormat::Dense(dtype),

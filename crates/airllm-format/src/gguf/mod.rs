@@ -20,8 +20,9 @@
 //! - [`GgufSource`]: a [`TensorSource`](crate::TensorSource) for
 //!   [`write_shards`](crate::write_shards). Architectures: `llama` (Llama,
 //!   Mistral, SmolLM; Mixtral when `llama.expert_count` is set), `qwen2`,
-//!   `qwen3`, `gemma`, `phi3`. llama.cpp stores Gemma's norm weights as `1 + w`,
-//!   so those specs say [`NormKind::Rms`](crate::NormKind::Rms). llama.cpp
+//!   `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`. llama.cpp stores Gemma's norm
+//!   weights (all of them, q/k and sandwich norms included) as `1 + w`, so those
+//!   specs say [`NormKind::Rms`](crate::NormKind::Rms). llama.cpp
 //!   permutes llama-architecture Q and K rows for its adjacent-pair RoPE; the
 //!   source undoes it ([`RowPermutation::UnpermuteGgufQk`](crate::source::RowPermutation))
 //!   so that every model runs with Hugging Face half-rotation RoPE.

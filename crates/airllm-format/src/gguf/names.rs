@@ -66,7 +66,12 @@ pub fn classify_gguf(name: &str) -> Option<GgufName> {
         "attn_output.bias" => Role::OBias,
         "attn_q_norm.weight" => Role::QNorm,
         "attn_k_norm.weight" => Role::KNorm,
+        // The MLP input norm (Llama's post_attention_layernorm, Gemma 2/3's
+        // pre_feedforward_layernorm: llama.cpp names both ffn_norm).
         "ffn_norm.weight" => Role::MlpNorm,
+        // Gemma 2/3's sandwich norms of the attention and MLP outputs.
+        "post_attention_norm.weight" => Role::PostAttnNorm,
+        "post_ffw_norm.weight" => Role::PostMlpNorm,
         "ffn_gate.weight" => Role::Gate,
         "ffn_up.weight" => Role::Up,
         "ffn_down.weight" => Role::Down,
@@ -112,6 +117,15 @@ mod tests {
         assert_eq!(classify_gguf("blk.1.ffn_up_exps.weight"), Some(GgufName::Experts(Unit::Layer(1), ExpertKind::Up)));
         assert_eq!(classify_gguf("token_embd.weight"), Some(GgufName::Plain(Unit::Embedding, Role::Embedding)));
         assert_eq!(classify_gguf("rope_freqs.weight"), Some(GgufName::Ignored));
+        assert_eq!(
+            classify_gguf("blk.3.post_attention_norm.weight"),
+            Some(GgufName::Plain(Unit::Layer(3), Role::PostAttnNorm))
+        );
+        assert_eq!(
+            classify_gguf("blk.3.post_ffw_norm.weight"),
+            Some(GgufName::Plain(Unit::Layer(3), Role::PostMlpNorm))
+        );
+        assert_eq!(classify_gguf("blk.3.ffn_norm.weight"), Some(GgufName::Plain(Unit::Layer(3), Role::MlpNorm)));
         assert_eq!(classify_gguf("blk.x.attn_q.weight"), None);
         assert_eq!(classify_gguf("blk.+1.attn_q.weight"), None);
         assert_eq!(classify_gguf("blk.0.attn_weird.weight"), None);

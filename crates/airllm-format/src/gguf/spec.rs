@@ -2,11 +2,11 @@
 
 use crate::error::Result;
 use crate::gguf::parse::{GgufMetadata, GgufValue};
+use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 use crate::spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
 
 /// GGUF architectures this reader maps, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str =
-    "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, phi3";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, gemma2, gemma3, phi3";
 
 /// How a GGUF architecture maps onto a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub fn arch_info(meta: &GgufMetadata) -> Result<(String, ArchInfo)> {
         "qwen2" => info(Family::Qwen2, false, false),
         "qwen3" => info(Family::Qwen3, false, false),
         "gemma" => info(Family::Gemma, false, false),
+        "gemma2" => info(Family::Gemma2, false, false),
+        "gemma3" => info(Family::Gemma3, false, false),
         "phi3" => info(Family::Phi3, false, true),
         "chatglm" | "glm4" => {
             return Err(meta.err(format!(
@@ -120,12 +122,10 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             )));
         }
     };
-    if let Some(v) = count(meta, &k("attention.value_length"))? {
-        if v != head_dim {
-            return Err(
-                meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported"))
-            );
-        }
+    if let Some(v) = count(meta, &k("attention.value_length"))?
+        && v != head_dim
+    {
+        return Err(meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported")));
     }
     let intermediate_size = required(meta, &k("feed_forward_length"))?;
     let vocab_size = match meta.tensor("token_embd.weight") {
@@ -156,10 +156,11 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             )));
         }
     }
-    if let Some(f) = meta.get_f32(&k("rope.scale_linear")) {
-        if f != 1.0 && rope.scaling == RopeScaling::None {
-            rope.scaling = RopeScaling::Linear { factor: f };
-        }
+    if let Some(f) = meta.get_f32(&k("rope.scale_linear"))
+        && f != 1.0
+        && rope.scaling == RopeScaling::None
+    {
+        rope.scaling = RopeScaling::Linear { factor: f };
     }
     if let Some(freqs) = rope_freqs {
         rope.scaling = llama3_scaling_from_freqs(meta, &rope, freqs)?;
@@ -176,11 +177,19 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     };
     let mut eos_token_ids = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-        if let Some(id) = token_id(meta, key) {
-            if !eos_token_ids.contains(&id) {
-                eos_token_ids.push(id);
-            }
+        if let Some(id) = token_id(meta, key)
+            && !eos_token_ids.contains(&id)
+        {
+            eos_token_ids.push(id);
         }
+    }
+    // Gemma's chat turns end with <end_of_turn>; llama.cpp's converter stores no
+    // eot id, and llama.cpp finds the token by its text (as here).
+    if family.is_gemma()
+        && let Some(id) = token_index(meta, "<end_of_turn>")
+        && !eos_token_ids.contains(&id)
+    {
+        eos_token_ids.push(id);
     }
     let spec = ModelSpec {
         family,
@@ -195,23 +204,115 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         // RMSNorm multiply is exact here (no NormKind::RmsOnePlus).
         norm: NormKind::Rms,
         norm_eps,
-        activation: if family == Family::Gemma { Activation::GeluTanh } else { Activation::Silu },
+        activation: if family.is_gemma() { Activation::GeluTanh } else { Activation::Silu },
         rope,
         qkv_bias: family == Family::Qwen2 || has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
         o_bias: has("blk.0.attn_output.bias"),
         mlp_bias: has("blk.0.ffn_down.bias"),
-        qk_norm: family == Family::Qwen3,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
         tie_word_embeddings: !has("output.weight"),
-        sliding_window: count(meta, &k("attention.sliding_window"))?.filter(|&w| w > 0),
+        sliding_window: match (family, count(meta, &k("attention.sliding_window"))?) {
+            // llama.cpp's default for Gemma 2 files that do not say.
+            (Family::Gemma2, None) => Some(4096),
+            (_, w) => w.filter(|&w| w > 0),
+        },
         moe,
-        embedding_scale: (family == Family::Gemma).then(|| (hidden_size as f32).sqrt()),
+        embedding_scale: family.is_gemma().then(|| (hidden_size as f32).sqrt()),
         max_position_embeddings: count(meta, &k("context_length"))?.unwrap_or(4096),
         bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id"),
         eos_token_ids,
         pad_token_id: token_id(meta, "tokenizer.ggml.padding_token_id"),
         layers: Default::default(),
     };
+    let spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };
     spec.validate().map_err(|m| meta.err(m))?;
+    Ok(spec)
+}
+
+/// The id of the vocabulary entry `text`, if any.
+fn token_index(meta: &GgufMetadata, text: &str) -> Option<u32> {
+    let tokens = meta.get_array("tokenizer.ggml.tokens")?;
+    tokens.iter().position(|t| t.as_str() == Some(text)).and_then(|i| u32::try_from(i).ok())
+}
+
+/// Gemma 2 / Gemma 3's per-layer attention, as llama.cpp reads it
+/// (`llama-model.cpp`, `LLM_ARCH_GEMMA2` / `LLM_ARCH_GEMMA3`):
+///
+/// - layer types: `{arch}.attention.sliding_window_pattern` when the file has it
+///   (a bool per layer, true = sliding, as llama.cpp's newer architectures write
+///   it; or an integer N: every N-th layer global), else llama.cpp's fixed
+///   patterns: Gemma 2 every other layer (sliding first), Gemma 3 five sliding
+///   layers then a global one. Without `attention.sliding_window` (or with 0) a
+///   Gemma 3 file has no sliding layers.
+/// - RoPE: `rope.freq_base` and `rope.scaling.*` for global layers; sliding Gemma 3
+///   layers use `rope.freq_base_swa` when present, else llama.cpp's fixed 10000,
+///   unscaled.
+/// - soft-caps: Gemma 2 `attn_logit_softcapping` / `final_logit_softcapping`,
+///   defaults 50 / 30 (llama.cpp's); Gemma 3 `final_logit_softcapping` only,
+///   default none; 0 means none.
+/// - score scale: `{arch}.attention.scale` when present, else llama.cpp's rule:
+///   `(hidden / heads)^-0.5` for the 27B models (46 / 62 layers), else
+///   `head_dim^-0.5` (their `query_pre_attn_scalar`).
+/// - sandwich norms: `post_attention_norm` / `post_ffw_norm`, stored as `1 + w`
+///   like the other norms.
+fn gemma_layers(meta: &GgufMetadata, arch: &str, mut spec: ModelSpec) -> Result<ModelSpec> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let gemma2 = spec.family == Family::Gemma2;
+    let n = spec.num_layers;
+    let layer_types = match meta.get(&k("attention.sliding_window_pattern")) {
+        _ if spec.sliding_window.is_none() => vec![LayerType::Full; n],
+        Some(v) => match v.as_array() {
+            Some(items) => {
+                let flags: Option<Vec<bool>> = items.iter().map(|x| x.as_bool()).collect();
+                match flags {
+                    Some(f) if f.len() == n => {
+                        f.into_iter().map(|s| if s { LayerType::Sliding } else { LayerType::Full }).collect()
+                    }
+                    _ => {
+                        return Err(meta.err(format!(
+                            "{} must be {n} booleans (one per layer), found {v}",
+                            k("attention.sliding_window_pattern")
+                        )));
+                    }
+                }
+            }
+            None => match v.as_u64() {
+                Some(p) => layer_types_from_pattern(n, p as usize),
+                None => {
+                    return Err(meta.err(format!(
+                        "{} must be an integer or a list of booleans, found {v}",
+                        k("attention.sliding_window_pattern")
+                    )));
+                }
+            },
+        },
+        None => layer_types_from_pattern(n, if gemma2 { 2 } else { 6 }),
+    };
+    let cap = |key: &str, default: Option<f32>| meta.get_f32(&k(key)).or(default).filter(|&c| c != 0.0);
+    let scale = match meta.get_f32(&k("attention.scale")) {
+        Some(s) if s.is_finite() && s > 0.0 => {
+            // Back to the integer transformers configs hold, when it is one.
+            let q = 1.0 / (s * s);
+            if (q - q.round()).abs() <= 1e-4 * q { q.round() } else { q }
+        }
+        Some(s) => return Err(meta.err(format!("{} is {s}; expected a positive number", k("attention.scale")))),
+        None if n == if gemma2 { 46 } else { 62 } => (spec.hidden_size / spec.num_heads) as f32,
+        None => spec.head_dim as f32,
+    };
+    let rope_local = (!gemma2).then(|| RopeSpec {
+        theta: meta.get_f32(&k("rope.freq_base_swa")).unwrap_or(10_000.0),
+        scaling: RopeScaling::None,
+        ..spec.rope
+    });
+    spec.layers = LayerOverrides {
+        layer_types,
+        rope_local: rope_local.filter(|r| *r != spec.rope),
+        attn_softcap: if gemma2 { cap("attn_logit_softcapping", Some(50.0)) } else { None },
+        final_softcap: cap("final_logit_softcapping", gemma2.then_some(30.0)),
+        query_pre_attn_scalar: Some(scale),
+        sandwich_norms: true,
+        ..LayerOverrides::default()
+    };
     Ok(spec)
 }
 
@@ -250,14 +351,14 @@ fn llama3_scaling_from_freqs(meta: &GgufMetadata, rope: &RopeSpec, freqs: &[f32]
     if let Some(&(x1, s1)) = smooth.first() {
         candidates.push((1.0, 4.0, tidy((s1 * 3.0 + 1.0) / x1)));
     }
-    if let (Some(&(x1, s1)), Some(&(x2, s2))) = (smooth.first(), smooth.last()) {
-        if x2 != x1 {
-            let a = (s2 - s1) / (x2 - x1);
-            let b = s1 - a * x1;
-            if b < 0.0 {
-                let high_minus_low = -1.0 / b;
-                candidates.push((1.0, tidy(1.0 + high_minus_low), tidy(a * high_minus_low)));
-            }
+    if let (Some(&(x1, s1)), Some(&(x2, s2))) = (smooth.first(), smooth.last())
+        && x2 != x1
+    {
+        let a = (s2 - s1) / (x2 - x1);
+        let b = s1 - a * x1;
+        if b < 0.0 {
+            let high_minus_low = -1.0 / b;
+            candidates.push((1.0, tidy(1.0 + high_minus_low), tidy(a * high_minus_low)));
         }
     }
     for (low, high, orig) in candidates {
@@ -280,4 +381,104 @@ fn llama3_scaling_from_freqs(meta: &GgufMetadata, rope: &RopeSpec, freqs: &[f32]
         "rope_freqs.weight does not follow Llama 3 rope scaling (checked factor, low/high frequency factors); \
          this rope scaling is not supported",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufBuilder, GgufValueType};
+
+    /// Metadata as llama.cpp's converter writes it for a Gemma 2/3 model of `layers` layers.
+    fn gemma(arch: &str, layers: u32, extra: &[(&str, GgufValue)]) -> Result<ModelSpec> {
+        let k = |s: &str| format!("{arch}.{s}");
+        let mut b = GgufBuilder::new();
+        b.kv("general.architecture", GgufValue::String(arch.into()))
+            .kv(&k("block_count"), GgufValue::U32(layers))
+            .kv(&k("embedding_length"), GgufValue::U32(640))
+            .kv(&k("feed_forward_length"), GgufValue::U32(2048))
+            .kv(&k("attention.head_count"), GgufValue::U32(4))
+            .kv(&k("attention.head_count_kv"), GgufValue::U32(1))
+            .kv(&k("attention.key_length"), GgufValue::U32(256))
+            .kv(&k("attention.value_length"), GgufValue::U32(256))
+            .kv(&k("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-6))
+            .kv(&k("rope.freq_base"), GgufValue::F32(1e6))
+            .kv("tokenizer.ggml.tokens", GgufValue::strings(&["<pad>", "<eos>", "<bos>", "<end_of_turn>"]))
+            .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(1));
+        for (key, v) in extra {
+            b.kv(&k(key), v.clone());
+        }
+        let bytes = b.to_bytes();
+        let meta = GgufMetadata::parse(&bytes, "gemma.gguf".as_ref())?;
+        spec_from_metadata(&meta, None)
+    }
+
+    #[test]
+    fn gemma3_follows_llama_cpp_fixed_rules() {
+        let s = gemma("gemma3", 18, &[("attention.sliding_window", GgufValue::U32(512))]).unwrap();
+        assert_eq!(s.family, Family::Gemma3);
+        let full: Vec<usize> = (0..18).filter(|&l| s.layer(l).attention.window.is_none()).collect();
+        assert_eq!(full, vec![5, 11, 17], "five sliding layers, then a global one");
+        assert_eq!(s.layer(0).attention.window, Some(512));
+        assert_eq!((s.layer(0).attention.rope.theta, s.layer(5).attention.rope.theta), (10_000.0, 1e6));
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 16.0);
+        assert_eq!((s.layers.attn_softcap, s.layers.final_softcap), (None, None));
+        assert!(s.qk_norm && s.layers.sandwich_norms && s.norm == NormKind::Rms);
+        assert_eq!(s.embedding_scale, Some(640f32.sqrt()));
+        assert_eq!(s.eos_token_ids, vec![1, 3], "<end_of_turn> ends generation");
+        // The 27B rule: (hidden / heads)^-0.5.
+        let s = gemma("gemma3", 62, &[("attention.sliding_window", GgufValue::U32(1024))]).unwrap();
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 160f32.sqrt());
+        // No sliding window: every layer global.
+        let s = gemma("gemma3", 6, &[]).unwrap();
+        assert!((0..6).all(|l| s.layer(l).attention.window.is_none()));
+    }
+
+    #[test]
+    fn gemma3_explicit_keys_win() {
+        let pattern = GgufValue::Array {
+            elem: GgufValueType::Bool,
+            items: [true, false, true].iter().map(|&b| GgufValue::Bool(b)).collect(),
+        };
+        let s = gemma(
+            "gemma3",
+            3,
+            &[
+                ("attention.sliding_window", GgufValue::U32(8)),
+                ("attention.sliding_window_pattern", pattern),
+                ("rope.freq_base_swa", GgufValue::F32(5e4)),
+                ("final_logit_softcapping", GgufValue::F32(30.0)),
+                ("attention.scale", GgufValue::F32(1.0 / 24f32.sqrt())),
+            ],
+        )
+        .unwrap();
+        let w: Vec<_> = (0..3).map(|l| s.layer(l).attention.window).collect();
+        assert_eq!(w, vec![Some(8), None, Some(8)]);
+        assert_eq!(s.layer(0).attention.rope.theta, 5e4);
+        assert_eq!(s.layers.final_softcap, Some(30.0));
+        assert_eq!(s.layers.query_pre_attn_scalar, Some(24.0));
+        let bad = GgufValue::Array { elem: GgufValueType::Bool, items: vec![GgufValue::Bool(true)] };
+        let e = gemma(
+            "gemma3",
+            3,
+            &[("attention.sliding_window", GgufValue::U32(8)), ("attention.sliding_window_pattern", bad)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sliding_window_pattern") && e.contains("3 booleans"), "{e}");
+    }
+
+    #[test]
+    fn gemma2_defaults_are_llama_cpp_s() {
+        let s = gemma("gemma2", 46, &[]).unwrap();
+        assert_eq!(s.family, Family::Gemma2);
+        assert_eq!((s.layers.attn_softcap, s.layers.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(s.sliding_window, Some(4096));
+        let w: Vec<_> = (0..4).map(|l| s.layer(l).attention.window).collect();
+        assert_eq!(w, vec![Some(4096), None, Some(4096), None]);
+        assert_eq!(s.layer(1).attention.scale, 1.0 / 160f32.sqrt(), "27B: (hidden / heads)^-0.5");
+        assert!(s.layers.rope_local.is_none() && !s.qk_norm);
+        let s = gemma("gemma2", 26, &[("attn_logit_softcapping", GgufValue::F32(0.0))]).unwrap();
+        assert_eq!(s.layers.attn_softcap, None, "0 turns it off");
+        assert_eq!(s.layer(0).attention.scale, 1.0 / 16.0);
+    }
 }

@@ -47,6 +47,22 @@ pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?
 pub const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Gemma's chat format (`<start_of_turn>user ... <end_of_turn>`, the assistant
+/// role called `model`, a system message folded into the first user turn), for
+/// Gemma files without `tokenizer.chat_template`.
+pub const GEMMA_CHAT_TEMPLATE: &str = "{{- bos_token -}}\
+{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] ~ '\\n\\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}\
+{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}\
+{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}\
+{%- endif -%}\
+{{- '<start_of_turn>' ~ ('model' if m['role'] == 'assistant' else m['role']) ~ '\\n' -}}\
+{{- prefix if loop.first else '' -}}{{- m['content'] | trim -}}{{- '<end_of_turn>\\n' -}}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}";
+
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
@@ -171,13 +187,21 @@ pub fn export_tokenizer(meta: &GgufMetadata) -> Result<Option<ExportedTokenizer>
         "clean_up_tokenization_spaces": false,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    if let Some(arch) = meta.architecture() {
-        if let Some(ctx) = meta.get_u64(&format!("{arch}.context_length")) {
-            config["model_max_length"] = json!(ctx);
-        }
+    if let Some(arch) = meta.architecture()
+        && let Some(ctx) = meta.get_u64(&format!("{arch}.context_length"))
+    {
+        config["model_max_length"] = json!(ctx);
     }
     if let Some(t) = chat_template(meta) {
         config["chat_template"] = t;
+    } else if meta.architecture().is_some_and(|a| a.starts_with("gemma"))
+        && tokens.iter().any(|t| t == "<start_of_turn>")
+        && tokens.iter().any(|t| t == "<end_of_turn>")
+    {
+        // Base (pretrained) Gemma files carry no template; their vocabulary has
+        // the turn tokens, so chat uses Gemma's turn format.
+        tracing::info!("{}: no tokenizer.chat_template; using Gemma's turn format", meta.path.display());
+        config["chat_template"] = json!(GEMMA_CHAT_TEMPLATE);
     }
     Ok(Some(ExportedTokenizer { tokenizer_json, tokenizer_config: config }))
 }
