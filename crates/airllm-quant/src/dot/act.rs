@@ -1,14 +1,21 @@
-//! Activations quantized to 8 bits per block of 32, the other operand of the
-//! quantized kernels (ggml's `q8_0` / `q8_1` idea, our own layout).
+//! Quantized activations, the other operand of the quantized kernels, in
+//! two precisions ([`Precision`](super::Precision)):
+//! - **fast**: 8 bits per value per block of 32 (ggml's `q8_0` / `q8_1`
+//!   idea, our own layout), `i8` codes against `d = amax / 127`;
+//! - **precise**: 16 bits per value per block of 32, `i16` codes against
+//!   `d = amax / 32767` (the integer dot products use `pmaddwd` /
+//!   `vpdpwssd` / `smlal`, still exact in i32), 258 times finer.
 //!
 //! Each token row of `k` values is padded with zeros to `kp` (a multiple of
-//! the weight codec's block) and cut into blocks of [`QK_ACT`]. For block `b`:
-//! `amax = max |x|`, `d = amax / 127`, `q = round_ties_even(x * (1 / d))`
+//! the weight codec's block) and cut into blocks of [`QK_ACT`]. For block `b`,
+//! with `Q` the code range ([`Code::MAX`]: 127 or 32767):
+//! `amax = max |x|`, `d = amax / Q`, `q = round_ties_even(x * (1 / d))`
 //! (0 when `d == 0`) and `s = d * sum q` (what `q4_1`'s minimum
 //! multiplies). `d` and `s` stay f32 (ggml rounds `d` to f16; we need not
 //! match a byte layout here), so the only error is the rounding of `q`:
-//! `|x - d q| <= d / 2` for every value (plus the f32 rounding of `x / d`,
-//! at most `127 * 2^-24 d`). A block holding NaN or infinity
+//! `|x - d q| <= d / 2` for every value, plus the f32 rounding of `x / d`
+//! (at most `Q * 2^-23 d`: `(1 + 3e-5) d / 2` in all for 8 bits,
+//! `(1 + 0.008) d / 2` for 16 bits). A block holding NaN or infinity
 //! gets `d = s = NaN` (and codes 0), so the outputs it feeds are NaN instead
 //! of silently finite.
 //!
@@ -22,12 +29,54 @@ use std::ops::Range;
 /// Values per activation block.
 pub const QK_ACT: usize = 32;
 
+/// The integer type of activation codes: `i8` (fast) or `i16` (precise).
+pub(crate) trait Code: Copy + Default + Send + Sync + 'static {
+    /// Largest code magnitude (the scale is `amax / MAX`).
+    const MAX: f32;
+    /// The code of a rounded value already within `[-MAX, MAX]`.
+    fn from_i32(v: i32) -> Self;
+    /// The code as an i32.
+    fn to_i32(self) -> i32;
+    /// This code type's buffer of the two in a [`Scratch`].
+    fn pick<'a>(q8: &'a mut Vec<i8>, q16: &'a mut Vec<i16>) -> &'a mut Vec<Self>;
+}
+
+impl Code for i8 {
+    const MAX: f32 = 127.0;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+    fn pick<'a>(q8: &'a mut Vec<i8>, _: &'a mut Vec<i16>) -> &'a mut Vec<Self> {
+        q8
+    }
+}
+
+impl Code for i16 {
+    const MAX: f32 = 32767.0;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i16
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
+    fn pick<'a>(_: &'a mut Vec<i8>, q16: &'a mut Vec<i16>) -> &'a mut Vec<Self> {
+        q16
+    }
+}
+
 /// The quantized activations of `t` token rows: codes, and `d` and `s` per
 /// block (separate arrays, so kernels load 8 blocks' scales at once).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct QAct<'a> {
+pub(crate) struct QAct<'a, C = i8> {
     /// `t * kp` codes.
-    pub q: &'a [i8],
+    pub q: &'a [C],
     /// `t * kp / 32` block scales `d`.
     pub d: &'a [f32],
     /// `t * kp / 32` block sums `s = d * sum q`.
@@ -36,7 +85,7 @@ pub(crate) struct QAct<'a> {
     pub kp: usize,
 }
 
-impl<'a> QAct<'a> {
+impl<'a, C> QAct<'a, C> {
     /// Blocks per token row.
     #[inline]
     pub fn nb(&self) -> usize {
@@ -45,7 +94,7 @@ impl<'a> QAct<'a> {
 
     /// Codes of token `t`.
     #[inline]
-    pub fn q_row(&self, t: usize) -> &'a [i8] {
+    pub fn q_row(&self, t: usize) -> &'a [C] {
         &self.q[t * self.kp..(t + 1) * self.kp]
     }
 
@@ -81,17 +130,18 @@ impl<'a> QAct<'a> {
 
 /// One row's quantizer: `x` (`k` values, `k <= q.len()`) into `q` (`kp`
 /// codes), `d` and `s` (`kp / 32` each), padding quantized as zeros.
-pub(crate) type QuantizeRow = fn(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]);
+pub(crate) type QuantizeRow<C = i8> = fn(x: &[f32], q: &mut [C], d: &mut [f32], s: &mut [f32]);
 
-/// The block scale and its inverse, as every level computes them.
+/// The block scale and its inverse for codes up to `qmax`, as every level
+/// computes them.
 #[inline(always)]
-pub(crate) fn scale_of(amax: f32) -> (f32, f32) {
-    let d = amax / 127.0;
+pub(crate) fn scale_of(amax: f32, qmax: f32) -> (f32, f32) {
+    let d = amax / qmax;
     (d, if d != 0.0 { 1.0 / d } else { 0.0 })
 }
 
 /// The portable quantizer (the reference of the SIMD ones).
-pub(crate) fn quantize_row_generic(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+pub(crate) fn quantize_row_generic<C: Code>(x: &[f32], q: &mut [C], d: &mut [f32], s: &mut [f32]) {
     check_row(x, q, d, s);
     let mut buf = [0.0f32; QK_ACT];
     for (b, qb) in q.chunks_exact_mut(QK_ACT).enumerate() {
@@ -105,35 +155,38 @@ pub(crate) fn quantize_row_generic(x: &[f32], q: &mut [i8], d: &mut [f32], s: &m
 
 /// Asserts the row sizes every quantizer needs.
 #[inline]
-pub(crate) fn check_row(x: &[f32], q: &[i8], d: &[f32], s: &[f32]) {
+pub(crate) fn check_row<C>(x: &[f32], q: &[C], d: &[f32], s: &[f32]) {
     assert!(x.len() <= q.len() && q.len() == d.len() * QK_ACT && d.len() == s.len(), "activation row sizes");
 }
 
 /// Quantizes one block of 32 (the scalar path, also used by the SIMD
 /// quantizers for a partial last block and for non-finite blocks).
 #[inline]
-pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> [f32; 2] {
+pub(crate) fn quantize_block<C: Code>(x: &[f32], q: &mut [C]) -> [f32; 2] {
     if x.iter().any(|v| !v.is_finite()) {
-        q.fill(0);
+        q.fill(C::default());
         return [f32::NAN; 2];
     }
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let (d, id) = scale_of(amax);
+    let (d, id) = scale_of(amax, C::MAX);
     let mut sum = 0i32;
     for (o, &v) in q.iter_mut().zip(x) {
-        let c = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32;
-        *o = c as i8;
+        let c = (v * id).round_ties_even().clamp(-C::MAX, C::MAX) as i32;
+        *o = C::from_i32(c);
         sum += c;
     }
+    // |sum| <= 32 * 32767 < 2^24: exact in f32.
     [d, d * sum as f32]
 }
 
 /// Reusable buffers for the quantized activations of one matmul at a time.
 /// They only grow, so a caller that keeps one `Scratch` per executor
-/// allocates nothing after the first call of the largest shape.
+/// allocates nothing after the first call of the largest shape (per
+/// precision: the 8-bit and 16-bit codes have their own buffers).
 #[derive(Debug, Default)]
 pub struct Scratch {
     pub(crate) q: Vec<i8>,
+    pub(crate) q16: Vec<i16>,
     pub(crate) d: Vec<f32>,
     pub(crate) s: Vec<f32>,
 }
@@ -146,20 +199,22 @@ impl Scratch {
 
     /// Bytes held now.
     pub fn capacity_bytes(&self) -> usize {
-        self.q.capacity() + (self.d.capacity() + self.s.capacity()) * 4
+        self.q.capacity() + self.q16.capacity() * 2 + (self.d.capacity() + self.s.capacity()) * 4
     }
 
-    /// Makes room for `t` rows of `kp` values and returns the buffers.
-    pub(crate) fn buffers(&mut self, t: usize, kp: usize) -> (&mut [i8], &mut [f32], &mut [f32]) {
+    /// Makes room for `t` rows of `kp` codes of type `C` and returns the buffers.
+    pub(crate) fn buffers<C: Code>(&mut self, t: usize, kp: usize) -> (&mut [C], &mut [f32], &mut [f32]) {
         let nb = kp / QK_ACT;
-        if self.q.len() < t * kp {
-            self.q.resize(t * kp, 0);
+        let Scratch { q, q16, d, s } = self;
+        let q = C::pick(q, q16);
+        if q.len() < t * kp {
+            q.resize(t * kp, C::default());
         }
-        if self.d.len() < t * nb {
-            self.d.resize(t * nb, 0.0);
-            self.s.resize(t * nb, 0.0);
+        if d.len() < t * nb {
+            d.resize(t * nb, 0.0);
+            s.resize(t * nb, 0.0);
         }
-        (&mut self.q[..t * kp], &mut self.d[..t * nb], &mut self.s[..t * nb])
+        (&mut q[..t * kp], &mut d[..t * nb], &mut s[..t * nb])
     }
 }
 

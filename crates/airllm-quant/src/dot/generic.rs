@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::act::{QAct, QK_ACT};
-use super::{DenseRows, NF4_I8, NF4_I8_INV, QuantRows};
+use super::act::{self, Code, QAct, QK_ACT};
+use super::{DenseRows, NF4_I8, NF4_I8_INV, QuantSet};
 
 /// Reads the little-endian f16 at `b[at..at + 2]` widened to f32.
 #[inline(always)]
@@ -19,12 +19,12 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
 /// Checks the shapes shared by every quantized row kernel and returns
 /// `(rows, tokens, weight blocks per row)`.
 #[inline]
-pub(crate) fn check_quant(
+pub(crate) fn check_quant<C>(
     w: &[u8],
     row_bytes: usize,
     block: usize,
     block_bytes: usize,
-    act: &QAct<'_>,
+    act: &QAct<'_, C>,
     tokens: &Range<usize>,
     out: &[f32],
 ) -> (usize, usize, usize) {
@@ -61,13 +61,15 @@ pub(crate) fn check_dense(
     (rows, nt)
 }
 
+/// The exact integer dot product of one block: at most `32 * 128 * 32767 <
+/// 2^31` in magnitude.
 #[inline(always)]
-fn isum(w: impl Iterator<Item = i32>, q: &[i8]) -> i32 {
-    w.zip(q).map(|(a, &b)| a * i32::from(b)).sum()
+fn isum<C: Code>(w: impl Iterator<Item = i32>, q: &[C]) -> i32 {
+    w.zip(q).map(|(a, &b)| a * b.to_i32()).sum()
 }
 
 /// `q8_0` weights: `sum_b (d_w d_x) * sum_j w_j q_j`.
-pub(crate) fn q8_0_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
+pub(crate) fn q8_0_rows<C: Code>(w: &[u8], row_bytes: usize, act: &QAct<'_, C>, tokens: Range<usize>, out: &mut [f32]) {
     let (rows, nt, nbw) = check_quant(w, row_bytes, 32, 34, act, &tokens, out);
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -92,7 +94,7 @@ fn nibbles32(qs: &[u8]) -> impl Iterator<Item = i32> + '_ {
 }
 
 /// `q4_0` weights: `sum_b (d_w d_x) * sum_j (code_j - 8) q_j`.
-pub(crate) fn q4_0_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
+pub(crate) fn q4_0_rows<C: Code>(w: &[u8], row_bytes: usize, act: &QAct<'_, C>, tokens: Range<usize>, out: &mut [f32]) {
     let (rows, nt, nbw) = check_quant(w, row_bytes, 32, 18, act, &tokens, out);
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -110,7 +112,7 @@ pub(crate) fn q4_0_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Rang
 }
 
 /// `q4_1` weights: `sum_b (d_w d_x) * sum_j code_j q_j + m_w s_x`.
-pub(crate) fn q4_1_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
+pub(crate) fn q4_1_rows<C: Code>(w: &[u8], row_bytes: usize, act: &QAct<'_, C>, tokens: Range<usize>, out: &mut [f32]) {
     let (rows, nt, nbw) = check_quant(w, row_bytes, 32, 20, act, &tokens, out);
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -129,7 +131,7 @@ pub(crate) fn q4_1_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Rang
 
 /// `nf4` weights (blocks of 64, two activation blocks each), through the
 /// int8 code book [`NF4_I8`]: `sum_b (absmax / 127) sum_h d_x,h sum_j c_j q_j`.
-pub(crate) fn nf4_rows(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
+pub(crate) fn nf4_rows<C: Code>(w: &[u8], row_bytes: usize, act: &QAct<'_, C>, tokens: Range<usize>, out: &mut [f32]) {
     let (rows, nt, nbw) = check_quant(w, row_bytes, 64, 34, act, &tokens, out);
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -202,10 +204,20 @@ pub(crate) fn bf16_rows(w: &[u8], k: usize, x: &[f32], x_stride: usize, tokens: 
 }
 
 /// The generic table entries (type-checked against the kernel signatures).
-pub(crate) const Q8_0: QuantRows = q8_0_rows;
-pub(crate) const Q4_0: QuantRows = q4_0_rows;
-pub(crate) const Q4_1: QuantRows = q4_1_rows;
-pub(crate) const NF4: QuantRows = nf4_rows;
+pub(crate) const FAST: QuantSet<i8> = QuantSet {
+    quantize: act::quantize_row_generic,
+    q8_0: q8_0_rows,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    nf4: nf4_rows,
+};
+pub(crate) const PRECISE: QuantSet<i16> = QuantSet {
+    quantize: act::quantize_row_generic,
+    q8_0: q8_0_rows,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    nf4: nf4_rows,
+};
 pub(crate) const F32: DenseRows = f32_rows;
 pub(crate) const F16: DenseRows = f16_rows;
 pub(crate) const BF16: DenseRows = bf16_rows;

@@ -4,7 +4,7 @@
 //! fields, bias added before the optional accumulation into `y`.
 //!
 //! ```
-//! use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Scratch, WeightFormat};
+//! use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Precision, Scratch, WeightFormat};
 //! use airllm_quant::{Codec, pool};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +19,7 @@
 //!     weight: &weight,
 //!     x: &x,
 //!     bias: None,
+//!     precision: Precision::Precise,
 //! };
 //! Kernels::best().matmul(&m, &mut y, &mut Scratch::new(), pool::global())?;
 //! for r in 0..n {
@@ -78,6 +79,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_i16;
 pub mod act;
 mod gemm;
 pub(crate) mod generic;
@@ -87,6 +90,8 @@ mod tests;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_i16;
 
 use std::fmt;
 use std::ops::Range;
@@ -186,6 +191,47 @@ pub struct Matmul<'a> {
     pub x: &'a [f32],
     /// Optional `[n]` bias.
     pub bias: Option<&'a [f32]>,
+    /// How finely quantized weights see the activations (dense weights
+    /// always use f32 activations).
+    pub precision: Precision,
+}
+
+/// The activation precision of the quantized kernels. Both keep exact
+/// integer SIMD dot products per block of 32; they differ in the codes the
+/// activations are rounded to (see "Accuracy" in the [module docs](self)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 16-bit activation codes per block of 32 (`d = amax / 32767`),
+    /// integer dots with `pmaddwd` (AVX2), `vpdpwssd` (AVX-512 VNNI) or
+    /// `smlal` (NEON): 258 times the resolution of [`Precision::Fast`], so
+    /// a whole model tracks its f32 reference (SmolLM2-135M: greedy ids of
+    /// transformers). The default.
+    #[default]
+    Precise,
+    /// 8-bit activation codes per block of 32 (`d = amax / 127`, ggml's
+    /// `q8_0` / `q8_1` scheme): the fastest, but the rounding of every
+    /// matmul's input adds up over a model (SmolLM2-135M: last logits off by
+    /// 0.5-0.9, greedy text diverging from transformers' after ~20 tokens).
+    Fast,
+}
+
+impl Precision {
+    /// Both, the default first.
+    pub const ALL: [Precision; 2] = [Precision::Precise, Precision::Fast];
+
+    /// Lower-case name (`precise`, `fast`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Precise => "precise",
+            Precision::Fast => "fast",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A matmul whose arguments do not fit its shape.
@@ -294,21 +340,47 @@ impl fmt::Display for SimdLevel {
 
 /// A quantized row kernel: `out[r * nt + j] = W[r] · x[tokens.start + j]` for
 /// the rows of `w` (`out.len() / nt` rows of `row_bytes`), `nt = tokens.len()
-/// <= TOKEN_TILE`.
-pub(crate) type QuantRows = fn(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]);
+/// <= TOKEN_TILE`, against activation codes of type `C` (`i8` or `i16`).
+pub(crate) type QuantRows<C = i8> =
+    fn(w: &[u8], row_bytes: usize, act: &QAct<'_, C>, tokens: Range<usize>, out: &mut [f32]);
 /// A dense row kernel: like [`QuantRows`], rows of `k` values, f32
 /// activations `x[t * x_stride..][..k]`.
 pub(crate) type DenseRows = fn(w: &[u8], k: usize, x: &[f32], x_stride: usize, tokens: Range<usize>, out: &mut [f32]);
+
+/// The quantizer and quantized kernels of one activation precision
+/// (codes of type `C`).
+#[derive(Clone, Copy)]
+pub(crate) struct QuantSet<C> {
+    pub(crate) quantize: QuantizeRow<C>,
+    pub(crate) q8_0: QuantRows<C>,
+    pub(crate) q4_0: QuantRows<C>,
+    pub(crate) q4_1: QuantRows<C>,
+    pub(crate) nf4: QuantRows<C>,
+}
+
+impl<C> QuantSet<C> {
+    /// The kernel of `codec`, if it has one.
+    pub(crate) fn get(&self, codec: Codec) -> Option<QuantRows<C>> {
+        match codec {
+            Codec::Q8_0 => Some(self.q8_0),
+            Codec::Q4_0 => Some(self.q4_0),
+            Codec::Q4_1 => Some(self.q4_1),
+            Codec::Nf4 => Some(self.nf4),
+            // Codecs added later run through their decoder until they get a kernel.
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
 
 /// The kernels of one [`SimdLevel`], chosen once.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     level: SimdLevel,
-    pub(crate) quantize: QuantizeRow,
-    pub(crate) q8_0: QuantRows,
-    pub(crate) q4_0: QuantRows,
-    pub(crate) q4_1: QuantRows,
-    pub(crate) nf4: QuantRows,
+    /// 8-bit activations ([`Precision::Fast`]).
+    pub(crate) fast: QuantSet<i8>,
+    /// 16-bit activations ([`Precision::Precise`]).
+    pub(crate) precise: QuantSet<i16>,
     pub(crate) f32: DenseRows,
     pub(crate) f16: DenseRows,
     pub(crate) bf16: DenseRows,
@@ -324,11 +396,8 @@ impl fmt::Debug for Kernels {
 
 const GENERIC: Kernels = Kernels {
     level: SimdLevel::Generic,
-    quantize: act::quantize_row_generic,
-    q8_0: generic::Q8_0,
-    q4_0: generic::Q4_0,
-    q4_1: generic::Q4_1,
-    nf4: generic::NF4,
+    fast: generic::FAST,
+    precise: generic::PRECISE,
     f32: generic::F32,
     f16: generic::F16,
     bf16: generic::BF16,
@@ -369,28 +438,14 @@ impl Kernels {
         self.level
     }
 
-    /// Whether `format` has a fast kernel here (else it is decoded row by
-    /// row into f32 first: correct, several times slower).
+    /// Whether `format` has a fast kernel here in both precisions (else it
+    /// is decoded row by row into f32 first: correct, several times slower).
     pub fn is_fast(&self, format: WeightFormat) -> bool {
         match format {
-            WeightFormat::Quant(c) => self.quant(c).is_some(),
+            WeightFormat::Quant(c) => {
+                !self.decode_only && self.fast.get(c).is_some() && self.precise.get(c).is_some()
+            }
             _ => true,
-        }
-    }
-
-    /// The quantized kernel of `codec`, if it has one.
-    pub(crate) fn quant(&self, codec: Codec) -> Option<QuantRows> {
-        if self.decode_only {
-            return None;
-        }
-        match codec {
-            Codec::Q8_0 => Some(self.q8_0),
-            Codec::Q4_0 => Some(self.q4_0),
-            Codec::Q4_1 => Some(self.q4_1),
-            Codec::Nf4 => Some(self.nf4),
-            // Codecs added later run through their decoder until they get a kernel.
-            #[allow(unreachable_patterns)]
-            _ => None,
         }
     }
 
