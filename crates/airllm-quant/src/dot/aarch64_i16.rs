@@ -24,13 +24,8 @@ use super::generic::check_quant;
 use super::{NF4_I8, NF4_I8_INV, QuantSet};
 
 /// The NEON set (every aarch64 CPU).
-pub(super) const NEON: QuantSet<i16> = QuantSet {
-    quantize: quantize_row,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
-};
+pub(super) const NEON: QuantSet<i16> =
+    QuantSet { quantize: quantize_row, q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows };
 
 /// `acc + w * x` over 8 i16 lanes, widened into 4 i32 lanes.
 #[inline(always)]

@@ -204,20 +204,10 @@ pub(crate) fn bf16_rows(w: &[u8], k: usize, x: &[f32], x_stride: usize, tokens: 
 }
 
 /// The generic table entries (type-checked against the kernel signatures).
-pub(crate) const FAST: QuantSet<i8> = QuantSet {
-    quantize: act::quantize_row_generic,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
-};
-pub(crate) const PRECISE: QuantSet<i16> = QuantSet {
-    quantize: act::quantize_row_generic,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
-};
+pub(crate) const FAST: QuantSet<i8> =
+    QuantSet { quantize: act::quantize_row_generic, q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows };
+pub(crate) const PRECISE: QuantSet<i16> =
+    QuantSet { quantize: act::quantize_row_generic, q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows };
 pub(crate) const F32: DenseRows = f32_rows;
 pub(crate) const F16: DenseRows = f16_rows;
 pub(crate) const BF16: DenseRows = bf16_rows;

@@ -442,9 +442,7 @@ impl Kernels {
     /// is decoded row by row into f32 first: correct, several times slower).
     pub fn is_fast(&self, format: WeightFormat) -> bool {
         match format {
-            WeightFormat::Quant(c) => {
-                !self.decode_only && self.fast.get(c).is_some() && self.precise.get(c).is_some()
-            }
+            WeightFormat::Quant(c) => !self.decode_only && self.fast.get(c).is_some() && self.precise.get(c).is_some(),
             _ => true,
         }
     }

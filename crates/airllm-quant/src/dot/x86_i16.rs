@@ -27,22 +27,12 @@ use super::{NF4_I8, NF4_I8_INV, QuantSet};
 
 /// The AVX2 set. Only reachable through the AVX2 and AVX-512 tables (see
 /// [`super::x86::AVX2`]): every entry relies on AVX2, FMA and F16C.
-pub(super) const AVX2: QuantSet<i16> = QuantSet {
-    quantize: quantize_row,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
-};
+pub(super) const AVX2: QuantSet<i16> =
+    QuantSet { quantize: quantize_row, q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows };
 
 /// The AVX-512 VNNI set. Only reachable through the VNNI table.
-pub(super) const AVX512_VNNI: QuantSet<i16> = QuantSet {
-    quantize: quantize_row,
-    q8_0: q8_0_vnni,
-    q4_0: q4_0_vnni,
-    q4_1: q4_1_vnni,
-    nf4: nf4_vnni,
-};
+pub(super) const AVX512_VNNI: QuantSet<i16> =
+    QuantSet { quantize: quantize_row, q8_0: q8_0_vnni, q4_0: q4_0_vnni, q4_1: q4_1_vnni, nf4: nf4_vnni };
 
 /// The i16 dot product of one block of 32: 8 i32 lanes whose sum is
 /// `sum_i wa_i xa_i + wb_i xb_i` (16 values in each of the four vectors).
