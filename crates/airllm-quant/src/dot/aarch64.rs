@@ -217,7 +217,7 @@ unsafe fn q4_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 18 bytes).
         unsafe {
@@ -251,7 +251,7 @@ unsafe fn q8_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes).
         unsafe {
@@ -283,7 +283,7 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes, 64 values, two
         // activation blocks each); NF4_I8 is 16 bytes.
@@ -453,8 +453,8 @@ unsafe fn dense_tile<const T: usize, D: Dense>(
     for r in 0..rows {
         let row = &w[r * k * D::BYTES..(r + 1) * k * D::BYTES];
         let wp = row.as_ptr();
-        let mut acc0 = [vdupq_n_f32(0.0); T];
-        let mut acc1 = [vdupq_n_f32(0.0); T];
+        // SAFETY: register arithmetic (NEON is baseline on aarch64).
+        let (mut acc0, mut acc1) = unsafe { ([vdupq_n_f32(0.0); T], [vdupq_n_f32(0.0); T]) };
         let mut i = 0;
         // SAFETY: i + 8 <= k, within the row and every token's k values.
         unsafe {
