@@ -20,7 +20,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
-use super::act::{Code, QAct, QK_ACT, check_row, quantize_block, scale_of};
+use super::act::{Code, QAct, QK_ACT, quantize_block, quantize_row_by, scale_of};
 use super::generic::{self, check_dense, check_quant};
 use super::{Kernels, NF4_I8, NF4_I8_INV, QuantSet, SimdLevel, TOKEN_TILE, aarch64_i16};
 
@@ -32,8 +32,16 @@ pub(super) fn has_dotprod() -> bool {
 /// NEON (every aarch64 CPU has it).
 pub(super) const NEON: Kernels = Kernels {
     level: SimdLevel::Neon,
-    fast: QuantSet { quantize: quantize_row, q8_0: q8_0_mull, q4_0: q4_0_mull, q4_1: q4_1_mull, nf4: nf4_mull },
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_mull,
+        q4_0: q4_0_mull,
+        q4_1: q4_1_mull,
+        nf4: nf4_mull,
+    },
     precise: aarch64_i16::NEON,
+    exact: aarch64_i16::NEON_EXACT,
     f32: f32_rows,
     f16: generic::F16,
     bf16: bf16_rows,
@@ -44,7 +52,14 @@ pub(super) const NEON: Kernels = Kernels {
 /// kernels: `sdot` multiplies bytes only). Only handed out after [`has_dotprod`].
 pub(super) const NEON_DOTPROD: Kernels = Kernels {
     level: SimdLevel::NeonDotprod,
-    fast: QuantSet { quantize: quantize_row, q8_0: q8_0_sdot, q4_0: q4_0_sdot, q4_1: q4_1_sdot, nf4: nf4_sdot },
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_sdot,
+        q4_0: q4_0_sdot,
+        q4_1: q4_1_sdot,
+        nf4: nf4_sdot,
+    },
     ..NEON
 };
 
@@ -138,7 +153,7 @@ unsafe fn block<D: Dot>(w0: int8x16_t, w1: int8x16_t, x: *const i8) -> float32x4
 macro_rules! quant_kernels {
     ($($name:ident = $body:ident::<$d:ty>($block:expr, $bytes:expr)),+ $(,)?) => {$(
         fn $name(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
-            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, &tokens, out);
+            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, 1, &tokens, out);
             // SAFETY: `check_quant` checked every length the body reads and writes;
             // the `Sdot` kernels are only handed out after `has_dotprod`.
             unsafe { by_tokens!(nt, $body::<$d>(w.as_ptr(), row_bytes, rows, nbw, act, tokens.start, out.as_mut_ptr())) }
@@ -315,45 +330,17 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
 // ---- activations ----------------------------------------------------------
 
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    // SAFETY: the closure gets 32 readable floats and 32 writable codes.
-    quantize_row_with(x, q, d, s, |x, q| unsafe { quantize_block_neon(x, q) });
+    // SAFETY: `quantize_row_by` passes 32 readable floats and 32 writable codes.
+    quantize_row_by(x, (q, d, s), 1, |x, q| unsafe { quantize_block_neon(x, q) }, quantize_block);
 }
 
-/// A row quantizer over a SIMD block quantizer `block` (32 readable floats,
-/// 32 writable codes; `None`, nothing written, when a value is not finite).
-#[inline(always)]
-pub(super) fn quantize_row_with<C: Code>(
-    x: &[f32],
-    q: &mut [C],
-    d: &mut [f32],
-    s: &mut [f32],
-    block: impl Fn(*const f32, *mut C) -> Option<[f32; 2]>,
-) {
-    check_row(x, q, d, s);
-    let full = x.len() / QK_ACT;
-    for b in 0..full {
-        let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-        [d[b], s[b]] = block(xb.as_ptr(), qb.as_mut_ptr()).unwrap_or_else(|| quantize_block(xb, qb));
-    }
-    // The partial last block and the padding blocks, zero-padded.
-    let mut buf = [0.0f32; QK_ACT];
-    for b in full..d.len() {
-        let start = (b * QK_ACT).min(x.len());
-        let n = (x.len() - start).min(QK_ACT);
-        buf[..n].copy_from_slice(&x[start..start + n]);
-        buf[n..].fill(0.0);
-        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-    }
-}
-
-/// The rounded codes `round(x * (1 / d))` of the 32 values at `x` (8 x 4
-/// i32 lanes), their sum and `d` (for codes up to `qmax`); `None` when a
-/// value is not finite.
+/// The 32 values at `x` and their largest magnitude; `None` when one is
+/// not finite.
 ///
 /// # Safety
 /// 32 readable floats at `x`.
 #[inline(always)]
-pub(super) unsafe fn block_codes(x: *const f32, qmax: f32) -> Option<([int32x4_t; 8], i32, f32)> {
+pub(super) unsafe fn block_amax(x: *const f32) -> Option<([float32x4_t; 8], f32)> {
     // SAFETY: the caller's contract.
     unsafe {
         let v: [float32x4_t; 8] = std::array::from_fn(|i| vld1q_f32(x.add(4 * i)));
@@ -363,17 +350,22 @@ pub(super) unsafe fn block_codes(x: *const f32, qmax: f32) -> Option<([int32x4_t
         }
         // FMAX propagates NaN, so a non-finite block shows in amax.
         let amax = vmaxvq_f32(m);
-        if !amax.is_finite() {
-            return None;
-        }
-        let (d, id) = scale_of(amax, qmax);
+        amax.is_finite().then_some((v, amax))
+    }
+}
+
+/// The rounded codes `round(v * id)` of 32 values (8 x 4 i32 lanes) and their sum.
+#[inline(always)]
+pub(super) unsafe fn block_codes(v: &[float32x4_t; 8], id: f32) -> ([int32x4_t; 8], i32) {
+    // SAFETY: register arithmetic (NEON is baseline on aarch64).
+    unsafe {
         // FCVTNS: round to nearest, ties to even, like `round_ties_even`.
         let i: [int32x4_t; 8] = std::array::from_fn(|k| vcvtnq_s32_f32(vmulq_n_f32(v[k], id)));
         let mut sum = i[0];
         for &ik in &i[1..] {
             sum = vaddq_s32(sum, ik);
         }
-        Some((i, vaddvq_s32(sum), d))
+        (i, vaddvq_s32(sum))
     }
 }
 
@@ -381,7 +373,9 @@ pub(super) unsafe fn block_codes(x: *const f32, qmax: f32) -> Option<([int32x4_t
 unsafe fn quantize_block_neon(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
     // SAFETY: the caller passes 32 readable floats and 32 writable bytes.
     unsafe {
-        let (i, s, d) = block_codes(x, <i8 as Code>::MAX)?;
+        let (v, amax) = block_amax(x)?;
+        let (d, id) = scale_of(amax, <i8 as Code>::MAX);
+        let (i, s) = block_codes(&v, id);
         let h: [int16x8_t; 4] = std::array::from_fn(|k| vcombine_s16(vqmovn_s32(i[2 * k]), vqmovn_s32(i[2 * k + 1])));
         vst1q_s8(q, vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1])));
         vst1q_s8(q.add(16), vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3])));

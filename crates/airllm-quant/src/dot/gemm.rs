@@ -64,6 +64,7 @@ pub(super) fn run<P: Parallel>(
         WeightFormat::Quant(codec) => match m.precision {
             Precision::Fast => quantized(kern, &kern.fast, codec, m, out, scratch, pool),
             Precision::Precise => quantized(kern, &kern.precise, codec, m, out, scratch, pool),
+            Precision::Exact => quantized(kern, &kern.exact, codec, m, out, scratch, pool),
         },
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => {
             let f = match m.format {
@@ -144,10 +145,12 @@ fn quantize<'s, C: Code, P: Parallel>(
     pool: &P,
 ) -> QAct<'s, C> {
     let nb = kp / QK_ACT;
-    let (q, d, sums) = scratch.buffers::<C>(s.t, kp);
+    let terms = set.terms;
+    let n = kp * terms;
+    let (q, d, sums) = scratch.buffers::<C>(s.t, kp, terms);
     let quantize_row = set.quantize;
     if s.t == 1 || s.t * s.k < PARALLEL_QUANTIZE || Parallel::threads(pool) == 1 {
-        let rows = q.chunks_exact_mut(kp).zip(d.chunks_exact_mut(nb)).zip(sums.chunks_exact_mut(nb));
+        let rows = q.chunks_exact_mut(n).zip(d.chunks_exact_mut(nb)).zip(sums.chunks_exact_mut(nb));
         for (t, ((q, d), sums)) in rows.enumerate() {
             quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, d, sums);
         }
@@ -163,7 +166,7 @@ fn quantize<'s, C: Code, P: Parallel>(
                 // for `s.t` rows); no other reference to them exists during the job.
                 let (q, d, sums) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(bufs.0.add(t * kp), kp),
+                        std::slice::from_raw_parts_mut(bufs.0.add(t * n), n),
                         std::slice::from_raw_parts_mut(bufs.1.add(t * nb), nb),
                         std::slice::from_raw_parts_mut(bufs.2.add(t * nb), nb),
                     )
@@ -173,7 +176,7 @@ fn quantize<'s, C: Code, P: Parallel>(
         });
     }
     let (q, d, sums) = (&*q, &*d, &*sums);
-    QAct { q, d, s: sums, kp }
+    QAct { q, d, s: sums, kp, terms }
 }
 
 /// Runs `kernel(first row, rows, tokens, tile)` over every row block and

@@ -3,11 +3,13 @@
 //! level against the generic oracle.
 //!
 //! Tolerances (per output `y[t, n]`, `ŵ` the decoded row, `x` the token row,
-//! `Q` the activation code range: 127 for [`Precision::Fast`], 32767 for
-//! [`Precision::Precise`]):
-//! - quantized formats: `sum_b (amax_b / 2Q) sum_{j in b} |ŵ_j|` for the
-//!   quantized activations (each `|x - d q| <= d / 2`, times `1 + Q 2^-21`
-//!   for the f32 rounding of `x / d`), plus for `nf4`
+//! `e` the largest activation error over the block's `amax`: `(1 + Q 2^-21)
+//! / 2Q` for one term with codes up to `Q` (127 for [`Precision::Fast`],
+//! 32767 for [`Precision::Precise`]: half a step, plus the f32 rounding of
+//! `x / d`), `1.02 / (2 * 32767 * 16384)` for the two terms of
+//! [`Precision::Exact`]):
+//! - quantized formats: `sum_b e amax_b sum_{j in b} |ŵ_j|` for the
+//!   quantized activations, plus for `nf4`
 //!   `sum_j absmax_j |T_j - NF4_I8_j / 127| |x_j|` for the int8 code book, plus
 //!   `F32_SLACK`;
 //! - dense formats: `F32_SLACK` only;
@@ -21,7 +23,7 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::act::{Code, QK_ACT, quantize_row_generic};
+use super::act::{Code, LO_RATIO, QK_ACT, quantize_row_generic, quantize_row2_generic};
 use super::{
     Kernels, Matmul, MatmulError, MatmulShape, NF4_I8, NF4_I8_INV, Precision, Scratch, SimdLevel, WeightFormat,
 };
@@ -133,12 +135,15 @@ fn row_meta(format: WeightFormat, bytes: &[u8], r: usize, k: usize) -> (Vec<f32>
     (absmax, mins)
 }
 
-/// The largest activation code of `precision`.
-fn qmax(precision: Precision) -> f64 {
-    f64::from(match precision {
-        Precision::Fast => <i8 as Code>::MAX,
-        Precision::Precise => <i16 as Code>::MAX,
-    })
+/// The largest error of a quantized activation over its block's `amax`
+/// (see the module docs).
+fn act_error(precision: Precision) -> f64 {
+    let one = |q: f64| (1.0 + q * 2f64.powi(-21)) / (2.0 * q);
+    match precision {
+        Precision::Fast => one(f64::from(<i8 as Code>::MAX)),
+        Precision::Precise => one(f64::from(<i16 as Code>::MAX)),
+        Precision::Exact => 1.02 / (2.0 * f64::from(<i16 as Code>::MAX) * f64::from(LO_RATIO)),
+    }
 }
 
 /// The f64 reference of one output and its tolerance (see the module docs).
@@ -164,8 +169,7 @@ fn reference(
         for (b, xb) in x.chunks(QK_ACT).enumerate() {
             let amax = xb.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
             let wsum: f64 = w[b * QK_ACT..b * QK_ACT + xb.len()].iter().map(|v| f64::from(v.abs())).sum();
-            let q = qmax(precision);
-            bound += amax / (2.0 * q) * wsum * (1.0 + q * 2f64.powi(-21));
+            bound += amax * act_error(precision) * wsum;
         }
         if c == Codec::Nf4 {
             let terr = NF4_TABLE
@@ -201,7 +205,7 @@ fn every_format_level_and_precision_matches_the_f64_reference() {
     let pool = pool(2);
     let mut rng = StdRng::seed_from_u64(14);
     // Largest error over the bound's activation term, per precision (quantized formats).
-    let mut worst = [0.0f64; 2];
+    let mut worst = [0.0f64; 3];
     for &(n, k, t) in &SHAPES {
         let w = weights(&mut rng, n, k);
         let x = activations(&mut rng, t, k, k);
@@ -229,9 +233,7 @@ fn every_format_level_and_precision_matches_the_f64_reference() {
                             if matches!(format, WeightFormat::Quant(c) if c != Codec::Nf4) {
                                 let wnorm =
                                     dec[r * k..(r + 1) * k].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                                let q = qmax(precision);
-                                let normwise =
-                                    32f64.sqrt() / (2.0 * q) * xnorm * wnorm * (1.0 + q * 2f64.powi(-21)) + slack;
+                                let normwise = 32f64.sqrt() * act_error(precision) * xnorm * wnorm + slack;
                                 assert!(
                                     (got - exact).abs() <= normwise,
                                     "{at}: {got} vs {exact} (normwise {normwise})"
@@ -246,13 +248,18 @@ fn every_format_level_and_precision_matches_the_f64_reference() {
             }
         }
     }
-    eprintln!("largest error / bound (activation term): precise {:.3}, fast {:.3}", worst[0], worst[1]);
+    eprintln!(
+        "largest error / bound (activation term): exact {:.3}, precise {:.3}, fast {:.3}",
+        worst[0], worst[1], worst[2]
+    );
 }
 
-/// The precise mode is what it claims: on the same data its errors are a
-/// small fraction of the fast mode's (the ratio of the bounds is 258).
+/// Each mode is what it claims: on the same data the precise errors are a
+/// small fraction of the fast ones (the ratio of the bounds is 258), and the
+/// exact ones a small fraction of the precise ones, down at the f32
+/// rounding of the sums.
 #[test]
-fn precise_errors_are_far_below_fast_errors() {
+fn errors_shrink_from_fast_to_precise_to_exact() {
     let pool = pool(2);
     let mut rng = StdRng::seed_from_u64(21);
     let (n, k, t) = (64, 576, 3);
@@ -277,9 +284,10 @@ fn precise_errors_are_far_below_fast_errors() {
                 }
                 (sum / (t * n) as f64).sqrt()
             };
-            let (precise, fast) = (rms(Precision::Precise), rms(Precision::Fast));
-            eprintln!("{level} {format}: relative rms error precise {precise:.2e}, fast {fast:.2e}");
+            let [exact, precise, fast] = Precision::ALL.map(rms);
+            eprintln!("{level} {format}: relative rms error exact {exact:.2e}, precise {precise:.2e}, fast {fast:.2e}");
             assert!(precise * 50.0 < fast, "{level} {format}: precise {precise:e} vs fast {fast:e}");
+            assert!(exact * 10.0 < precise, "{level} {format}: exact {exact:e} vs precise {precise:e}");
         }
     }
 }
@@ -287,6 +295,7 @@ fn precise_errors_are_far_below_fast_errors() {
 #[test]
 fn quantized_activations_are_identical_on_every_level() {
     let mut rng = StdRng::seed_from_u64(3);
+    let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
     for k in [1usize, 31, 32, 33, 96, 100, 577] {
         let kp = k.div_ceil(64) * 64;
         let mut x: Vec<f32> = (0..k).map(|_| (rng.random::<f32>() - 0.5) * 7.0).collect();
@@ -300,18 +309,33 @@ fn quantized_activations_are_identical_on_every_level() {
                 *v = if j == 0 { 32767.0 / 1024.0 } else { ((j as f32 - 16.0) * 64.0 + 0.5) / 1024.0 };
             }
         }
+        // Values so small that the 16-bit scale's inverse overflows: zeros everywhere.
+        if k >= 96 {
+            for (j, v) in x[64..96].iter_mut().enumerate() {
+                *v = (j as f32 - 15.0) * 1e-36;
+            }
+        }
         let (mut q0, mut d0, mut s0) = (vec![0i8; kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
         quantize_row_generic(&x, &mut q0, &mut d0, &mut s0);
         let (mut p0, mut e0, mut t0) = (vec![0i16; kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
         quantize_row_generic(&x, &mut p0, &mut e0, &mut t0);
+        let (mut r0, mut f0, mut u0) = (vec![0i16; 2 * kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
+        quantize_row2_generic(&x, &mut r0, &mut f0, &mut u0);
+        assert_eq!(bits(&f0), bits(&e0), "k={k}: the two-term scales are the one-term ones");
         if k >= 32 {
             assert_eq!((q0[1], q0[2]), (-14, -14), "-14.5 and -13.5 round to even");
         }
         if k >= 64 {
             assert_eq!(e0[1], 1.0 / 1024.0);
             assert_eq!((p0[33], p0[34]), (-960, -896), "-959.5 and -895.5 round to even");
+            // Two terms: hi as the one-term codes, lo = remainder * 16384 / d, here exactly 0.5 * 16384.
+            assert_eq!((r0[65], r0[66]), (-960, -896));
+            assert_eq!((r0[97], r0[98]), (8192, 8192));
         }
-        let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+        if k >= 96 {
+            assert_eq!((e0[2], t0[2]), (0.0, 0.0));
+            assert!(p0[64..96].iter().all(|&c| c == 0) && r0[128..192].iter().all(|&c| c == 0));
+        }
         for level in SimdLevel::available() {
             let kern = Kernels::for_level(level).expect("available");
             let (mut q, mut d, mut s) = (vec![1i8; kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
@@ -324,6 +348,11 @@ fn quantized_activations_are_identical_on_every_level() {
             assert_eq!(p, p0, "{level} k={k}: 16-bit codes");
             assert_eq!(bits(&e), bits(&e0), "{level} k={k}: 16-bit scales");
             assert_eq!(bits(&t), bits(&t0), "{level} k={k}: 16-bit sums");
+            let (mut r, mut f, mut u) = (vec![1i16; 2 * kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
+            (kern.exact.quantize)(&x, &mut r, &mut f, &mut u);
+            assert_eq!(r, r0, "{level} k={k}: two-term codes");
+            assert_eq!(bits(&f), bits(&f0), "{level} k={k}: two-term scales");
+            assert_eq!(bits(&u), bits(&u0), "{level} k={k}: two-term sums");
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::act::{Code, QAct, QK_ACT, check_row, quantize_block, scale_of};
+use super::act::{Code, QAct, QK_ACT, quantize_block, quantize_row_by, scale_of};
 use super::generic::{check_dense, check_quant};
 use super::{Kernels, NF4_I8, NF4_I8_INV, QuantSet, SimdLevel, TOKEN_TILE, x86_i16};
 
@@ -27,8 +27,16 @@ pub(super) fn has_avx2() -> bool {
 /// [`has_avx2`]: every entry relies on it.
 pub(super) const AVX2: Kernels = Kernels {
     level: SimdLevel::Avx2,
-    fast: QuantSet { quantize: quantize_row, q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows },
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_rows,
+        q4_0: q4_0_rows,
+        q4_1: q4_1_rows,
+        nf4: nf4_rows,
+    },
     precise: x86_i16::AVX2,
+    exact: x86_i16::AVX2_EXACT,
     f32: f32_rows,
     f16: f16_rows,
     bf16: bf16_rows,
@@ -105,12 +113,15 @@ impl Dot for Maddubs {
 }
 
 /// Defines safe row kernels `$name` (the [`QuantRows`](super::QuantRows)
-/// signature, activation codes of type `$code`) over the tile bodies,
-/// compiled with `$features` and `$dot`.
+/// signature, activation codes of type `$code`, `$terms` per value) over
+/// the tile bodies, compiled with `$features` and `$dot`.
 macro_rules! quant_kernels {
-    ($features:literal, $dot:ty, $code:ty, $($name:ident = $body:ident($block:expr, $bytes:expr)),+ $(,)?) => {$(
+    (
+        $features:literal, $dot:ty, $code:ty, $terms:expr,
+        $($name:ident = $body:ident($block:expr, $bytes:expr)),+ $(,)?
+    ) => {$(
         fn $name(w: &[u8], row_bytes: usize, act: &QAct<'_, $code>, tokens: Range<usize>, out: &mut [f32]) {
-            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, &tokens, out);
+            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, $terms, &tokens, out);
             #[target_feature(enable = $features)]
             unsafe fn entry<const T: usize>(
                 w: *const u8,
@@ -137,6 +148,7 @@ quant_kernels!(
     "avx2,fma,f16c",
     Maddubs,
     i8,
+    1,
     q8_0_rows = q8_0_tile(32, 34),
     q4_0_rows = q4_0_tile(32, 18),
     q4_1_rows = q4_1_tile(32, 20),
@@ -482,35 +494,9 @@ pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
 // ---- activations ----------------------------------------------------------
 
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    // SAFETY: AVX2 (see `AVX2`).
-    quantize_row_with(x, q, d, s, |x, q| unsafe { quantize_block_avx2(x, q) });
-}
-
-/// A row quantizer over a SIMD block quantizer `block` (32 readable floats,
-/// 32 writable codes; `None`, nothing written, when a value is not finite).
-#[inline(always)]
-pub(super) fn quantize_row_with<C: Code>(
-    x: &[f32],
-    q: &mut [C],
-    d: &mut [f32],
-    s: &mut [f32],
-    block: impl Fn(*const f32, *mut C) -> Option<[f32; 2]>,
-) {
-    check_row(x, q, d, s);
-    let full = x.len() / QK_ACT;
-    for b in 0..full {
-        let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-        [d[b], s[b]] = block(xb.as_ptr(), qb.as_mut_ptr()).unwrap_or_else(|| quantize_block(xb, qb));
-    }
-    // The partial last block and the padding blocks, zero-padded.
-    let mut buf = [0.0f32; QK_ACT];
-    for b in full..d.len() {
-        let start = (b * QK_ACT).min(x.len());
-        let n = (x.len() - start).min(QK_ACT);
-        buf[..n].copy_from_slice(&x[start..start + n]);
-        buf[n..].fill(0.0);
-        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-    }
+    // SAFETY: AVX2 (see `AVX2`); `quantize_row_by` passes 32 readable floats
+    // and 32 writable codes.
+    quantize_row_by(x, (q, d, s), 1, |x, q| unsafe { quantize_block_avx2(x, q) }, quantize_block);
 }
 
 /// The 32 values at `x` and their largest magnitude; `None` when one is not finite.

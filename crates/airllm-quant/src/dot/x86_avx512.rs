@@ -36,6 +36,7 @@ pub(super) const AVX512_VNNI: Kernels = Kernels {
     level: SimdLevel::Avx512Vnni,
     fast: QuantSet { q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows, ..x86::AVX2.fast },
     precise: x86_i16::AVX512_VNNI,
+    exact: x86_i16::AVX512_VNNI_EXACT,
     ..AVX512
 };
 
@@ -60,6 +61,7 @@ quant_kernels!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     Vnni,
     i8,
+    1,
     q8_0_rows = q8_0_tile(32, 34),
     q4_0_rows = q4_0_tile(32, 18),
     q4_1_rows = q4_1_tile(32, 20),

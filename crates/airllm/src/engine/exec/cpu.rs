@@ -203,7 +203,7 @@ impl Exec for CpuExec<'_> {
             accumulate,
         };
         let mut ybuf = self.act.take(y.buf);
-        let precision = airllm_quant::dot::Precision::Precise;
+        let precision = airllm_quant::dot::Precision::Exact;
         let m = Matmul { shape, format: weight_format(t.format), weight, x: self.act.get(x.buf), bias, precision };
         let r = Kernels::best().matmul(&m, &mut ybuf, self.scratch, self.pool);
         self.act.put(y.buf, ybuf);
