@@ -2,15 +2,18 @@
 //! target, so they run without a GPU adapter or the other stages' setup:
 //! `cargo bench -p airllm-benches --bench cpu [-- FILTER]`.
 //!
-//! Ids and throughput:
-//! - `cpu/gemv/{format}/{n}x{k}/{threads}t`: one token; `Throughput::Bytes`
+//! Ids and throughput (`{mode}` is `{precision}-` for quantized formats, the
+//! activation precision of the kernels: `precise-` (16-bit activations) or
+//! `fast-` (8-bit, ggml's scheme); empty for dense formats, whose
+//! activations stay f32):
+//! - `cpu/gemv/{format}/{n}x{k}/{mode}{threads}t`: one token; `Throughput::Bytes`
 //!   of weights read. The weights cycle through copies totalling at least
 //!   [`STREAM_BYTES`], so they come from DRAM as in a real decode step (one
 //!   matrix alone would sit in the L2/L3 cache after the first iteration).
-//! - `cpu/gemm/{format}/{n}x{k}-t{t}/{threads}t`: a prompt of `t` tokens;
+//! - `cpu/gemm/{format}/{n}x{k}-t{t}/{mode}{threads}t`: a prompt of `t` tokens;
 //!   `Throughput::Elements` counts flops (`2 t n k`), so criterion's
 //!   "elem/s" reads as FLOP/s.
-//! - `cpu/token/smollm2-135m-q4_1/{threads}t`: the matmuls of one SmolLM2-135M
+//! - `cpu/token/smollm2-135m-q4_1/{precision}-{threads}t`: the matmuls of one SmolLM2-135M
 //!   decode step (30 layers of q, k, v, o, gate, up, down in q4_1, then the
 //!   49152x576 q8_0 lm_head, as the GGUF stores them), weights 96 MB;
 //!   `Throughput::Bytes` of weights.
@@ -21,11 +24,15 @@
 //!
 //! Shapes: SmolLM2-135M (hidden 576, intermediate 1536, vocab 49152) and
 //! Llama-3-8B (4096, 14336); threads 1 and 2.
+//!
+//! Criterion reports medians; on a shared machine the fastest sample says
+//! more about the code (every sample is in
+//! `target/criterion/<id>/new/sample.json`: `times[i] / iters[i]`).
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Scratch, WeightFormat};
+use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Precision, Scratch, WeightFormat};
 use airllm_quant::pool::{Parallel, ThreadPool};
 use airllm_quant::{Codec, Floats};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -74,16 +81,27 @@ fn pools() -> Vec<(usize, ThreadPool)> {
     [1, 2].into_iter().filter(|&n| n <= all.max(2)).filter_map(|n| ThreadPool::new(n).ok().map(|p| (n, p))).collect()
 }
 
+/// The precisions worth measuring for `format` (dense formats have one) and
+/// the id prefix of each.
+fn modes(format: WeightFormat) -> Vec<(Precision, String)> {
+    match format {
+        WeightFormat::Quant(_) => Precision::ALL.into_iter().map(|p| (p, format!("{p}-"))).collect(),
+        _ => vec![(Precision::default(), String::new())],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn matmul<P: Parallel>(
     pool: &P,
     scratch: &mut Scratch,
     format: WeightFormat,
+    precision: Precision,
     weight: &[u8],
     x: &[f32],
     y: &mut [f32],
     shape: MatmulShape,
 ) {
-    let m = Matmul { shape, format, weight, x, bias: None };
+    let m = Matmul { shape, format, weight, x, bias: None, precision };
     if let Err(e) = Kernels::best().matmul(&m, y, scratch, pool) {
         panic!("{e}");
     }
@@ -113,16 +131,19 @@ fn gemv(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
             let mut g = c.benchmark_group(format!("cpu/gemv/{format}/{n}x{k}"));
             g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
             g.throughput(Throughput::Bytes(bytes as u64));
-            for (threads, pool) in pools {
-                let mut scratch = Scratch::new();
-                let mut i = 0;
-                g.bench_function(BenchmarkId::from_parameter(format!("{threads}t")), |b| {
-                    b.iter(|| {
-                        let wb = &all[i * bytes..(i + 1) * bytes];
-                        i = (i + 1) % copies;
-                        matmul(pool, &mut scratch, format, black_box(wb), &x, &mut y, MatmulShape::new(1, n, k));
-                    })
-                });
+            for (precision, mode) in modes(format) {
+                for (threads, pool) in pools {
+                    let mut scratch = Scratch::new();
+                    let mut i = 0;
+                    g.bench_function(BenchmarkId::from_parameter(format!("{mode}{threads}t")), |b| {
+                        b.iter(|| {
+                            let wb = &all[i * bytes..(i + 1) * bytes];
+                            i = (i + 1) % copies;
+                            let shape = MatmulShape::new(1, n, k);
+                            matmul(pool, &mut scratch, format, precision, black_box(wb), &x, &mut y, shape);
+                        })
+                    });
+                }
             }
             g.finish();
         }
@@ -131,10 +152,13 @@ fn gemv(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
 
 fn gemm(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
     let mut rng = StdRng::seed_from_u64(2);
-    let cases = [(1536, 576, 128), (576, 1536, 128), (4096, 4096, 128)];
+    let cases = [(1536, 576, 128), (576, 1536, 128), (4096, 4096, 128), (14336, 4096, 128)];
     for &(n, k, t) in &cases {
-        let formats: Vec<WeightFormat> =
-            FORMATS.into_iter().filter(|&f| wanted(&format!("cpu/gemm/{f}/{n}x{k}-t{t}"))).collect();
+        // f32 at the 8B MLP shape would take 235 MB; the dense formats are measured on bf16/f16 there.
+        let formats: Vec<WeightFormat> = FORMATS
+            .into_iter()
+            .filter(|&f| !(f == WeightFormat::F32 && n * k > 1 << 25) && wanted(&format!("cpu/gemm/{f}/{n}x{k}-t{t}")))
+            .collect();
         if formats.is_empty() {
             continue;
         }
@@ -150,13 +174,16 @@ fn gemm(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
                 .warm_up_time(Duration::from_millis(if slow { 500 } else { 300 }))
                 .measurement_time(Duration::from_secs(if slow { 3 } else { 1 }));
             g.throughput(Throughput::Elements((2 * t * n * k) as u64));
-            for (threads, pool) in pools {
-                let mut scratch = Scratch::new();
-                g.bench_function(BenchmarkId::from_parameter(format!("{threads}t")), |b| {
-                    b.iter(|| {
-                        matmul(pool, &mut scratch, format, black_box(&weight), &x, &mut y, MatmulShape::new(t, n, k))
-                    })
-                });
+            for (precision, mode) in modes(format) {
+                for (threads, pool) in pools {
+                    let mut scratch = Scratch::new();
+                    g.bench_function(BenchmarkId::from_parameter(format!("{mode}{threads}t")), |b| {
+                        b.iter(|| {
+                            let shape = MatmulShape::new(t, n, k);
+                            matmul(pool, &mut scratch, format, precision, black_box(&weight), &x, &mut y, shape)
+                        })
+                    });
+                }
             }
             g.finish();
         }
@@ -185,18 +212,21 @@ fn token(c: &mut Criterion, pools: &[(usize, ThreadPool)]) {
     let mut g = c.benchmark_group("cpu/token/smollm2-135m-q4_1");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes(total as u64));
-    for (threads, pool) in pools {
-        let mut scratch = Scratch::new();
-        g.bench_function(BenchmarkId::from_parameter(format!("{threads}t")), |b| {
-            b.iter(|| {
-                for l in &layers {
-                    for (&(n, k), wb) in mats.iter().zip(l) {
-                        matmul(pool, &mut scratch, q41, wb, &x[..k], &mut y[..n], MatmulShape::new(1, n, k));
+    for precision in Precision::ALL {
+        for (threads, pool) in pools {
+            let mut scratch = Scratch::new();
+            g.bench_function(BenchmarkId::from_parameter(format!("{precision}-{threads}t")), |b| {
+                b.iter(|| {
+                    for l in &layers {
+                        for (&(n, k), wb) in mats.iter().zip(l) {
+                            let (x, y) = (&x[..k], &mut y[..n]);
+                            matmul(pool, &mut scratch, q41, precision, wb, x, y, MatmulShape::new(1, n, k));
+                        }
                     }
-                }
-                matmul(pool, &mut scratch, q80, &head, &x[..h], &mut y, MatmulShape::new(1, vocab, h));
-            })
-        });
+                    matmul(pool, &mut scratch, q80, precision, &head, &x[..h], &mut y, MatmulShape::new(1, vocab, h));
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -235,11 +265,12 @@ fn pool_overhead(c: &mut Criterion) {
             })
         });
         let mut scratch = Scratch::new();
+        let p = Precision::default();
         g.bench_function(BenchmarkId::new("spin/gemv-q4_1-576x576", format!("{threads}t")), |b| {
-            b.iter(|| matmul(&spin, &mut scratch, q41, &weight, &x, &mut y, MatmulShape::new(1, n, k)))
+            b.iter(|| matmul(&spin, &mut scratch, q41, p, &weight, &x, &mut y, MatmulShape::new(1, n, k)))
         });
         g.bench_function(BenchmarkId::new("rayon/gemv-q4_1-576x576", format!("{threads}t")), |b| {
-            b.iter(|| matmul(&ray, &mut scratch, q41, &weight, &x, &mut y, MatmulShape::new(1, n, k)))
+            b.iter(|| matmul(&ray, &mut scratch, q41, p, &weight, &x, &mut y, MatmulShape::new(1, n, k)))
         });
         g.finish();
     }

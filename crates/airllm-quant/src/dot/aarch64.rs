@@ -20,9 +20,9 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
-use super::act::{QAct, QK_ACT, check_row, quantize_block, scale_of};
+use super::act::{Code, QAct, QK_ACT, quantize_block, quantize_row_by, scale_of};
 use super::generic::{self, check_dense, check_quant};
-use super::{Kernels, NF4_I8, NF4_I8_INV, SimdLevel, TOKEN_TILE};
+use super::{Kernels, NF4_I8, NF4_I8_INV, QuantSet, SimdLevel, TOKEN_TILE, aarch64_i16};
 
 /// Whether the CPU has the dot-product extension (`sdot`).
 pub(super) fn has_dotprod() -> bool {
@@ -32,20 +32,36 @@ pub(super) fn has_dotprod() -> bool {
 /// NEON (every aarch64 CPU has it).
 pub(super) const NEON: Kernels = Kernels {
     level: SimdLevel::Neon,
-    quantize: quantize_row,
-    q8_0: q8_0_mull,
-    q4_0: q4_0_mull,
-    q4_1: q4_1_mull,
-    nf4: nf4_mull,
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_mull,
+        q4_0: q4_0_mull,
+        q4_1: q4_1_mull,
+        nf4: nf4_mull,
+    },
+    precise: aarch64_i16::NEON,
+    exact: aarch64_i16::NEON_EXACT,
     f32: f32_rows,
     f16: generic::F16,
     bf16: bf16_rows,
     decode_only: false,
 };
 
-/// NEON with `sdot`. Only handed out after [`has_dotprod`].
-pub(super) const NEON_DOTPROD: Kernels =
-    Kernels { level: SimdLevel::NeonDotprod, q8_0: q8_0_sdot, q4_0: q4_0_sdot, q4_1: q4_1_sdot, nf4: nf4_sdot, ..NEON };
+/// NEON with `sdot` for 8-bit activations (16-bit ones use the NEON
+/// kernels: `sdot` multiplies bytes only). Only handed out after [`has_dotprod`].
+pub(super) const NEON_DOTPROD: Kernels = Kernels {
+    level: SimdLevel::NeonDotprod,
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_sdot,
+        q4_0: q4_0_sdot,
+        q4_1: q4_1_sdot,
+        nf4: nf4_sdot,
+    },
+    ..NEON
+};
 
 const _: () = assert!(TOKEN_TILE == 4);
 
@@ -61,6 +77,7 @@ macro_rules! by_tokens {
         }
     };
 }
+pub(super) use by_tokens;
 
 /// `acc + sum w * x` over 16 signed bytes, 4 products per i32 lane.
 trait Dot {
@@ -106,14 +123,14 @@ impl Dot for Sdot {
 
 /// The f16 at `p` widened to f32.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: the caller passes 2 readable bytes.
     half::f16::from_bits(unsafe { p.cast::<u16>().read_unaligned() }).to_f32()
 }
 
 /// The 32 codes of a 4-bit block of 16 bytes at `p`: (values 0..16, values 16..32).
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> (uint8x16_t, uint8x16_t) {
+pub(super) unsafe fn nibbles(p: *const u8) -> (uint8x16_t, uint8x16_t) {
     // SAFETY: the caller passes 16 readable bytes.
     unsafe {
         let v = vld1q_u8(p);
@@ -136,7 +153,7 @@ unsafe fn block<D: Dot>(w0: int8x16_t, w1: int8x16_t, x: *const i8) -> float32x4
 macro_rules! quant_kernels {
     ($($name:ident = $body:ident::<$d:ty>($block:expr, $bytes:expr)),+ $(,)?) => {$(
         fn $name(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
-            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, &tokens, out);
+            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, 1, &tokens, out);
             // SAFETY: `check_quant` checked every length the body reads and writes;
             // the `Sdot` kernels are only handed out after `has_dotprod`.
             unsafe { by_tokens!(nt, $body::<$d>(w.as_ptr(), row_bytes, rows, nbw, act, tokens.start, out.as_mut_ptr())) }
@@ -157,7 +174,10 @@ quant_kernels!(
 
 /// Pointers to the codes and scales of tokens `t0..t0 + T`.
 #[inline(always)]
-fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const f32; T], [*const f32; T]) {
+pub(super) fn token_ptrs<const T: usize, C>(
+    act: &QAct<'_, C>,
+    t0: usize,
+) -> ([*const C; T], [*const f32; T], [*const f32; T]) {
     (
         std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()),
         std::array::from_fn(|j| act.d_row(t0 + j).as_ptr()),
@@ -178,7 +198,7 @@ unsafe fn q4_1_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 20 bytes).
         unsafe {
@@ -212,7 +232,7 @@ unsafe fn q4_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 18 bytes).
         unsafe {
@@ -246,7 +266,7 @@ unsafe fn q8_0_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes).
         unsafe {
@@ -278,7 +298,7 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     for r in 0..rows {
         // SAFETY: the function's contract (blocks of 34 bytes, 64 values, two
         // activation blocks each); NF4_I8 is 16 bytes.
@@ -310,27 +330,18 @@ unsafe fn nf4_tile<const T: usize, D: Dot>(
 // ---- activations ----------------------------------------------------------
 
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    check_row(x, q, d, s);
-    let full = x.len() / QK_ACT;
-    for b in 0..full {
-        let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-        // SAFETY: both slices hold 32 values.
-        [d[b], s[b]] =
-            unsafe { quantize_block_neon(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
-    }
-    let mut buf = [0.0f32; QK_ACT];
-    for b in full..d.len() {
-        let start = (b * QK_ACT).min(x.len());
-        let n = (x.len() - start).min(QK_ACT);
-        buf[..n].copy_from_slice(&x[start..start + n]);
-        buf[n..].fill(0.0);
-        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-    }
+    // SAFETY: `quantize_row_by` passes 32 readable floats and 32 writable codes.
+    quantize_row_by(x, (q, d, s), 1, |x, q| unsafe { quantize_block_neon(x, q) }, quantize_block);
 }
 
-/// One block of 32 values; `None` (nothing written) when one is not finite.
-unsafe fn quantize_block_neon(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
-    // SAFETY: the caller passes 32 readable floats and 32 writable bytes.
+/// The 32 values at `x` and their largest magnitude; `None` when one is
+/// not finite.
+///
+/// # Safety
+/// 32 readable floats at `x`.
+#[inline(always)]
+pub(super) unsafe fn block_amax(x: *const f32) -> Option<([float32x4_t; 8], f32)> {
+    // SAFETY: the caller's contract.
     unsafe {
         let v: [float32x4_t; 8] = std::array::from_fn(|i| vld1q_f32(x.add(4 * i)));
         let mut m = vabsq_f32(v[0]);
@@ -339,20 +350,35 @@ unsafe fn quantize_block_neon(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
         }
         // FMAX propagates NaN, so a non-finite block shows in amax.
         let amax = vmaxvq_f32(m);
-        if !amax.is_finite() {
-            return None;
-        }
-        let (d, id) = scale_of(amax);
+        amax.is_finite().then_some((v, amax))
+    }
+}
+
+/// The rounded codes `round(v * id)` of 32 values (8 x 4 i32 lanes) and their sum.
+#[inline(always)]
+pub(super) unsafe fn block_codes(v: &[float32x4_t; 8], id: f32) -> ([int32x4_t; 8], i32) {
+    // SAFETY: register arithmetic (NEON is baseline on aarch64).
+    unsafe {
         // FCVTNS: round to nearest, ties to even, like `round_ties_even`.
         let i: [int32x4_t; 8] = std::array::from_fn(|k| vcvtnq_s32_f32(vmulq_n_f32(v[k], id)));
         let mut sum = i[0];
         for &ik in &i[1..] {
             sum = vaddq_s32(sum, ik);
         }
+        (i, vaddvq_s32(sum))
+    }
+}
+
+/// One block of 32 values; `None` (nothing written) when one is not finite.
+unsafe fn quantize_block_neon(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
+    // SAFETY: the caller passes 32 readable floats and 32 writable bytes.
+    unsafe {
+        let (v, amax) = block_amax(x)?;
+        let (d, id) = scale_of(amax, <i8 as Code>::MAX);
+        let (i, s) = block_codes(&v, id);
         let h: [int16x8_t; 4] = std::array::from_fn(|k| vcombine_s16(vqmovn_s32(i[2 * k]), vqmovn_s32(i[2 * k + 1])));
         vst1q_s8(q, vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1])));
         vst1q_s8(q.add(16), vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3])));
-        let s = vaddvq_s32(sum);
         Some([d, d * s as f32])
     }
 }
@@ -421,8 +447,8 @@ unsafe fn dense_tile<const T: usize, D: Dense>(
     for r in 0..rows {
         let row = &w[r * k * D::BYTES..(r + 1) * k * D::BYTES];
         let wp = row.as_ptr();
-        let mut acc0 = [vdupq_n_f32(0.0); T];
-        let mut acc1 = [vdupq_n_f32(0.0); T];
+        // SAFETY: register arithmetic (NEON is baseline on aarch64).
+        let (mut acc0, mut acc1) = unsafe { ([vdupq_n_f32(0.0); T], [vdupq_n_f32(0.0); T]) };
         let mut i = 0;
         // SAFETY: i + 8 <= k, within the row and every token's k values.
         unsafe {

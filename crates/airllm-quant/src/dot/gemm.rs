@@ -4,8 +4,8 @@
 
 use std::cell::RefCell;
 
-use super::act::{QAct, QK_ACT, Scratch};
-use super::{Kernels, Matmul, MatmulError, MatmulShape, WeightFormat};
+use super::act::{Code, QAct, QK_ACT, Scratch};
+use super::{Kernels, Matmul, MatmulError, MatmulShape, Precision, QuantSet, WeightFormat};
 use crate::pool::Parallel;
 
 /// Rows per kernel call and per unit of work handed to a thread. 16 rows of
@@ -61,35 +61,10 @@ pub(super) fn run<P: Parallel>(
     let out = Out { ptr: y.as_mut_ptr(), len: y.len() };
     let row_bytes = m.format.row_bytes(s.k);
     match m.format {
-        WeightFormat::Quant(codec) => match kern.quant(codec) {
-            Some(f) => {
-                let kp = s.k.div_ceil(codec.block_size()) * codec.block_size();
-                let act = quantize(kern, m.x, &s, kp, scratch, pool);
-                tiles(pool, m, out, |r0, nr, tokens, tile| {
-                    f(&m.weight[r0 * row_bytes..(r0 + nr) * row_bytes], row_bytes, &act, tokens, tile)
-                });
-            }
-            None => {
-                let f32_rows = kern.f32;
-                tiles(pool, m, out, |r0, nr, tokens, tile| {
-                    DECODED.with_borrow_mut(|buf| {
-                        // One decode of the row block per token tile is wasteful for long
-                        // prompts, but this path only serves codecs still without a kernel.
-                        if buf.len() < nr * s.k {
-                            buf.resize(nr * s.k, 0.0);
-                        }
-                        let rows = &mut buf[..nr * s.k];
-                        for (i, row) in rows.chunks_exact_mut(s.k).enumerate() {
-                            let bytes = &m.weight[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
-                            if codec.decode_row(bytes, s.k, row).is_err() {
-                                // Unreachable after `check`; never return silent garbage.
-                                row.fill(f32::NAN);
-                            }
-                        }
-                        f32_rows(f32_bytes(rows), s.k, m.x, s.x_stride, tokens, tile);
-                    })
-                });
-            }
+        WeightFormat::Quant(codec) => match m.precision {
+            Precision::Fast => quantized(kern, &kern.fast, codec, m, out, scratch, pool),
+            Precision::Precise => quantized(kern, &kern.precise, codec, m, out, scratch, pool),
+            Precision::Exact => quantized(kern, &kern.exact, codec, m, out, scratch, pool),
         },
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => {
             let f = match m.format {
@@ -105,6 +80,51 @@ pub(super) fn run<P: Parallel>(
     Ok(())
 }
 
+/// A quantized matmul with the kernels of `set` (or, for a codec without
+/// one, through its decoder and the f32 kernel).
+fn quantized<C: Code, P: Parallel>(
+    kern: &Kernels,
+    set: &QuantSet<C>,
+    codec: crate::Codec,
+    m: &Matmul<'_>,
+    out: Out,
+    scratch: &mut Scratch,
+    pool: &P,
+) {
+    let s = m.shape;
+    let row_bytes = m.format.row_bytes(s.k);
+    match set.get(codec).filter(|_| !kern.decode_only) {
+        Some(f) => {
+            let kp = s.k.div_ceil(codec.block_size()) * codec.block_size();
+            let act = quantize(set, m.x, &s, kp, scratch, pool);
+            tiles(pool, m, out, |r0, nr, tokens, tile| {
+                f(&m.weight[r0 * row_bytes..(r0 + nr) * row_bytes], row_bytes, &act, tokens, tile)
+            });
+        }
+        None => {
+            let f32_rows = kern.f32;
+            tiles(pool, m, out, |r0, nr, tokens, tile| {
+                DECODED.with_borrow_mut(|buf| {
+                    // One decode of the row block per token tile is wasteful for long
+                    // prompts, but this path only serves codecs still without a kernel.
+                    if buf.len() < nr * s.k {
+                        buf.resize(nr * s.k, 0.0);
+                    }
+                    let rows = &mut buf[..nr * s.k];
+                    for (i, row) in rows.chunks_exact_mut(s.k).enumerate() {
+                        let bytes = &m.weight[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
+                        if codec.decode_row(bytes, s.k, row).is_err() {
+                            // Unreachable after `check`; never return silent garbage.
+                            row.fill(f32::NAN);
+                        }
+                    }
+                    f32_rows(f32_bytes(rows), s.k, m.x, s.x_stride, tokens, tile);
+                })
+            });
+        }
+    }
+}
+
 thread_local! {
     /// Decoded rows of the fallback path, per thread, grown once.
     static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -116,26 +136,28 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 }
 
 /// Quantizes the `t` token rows of `x` into `scratch`, padded to `kp`.
-fn quantize<'s, P: Parallel>(
-    kern: &Kernels,
+fn quantize<'s, C: Code, P: Parallel>(
+    set: &QuantSet<C>,
     x: &[f32],
     s: &MatmulShape,
     kp: usize,
     scratch: &'s mut Scratch,
     pool: &P,
-) -> QAct<'s> {
+) -> QAct<'s, C> {
     let nb = kp / QK_ACT;
-    let (q, d, sums) = scratch.buffers(s.t, kp);
-    let quantize_row = kern.quantize;
+    let terms = set.terms;
+    let n = kp * terms;
+    let (q, d, sums) = scratch.buffers::<C>(s.t, kp, terms);
+    let quantize_row = set.quantize;
     if s.t == 1 || s.t * s.k < PARALLEL_QUANTIZE || Parallel::threads(pool) == 1 {
-        let rows = q.chunks_exact_mut(kp).zip(d.chunks_exact_mut(nb)).zip(sums.chunks_exact_mut(nb));
+        let rows = q.chunks_exact_mut(n).zip(d.chunks_exact_mut(nb)).zip(sums.chunks_exact_mut(nb));
         for (t, ((q, d), sums)) in rows.enumerate() {
             quantize_row(&x[t * s.x_stride..t * s.x_stride + s.k], q, d, sums);
         }
     } else {
-        struct Bufs(*mut i8, *mut f32, *mut f32);
+        struct Bufs<C>(*mut C, *mut f32, *mut f32);
         // SAFETY: each token row of the buffers is written by one thread only.
-        unsafe impl Sync for Bufs {}
+        unsafe impl<C> Sync for Bufs<C> {}
         let bufs = Bufs(q.as_mut_ptr(), d.as_mut_ptr(), sums.as_mut_ptr());
         let bufs = &bufs;
         pool.parallel_for(s.t, |tokens| {
@@ -144,7 +166,7 @@ fn quantize<'s, P: Parallel>(
                 // for `s.t` rows); no other reference to them exists during the job.
                 let (q, d, sums) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(bufs.0.add(t * kp), kp),
+                        std::slice::from_raw_parts_mut(bufs.0.add(t * n), n),
                         std::slice::from_raw_parts_mut(bufs.1.add(t * nb), nb),
                         std::slice::from_raw_parts_mut(bufs.2.add(t * nb), nb),
                     )
@@ -153,8 +175,8 @@ fn quantize<'s, P: Parallel>(
             }
         });
     }
-    let (q, d, sums) = (&scratch.q[..s.t * kp], &scratch.d[..s.t * nb], &scratch.s[..s.t * nb]);
-    QAct { q, d, s: sums, kp }
+    let (q, d, sums) = (&*q, &*d, &*sums);
+    QAct { q, d, s: sums, kp, terms }
 }
 
 /// Runs `kernel(first row, rows, tokens, tile)` over every row block and

@@ -2,10 +2,14 @@
 //! every format and every SIMD level this CPU runs, at odd sizes; and every
 //! level against the generic oracle.
 //!
-//! Tolerances (per output `y[t, n]`, `ŵ` the decoded row, `x` the token row):
-//! - quantized formats: `sum_b (amax_b / 254) sum_{j in b} |ŵ_j|` for the 8-bit
-//!   activations (each `|x - d q| <= d / 2`, times 1 + 1e-4 for the f32
-//!   rounding of `x / d`), plus for `nf4`
+//! Tolerances (per output `y[t, n]`, `ŵ` the decoded row, `x` the token row,
+//! `e` the largest activation error over the block's `amax`: `(1 + Q 2^-21)
+//! / 2Q` for one term with codes up to `Q` (127 for [`Precision::Fast`],
+//! 32767 for [`Precision::Precise`]: half a step, plus the f32 rounding of
+//! `x / d`), `1.02 / (2 * 32767 * 16384)` for the two terms of
+//! [`Precision::Exact`]):
+//! - quantized formats: `sum_b e amax_b sum_{j in b} |ŵ_j|` for the
+//!   quantized activations, plus for `nf4`
 //!   `sum_j absmax_j |T_j - NF4_I8_j / 127| |x_j|` for the int8 code book, plus
 //!   `F32_SLACK`;
 //! - dense formats: `F32_SLACK` only;
@@ -19,8 +23,10 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::act::{QK_ACT, quantize_row_generic};
-use super::{Kernels, Matmul, MatmulError, MatmulShape, NF4_I8, NF4_I8_INV, Scratch, SimdLevel, WeightFormat};
+use super::act::{Code, LO_RATIO, QK_ACT, quantize_row_generic, quantize_row2_generic};
+use super::{
+    Kernels, Matmul, MatmulError, MatmulShape, NF4_I8, NF4_I8_INV, Precision, Scratch, SimdLevel, WeightFormat,
+};
 use crate::pool::ThreadPool;
 use crate::{Codec, Floats, NF4_TABLE};
 
@@ -129,8 +135,27 @@ fn row_meta(format: WeightFormat, bytes: &[u8], r: usize, k: usize) -> (Vec<f32>
     (absmax, mins)
 }
 
+/// The largest error of a quantized activation over its block's `amax`
+/// (see the module docs).
+fn act_error(precision: Precision) -> f64 {
+    let one = |q: f64| (1.0 + q * 2f64.powi(-21)) / (2.0 * q);
+    match precision {
+        Precision::Fast => one(f64::from(<i8 as Code>::MAX)),
+        Precision::Precise => one(f64::from(<i16 as Code>::MAX)),
+        Precision::Exact => 1.02 / (2.0 * f64::from(<i16 as Code>::MAX) * f64::from(LO_RATIO)),
+    }
+}
+
 /// The f64 reference of one output and its tolerance (see the module docs).
-fn reference(format: WeightFormat, bytes: &[u8], dec: &[f32], x: &[f32], r: usize, k: usize) -> (f64, f64, f64) {
+fn reference(
+    format: WeightFormat,
+    precision: Precision,
+    bytes: &[u8],
+    dec: &[f32],
+    x: &[f32],
+    r: usize,
+    k: usize,
+) -> (f64, f64, f64) {
     let w = &dec[r * k..(r + 1) * k];
     let exact: f64 = w.iter().zip(x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
     let (absmax, mins) = row_meta(format, bytes, r, k);
@@ -144,7 +169,7 @@ fn reference(format: WeightFormat, bytes: &[u8], dec: &[f32], x: &[f32], r: usiz
         for (b, xb) in x.chunks(QK_ACT).enumerate() {
             let amax = xb.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
             let wsum: f64 = w[b * QK_ACT..b * QK_ACT + xb.len()].iter().map(|v| f64::from(v.abs())).sum();
-            bound += amax / 254.0 * wsum * (1.0 + 1e-4);
+            bound += amax * act_error(precision) * wsum;
         }
         if c == Codec::Nf4 {
             let terr = NF4_TABLE
@@ -162,62 +187,107 @@ fn run(
     kern: &Kernels,
     pool: &ThreadPool,
     format: WeightFormat,
+    precision: Precision,
     bytes: &[u8],
     shape: MatmulShape,
     x: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let m = Matmul { shape, format, weight: bytes, x, bias };
+    let m = Matmul { shape, format, weight: bytes, x, bias, precision };
     kern.matmul(&m, y, &mut Scratch::new(), pool).expect("matmul");
 }
 
 #[test]
-fn every_format_and_level_matches_the_f64_reference() {
+fn every_format_level_and_precision_matches_the_f64_reference() {
     let levels = SimdLevel::available();
     eprintln!("levels on this CPU: {levels:?}");
     let pool = pool(2);
     let mut rng = StdRng::seed_from_u64(14);
+    // Largest error over the bound's activation term, per precision (quantized formats).
+    let mut worst = [0.0f64; 3];
     for &(n, k, t) in &SHAPES {
         let w = weights(&mut rng, n, k);
         let x = activations(&mut rng, t, k, k);
         for format in FORMATS {
             let (bytes, dec) = encode(format, &w, n, k);
-            let mut oracle = vec![0.0f32; t * n];
-            run(
-                Kernels::for_level(SimdLevel::Generic).expect("generic"),
-                &pool,
-                format,
-                &bytes,
-                MatmulShape::new(t, n, k),
-                &x,
-                None,
-                &mut oracle,
-            );
-            for &level in &levels {
-                let kern = Kernels::for_level(level).expect("available");
-                let mut y = vec![f32::NAN; t * n];
-                run(kern, &pool, format, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
-                for tt in 0..t {
-                    let xr = &x[tt * k..(tt + 1) * k];
-                    let xnorm = xr.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                    for r in 0..n {
-                        let (exact, bound, slack) = reference(format, &bytes, &dec, xr, r, k);
-                        let got = f64::from(y[tt * n + r]);
-                        let at = format!("{level} {format} n={n} k={k} t={t}: token {tt} row {r}");
-                        assert!((got - exact).abs() <= bound, "{at}: {got} vs {exact} (bound {bound})");
-                        let o = f64::from(oracle[tt * n + r]);
-                        assert!((got - o).abs() <= 2.0 * slack, "{at}: {got} vs generic {o} (slack {slack})");
-                        // The normwise form of the bound (crate docs).
-                        if matches!(format, WeightFormat::Quant(c) if c != Codec::Nf4) {
-                            let wnorm =
-                                dec[r * k..(r + 1) * k].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-                            let normwise = 32f64.sqrt() / 254.0 * xnorm * wnorm * (1.0 + 1e-4) + slack;
-                            assert!((got - exact).abs() <= normwise, "{at}: {got} vs {exact} (normwise {normwise})");
+            for (pi, precision) in Precision::ALL.into_iter().enumerate() {
+                let mut oracle = vec![0.0f32; t * n];
+                let generic = Kernels::for_level(SimdLevel::Generic).expect("generic");
+                run(generic, &pool, format, precision, &bytes, MatmulShape::new(t, n, k), &x, None, &mut oracle);
+                for &level in &levels {
+                    let kern = Kernels::for_level(level).expect("available");
+                    let mut y = vec![f32::NAN; t * n];
+                    run(kern, &pool, format, precision, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
+                    for tt in 0..t {
+                        let xr = &x[tt * k..(tt + 1) * k];
+                        let xnorm = xr.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                        for r in 0..n {
+                            let (exact, bound, slack) = reference(format, precision, &bytes, &dec, xr, r, k);
+                            let got = f64::from(y[tt * n + r]);
+                            let at = format!("{level} {precision} {format} n={n} k={k} t={t}: token {tt} row {r}");
+                            assert!((got - exact).abs() <= bound, "{at}: {got} vs {exact} (bound {bound})");
+                            let o = f64::from(oracle[tt * n + r]);
+                            assert!((got - o).abs() <= 2.0 * slack, "{at}: {got} vs generic {o} (slack {slack})");
+                            // The normwise form of the bound (crate docs).
+                            if matches!(format, WeightFormat::Quant(c) if c != Codec::Nf4) {
+                                let wnorm =
+                                    dec[r * k..(r + 1) * k].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                                let normwise = 32f64.sqrt() * act_error(precision) * xnorm * wnorm + slack;
+                                assert!(
+                                    (got - exact).abs() <= normwise,
+                                    "{at}: {got} vs {exact} (normwise {normwise})"
+                                );
+                                if bound > slack {
+                                    worst[pi] = worst[pi].max(((got - exact).abs() - slack).max(0.0) / (bound - slack));
+                                }
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+    eprintln!(
+        "largest error / bound (activation term): exact {:.3}, precise {:.3}, fast {:.3}",
+        worst[0], worst[1], worst[2]
+    );
+}
+
+/// Each mode is what it claims: on the same data the precise errors are a
+/// small fraction of the fast ones (the ratio of the bounds is 258), and the
+/// exact ones a small fraction of the precise ones, down at the f32
+/// rounding of the sums.
+#[test]
+fn errors_shrink_from_fast_to_precise_to_exact() {
+    let pool = pool(2);
+    let mut rng = StdRng::seed_from_u64(21);
+    let (n, k, t) = (64, 576, 3);
+    let w = weights(&mut rng, n, k);
+    let x = activations(&mut rng, t, k, k);
+    for format in FORMATS.into_iter().filter(|f| matches!(f, WeightFormat::Quant(c) if *c != Codec::Nf4)) {
+        let (bytes, dec) = encode(format, &w, n, k);
+        for level in SimdLevel::available() {
+            let kern = Kernels::for_level(level).expect("available");
+            let rms = |precision| {
+                let mut y = vec![0.0f32; t * n];
+                run(kern, &pool, format, precision, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
+                let mut sum = 0.0;
+                for tt in 0..t {
+                    for r in 0..n {
+                        let xr = &x[tt * k..(tt + 1) * k];
+                        let (exact, _, _) = reference(format, precision, &bytes, &dec, xr, r, k);
+                        // Relative to the scale of the outputs: token scales differ 3e4x.
+                        let scale = xr.iter().map(|v| f64::from(v.abs())).fold(0.0, f64::max);
+                        sum += ((f64::from(y[tt * n + r]) - exact) / scale).powi(2);
+                    }
+                }
+                (sum / (t * n) as f64).sqrt()
+            };
+            let [exact, precise, fast] = Precision::ALL.map(rms);
+            eprintln!("{level} {format}: relative rms error exact {exact:.2e}, precise {precise:.2e}, fast {fast:.2e}");
+            assert!(precise * 50.0 < fast, "{level} {format}: precise {precise:e} vs fast {fast:e}");
+            assert!(exact * 10.0 < precise, "{level} {format}: exact {exact:e} vs precise {precise:e}");
         }
     }
 }
@@ -225,6 +295,7 @@ fn every_format_and_level_matches_the_f64_reference() {
 #[test]
 fn quantized_activations_are_identical_on_every_level() {
     let mut rng = StdRng::seed_from_u64(3);
+    let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
     for k in [1usize, 31, 32, 33, 96, 100, 577] {
         let kp = k.div_ceil(64) * 64;
         let mut x: Vec<f32> = (0..k).map(|_| (rng.random::<f32>() - 0.5) * 7.0).collect();
@@ -232,19 +303,56 @@ fn quantized_activations_are_identical_on_every_level() {
         for (j, v) in x.iter_mut().enumerate().take(32) {
             *v = if j == 0 { 127.0 } else { (j as f32 - 16.0) + 0.5 };
         }
+        // Ties for the 16-bit codes: amax 32767 * 2^-10 gives d = 2^-10.
+        if k >= 64 {
+            for (j, v) in x[32..64].iter_mut().enumerate() {
+                *v = if j == 0 { 32767.0 / 1024.0 } else { ((j as f32 - 16.0) * 64.0 + 0.5) / 1024.0 };
+            }
+        }
+        // Values so small that the 16-bit scale's inverse overflows: zeros everywhere.
+        if k >= 96 {
+            for (j, v) in x[64..96].iter_mut().enumerate() {
+                *v = (j as f32 - 15.0) * 1e-36;
+            }
+        }
         let (mut q0, mut d0, mut s0) = (vec![0i8; kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
         quantize_row_generic(&x, &mut q0, &mut d0, &mut s0);
+        let (mut p0, mut e0, mut t0) = (vec![0i16; kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
+        quantize_row_generic(&x, &mut p0, &mut e0, &mut t0);
+        let (mut r0, mut f0, mut u0) = (vec![0i16; 2 * kp], vec![0.0f32; kp / 32], vec![0.0f32; kp / 32]);
+        quantize_row2_generic(&x, &mut r0, &mut f0, &mut u0);
+        assert_eq!(bits(&f0), bits(&e0), "k={k}: the two-term scales are the one-term ones");
         if k >= 32 {
             assert_eq!((q0[1], q0[2]), (-14, -14), "-14.5 and -13.5 round to even");
+        }
+        if k >= 64 {
+            assert_eq!(e0[1], 1.0 / 1024.0);
+            assert_eq!((p0[33], p0[34]), (-960, -896), "-959.5 and -895.5 round to even");
+            // Two terms: hi as the one-term codes, lo = remainder * 16384 / d, here exactly 0.5 * 16384.
+            assert_eq!((r0[65], r0[66]), (-960, -896));
+            assert_eq!((r0[97], r0[98]), (8192, 8192));
+        }
+        if k >= 96 {
+            assert_eq!((e0[2], t0[2]), (0.0, 0.0));
+            assert!(p0[64..96].iter().all(|&c| c == 0) && r0[128..192].iter().all(|&c| c == 0));
         }
         for level in SimdLevel::available() {
             let kern = Kernels::for_level(level).expect("available");
             let (mut q, mut d, mut s) = (vec![1i8; kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
-            (kern.quantize)(&x, &mut q, &mut d, &mut s);
+            (kern.fast.quantize)(&x, &mut q, &mut d, &mut s);
             assert_eq!(q, q0, "{level} k={k}: codes");
-            let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&d), bits(&d0), "{level} k={k}: scales");
             assert_eq!(bits(&s), bits(&s0), "{level} k={k}: sums");
+            let (mut p, mut e, mut t) = (vec![1i16; kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
+            (kern.precise.quantize)(&x, &mut p, &mut e, &mut t);
+            assert_eq!(p, p0, "{level} k={k}: 16-bit codes");
+            assert_eq!(bits(&e), bits(&e0), "{level} k={k}: 16-bit scales");
+            assert_eq!(bits(&t), bits(&t0), "{level} k={k}: 16-bit sums");
+            let (mut r, mut f, mut u) = (vec![1i16; 2 * kp], vec![1.0f32; kp / 32], vec![1.0f32; kp / 32]);
+            (kern.exact.quantize)(&x, &mut r, &mut f, &mut u);
+            assert_eq!(r, r0, "{level} k={k}: two-term codes");
+            assert_eq!(bits(&f), bits(&f0), "{level} k={k}: two-term scales");
+            assert_eq!(bits(&u), bits(&u0), "{level} k={k}: two-term sums");
         }
     }
 }
@@ -262,24 +370,25 @@ fn strides_offset_bias_and_accumulate() {
         let (bytes, dec) = encode(format, &w, n, k);
         for level in SimdLevel::available() {
             let kern = Kernels::for_level(level).expect("available");
-            let y0: Vec<f32> = (0..(t - 1) * shape.y_stride + shape.y_off + n + 3).map(|i| i as f32 * 0.01).collect();
-            let mut y = y0.clone();
-            run(kern, &pool, format, &bytes, shape, &x, Some(&bias), &mut y);
-            for (i, (&got, &before)) in y.iter().zip(&y0).enumerate() {
-                let (tt, col) = (i / shape.y_stride, i % shape.y_stride);
-                if tt >= t || col < shape.y_off || col >= shape.y_off + n {
-                    assert_eq!(got.to_bits(), before.to_bits(), "{level} {format}: element {i} must stay untouched");
-                    continue;
+            for precision in Precision::ALL {
+                let y0: Vec<f32> =
+                    (0..(t - 1) * shape.y_stride + shape.y_off + n + 3).map(|i| i as f32 * 0.01).collect();
+                let mut y = y0.clone();
+                run(kern, &pool, format, precision, &bytes, shape, &x, Some(&bias), &mut y);
+                let at = format!("{level} {precision} {format}");
+                for (i, (&got, &before)) in y.iter().zip(&y0).enumerate() {
+                    let (tt, col) = (i / shape.y_stride, i % shape.y_stride);
+                    if tt >= t || col < shape.y_off || col >= shape.y_off + n {
+                        assert_eq!(got.to_bits(), before.to_bits(), "{at}: element {i} must stay untouched");
+                        continue;
+                    }
+                    let r = col - shape.y_off;
+                    let xr = &x[tt * shape.x_stride..tt * shape.x_stride + k];
+                    let (exact, bound, _) = reference(format, precision, &bytes, &dec, xr, r, k);
+                    let want = exact + f64::from(bias[r]) + f64::from(before);
+                    let bound = bound + 4.0 * f64::from(f32::EPSILON) * want.abs().max(1.0);
+                    assert!((f64::from(got) - want).abs() <= bound, "{at}: token {tt} row {r}: {got} vs {want}");
                 }
-                let r = col - shape.y_off;
-                let xr = &x[tt * shape.x_stride..tt * shape.x_stride + k];
-                let (exact, bound, _) = reference(format, &bytes, &dec, xr, r, k);
-                let want = exact + f64::from(bias[r]) + f64::from(before);
-                let bound = bound + 4.0 * f64::from(f32::EPSILON) * want.abs().max(1.0);
-                assert!(
-                    (f64::from(got) - want).abs() <= bound,
-                    "{level} {format}: token {tt} row {r}: {got} vs {want}"
-                );
             }
         }
     }
@@ -295,15 +404,17 @@ fn thread_counts_give_identical_bits() {
     for format in FORMATS {
         let (bytes, _) = encode(format, &w, n, k);
         let kern = Kernels::best();
-        let outs: Vec<Vec<u32>> = pools
-            .iter()
-            .map(|p| {
-                let mut y = vec![0.0f32; t * n];
-                run(kern, p, format, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
-                y.iter().map(|v| v.to_bits()).collect()
-            })
-            .collect();
-        assert!(outs.windows(2).all(|w| w[0] == w[1]), "{format}: results depend on the thread count");
+        for precision in Precision::ALL {
+            let outs: Vec<Vec<u32>> = pools
+                .iter()
+                .map(|p| {
+                    let mut y = vec![0.0f32; t * n];
+                    run(kern, p, format, precision, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
+                    y.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            assert!(outs.windows(2).all(|w| w[0] == w[1]), "{precision} {format}: results depend on the thread count");
+        }
     }
 }
 
@@ -319,14 +430,17 @@ fn decode_fallback_matches_the_fast_kernels() {
             let (bytes, dec) = encode(format, &w, n, k);
             let slow = Kernels { decode_only: true, ..*Kernels::best() };
             assert!(!slow.is_fast(format));
-            let mut y = vec![0.0f32; t * n];
-            run(&slow, &pool, format, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
-            for tt in 0..t {
-                for r in 0..n {
-                    let xr = &x[tt * k..(tt + 1) * k];
-                    let (exact, _, slack) = reference(WeightFormat::F32, &bytes, &dec, xr, r, k);
-                    let got = f64::from(y[tt * n + r]);
-                    assert!((got - exact).abs() <= slack, "{c} n={n} k={k}: token {tt} row {r}: {got} vs {exact}");
+            for precision in Precision::ALL {
+                let mut y = vec![0.0f32; t * n];
+                run(&slow, &pool, format, precision, &bytes, MatmulShape::new(t, n, k), &x, None, &mut y);
+                for tt in 0..t {
+                    for r in 0..n {
+                        let xr = &x[tt * k..(tt + 1) * k];
+                        let (exact, _, slack) = reference(WeightFormat::F32, precision, &bytes, &dec, xr, r, k);
+                        let got = f64::from(y[tt * n + r]);
+                        let at = format!("{precision} {c} n={n} k={k}: token {tt} row {r}");
+                        assert!((got - exact).abs() <= slack, "{at}: {got} vs {exact}");
+                    }
                 }
             }
         }
@@ -343,23 +457,14 @@ fn non_finite_activations_give_nan_not_silent_numbers() {
     for format in FORMATS {
         let (bytes, _) = encode(format, &w, n, k);
         for level in SimdLevel::available() {
-            let mut y = vec![0.0f32; 2 * n];
-            run(
-                Kernels::for_level(level).expect("available"),
-                &pool,
-                format,
-                &bytes,
-                MatmulShape::new(2, n, k),
-                &x,
-                None,
-                &mut y,
-            );
-            assert!(y[..n].iter().all(|v| v.is_finite()), "{level} {format}: token 0 is finite");
-            assert!(
-                y[n..].iter().all(|v| !v.is_finite()),
-                "{level} {format}: token 1 must not be finite: {:?}",
-                &y[n..]
-            );
+            let kern = Kernels::for_level(level).expect("available");
+            for precision in Precision::ALL {
+                let mut y = vec![0.0f32; 2 * n];
+                run(kern, &pool, format, precision, &bytes, MatmulShape::new(2, n, k), &x, None, &mut y);
+                let at = format!("{level} {precision} {format}");
+                assert!(y[..n].iter().all(|v| v.is_finite()), "{at}: token 0 is finite");
+                assert!(y[n..].iter().all(|v| !v.is_finite()), "{at}: token 1 must not be finite: {:?}", &y[n..]);
+            }
         }
     }
 }
@@ -379,6 +484,7 @@ fn bad_arguments_are_errors_naming_the_argument() {
         weight: &weight,
         x: &x,
         bias: None,
+        precision: Precision::Fast,
     };
     let short = Matmul { weight: &weight[1..], ..base };
     let e = kern.matmul(&short, &mut y, &mut s, &pool).expect_err("short weight");

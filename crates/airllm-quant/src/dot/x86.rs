@@ -14,9 +14,9 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::act::{QAct, QK_ACT, check_row, quantize_block, scale_of};
+use super::act::{Code, QAct, QK_ACT, quantize_block, quantize_row_by, scale_of};
 use super::generic::{check_dense, check_quant};
-use super::{Kernels, NF4_I8, NF4_I8_INV, SimdLevel, TOKEN_TILE};
+use super::{Kernels, NF4_I8, NF4_I8_INV, QuantSet, SimdLevel, TOKEN_TILE, x86_i16};
 
 /// Whether the CPU has what every kernel here needs.
 pub(super) fn has_avx2() -> bool {
@@ -27,11 +27,16 @@ pub(super) fn has_avx2() -> bool {
 /// [`has_avx2`]: every entry relies on it.
 pub(super) const AVX2: Kernels = Kernels {
     level: SimdLevel::Avx2,
-    quantize: quantize_row,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
+    fast: QuantSet {
+        terms: 1,
+        quantize: quantize_row,
+        q8_0: q8_0_rows,
+        q4_0: q4_0_rows,
+        q4_1: q4_1_rows,
+        nf4: nf4_rows,
+    },
+    precise: x86_i16::AVX2,
+    exact: x86_i16::AVX2_EXACT,
     f32: f32_rows,
     f16: f16_rows,
     bf16: bf16_rows,
@@ -66,7 +71,7 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 
 /// The little-endian u16 at `p`, as the low lane of an xmm (for `vcvtph2ps`).
 #[inline(always)]
-unsafe fn load_u16(p: *const u8) -> __m128i {
+pub(super) unsafe fn load_u16(p: *const u8) -> __m128i {
     // SAFETY: the caller passes a pointer to 2 readable bytes.
     unsafe { _mm_cvtsi32_si128(i32::from(p.cast::<u16>().read_unaligned())) }
 }
@@ -108,18 +113,22 @@ impl Dot for Maddubs {
 }
 
 /// Defines safe row kernels `$name` (the [`QuantRows`](super::QuantRows)
-/// signature) over the tile bodies, compiled with `$features` and `$dot`.
+/// signature, activation codes of type `$code`, `$terms` per value) over
+/// the tile bodies, compiled with `$features` and `$dot`.
 macro_rules! quant_kernels {
-    ($features:literal, $dot:ty, $($name:ident = $body:ident($block:expr, $bytes:expr)),+ $(,)?) => {$(
-        fn $name(w: &[u8], row_bytes: usize, act: &QAct<'_>, tokens: Range<usize>, out: &mut [f32]) {
-            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, &tokens, out);
+    (
+        $features:literal, $dot:ty, $code:ty, $terms:expr,
+        $($name:ident = $body:ident($block:expr, $bytes:expr)),+ $(,)?
+    ) => {$(
+        fn $name(w: &[u8], row_bytes: usize, act: &QAct<'_, $code>, tokens: Range<usize>, out: &mut [f32]) {
+            let (rows, nt, nbw) = check_quant(w, row_bytes, $block, $bytes, act, $terms, &tokens, out);
             #[target_feature(enable = $features)]
             unsafe fn entry<const T: usize>(
                 w: *const u8,
                 row_bytes: usize,
                 rows: usize,
                 nbw: usize,
-                act: &QAct<'_>,
+                act: &QAct<'_, $code>,
                 t0: usize,
                 out: *mut f32,
             ) {
@@ -138,6 +147,8 @@ pub(super) use quant_kernels;
 quant_kernels!(
     "avx2,fma,f16c",
     Maddubs,
+    i8,
+    1,
     q8_0_rows = q8_0_tile(32, 34),
     q4_0_rows = q4_0_tile(32, 18),
     q4_1_rows = q4_1_tile(32, 20),
@@ -146,7 +157,10 @@ quant_kernels!(
 
 /// Pointers to the codes, scales and sums of tokens `t0..t0 + T`.
 #[inline(always)]
-fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*const f32; T], [*const f32; T]) {
+pub(super) fn token_ptrs<const T: usize, C>(
+    act: &QAct<'_, C>,
+    t0: usize,
+) -> ([*const C; T], [*const f32; T], [*const f32; T]) {
     (
         std::array::from_fn(|j| act.q_row(t0 + j).as_ptr()),
         std::array::from_fn(|j| act.d_row(t0 + j).as_ptr()),
@@ -157,14 +171,14 @@ fn token_ptrs<const T: usize>(act: &QAct<'_>, t0: usize) -> ([*const i8; T], [*c
 /// Independent FMA chains per token: with one or two tokens a single
 /// chain per token would wait on the FMA latency (4 cycles) every block.
 #[inline(always)]
-const fn chains(t: usize) -> usize {
+pub(super) const fn chains(t: usize) -> usize {
     if t <= 2 { 2 } else { 1 }
 }
 
 /// The u32 at the start of 8 consecutive blocks of `stride` bytes from `p`
 /// (a block's f16 scale in the low half, the next f16 in the high half).
 #[inline(always)]
-unsafe fn gather8<const STRIDE: i32>(p: *const u8) -> __m256i {
+pub(super) unsafe fn gather8<const STRIDE: i32>(p: *const u8) -> __m256i {
     // SAFETY: the caller passes 8 blocks of STRIDE >= 4 bytes.
     unsafe {
         let idx = _mm256_setr_epi32(0, STRIDE, 2 * STRIDE, 3 * STRIDE, 4 * STRIDE, 5 * STRIDE, 6 * STRIDE, 7 * STRIDE);
@@ -174,7 +188,7 @@ unsafe fn gather8<const STRIDE: i32>(p: *const u8) -> __m256i {
 
 /// The low and high f16 halves of 8 u32 lanes, as two vectors of 8 f32.
 #[inline(always)]
-unsafe fn halves(v: __m256i) -> (__m256, __m256) {
+pub(super) unsafe fn halves(v: __m256i) -> (__m256, __m256) {
     // SAFETY: register arithmetic; callers have AVX2 and F16C enabled.
     unsafe {
         #[rustfmt::skip]
@@ -190,14 +204,14 @@ unsafe fn halves(v: __m256i) -> (__m256, __m256) {
 
 /// Lane `i` of `v` in every lane.
 #[inline(always)]
-unsafe fn lane(v: __m256, i: i32) -> __m256 {
+pub(super) unsafe fn lane(v: __m256, i: i32) -> __m256 {
     // SAFETY: register arithmetic; callers have AVX2 enabled.
     unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i)) }
 }
 
 /// Sums the chains of each token into `out[r * T..][..T]`, plus `extra[j]`.
 #[inline(always)]
-unsafe fn store<const T: usize>(acc: &[[__m256; 2]; T], extra: [f32; T], out: *mut f32) {
+pub(super) unsafe fn store<const T: usize>(acc: &[[__m256; 2]; T], extra: [f32; T], out: *mut f32) {
     for j in 0..T {
         // SAFETY: the caller passes T writable outputs; AVX is enabled.
         unsafe { *out.add(j) = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + extra[j] };
@@ -223,7 +237,7 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, sx) = token_ptrs::<T>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
     let u = chains(T);
     for r in 0..rows {
         // SAFETY: rows of `row_bytes` = `nbw` blocks of 20 bytes, and activation
@@ -316,7 +330,7 @@ pub(super) unsafe fn signed_tile<const T: usize, D: Dot, B: SignedBlock>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, _) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     let u = chains(T);
     for r in 0..rows {
         // SAFETY: as in `q4_1_tile`, blocks of B::BYTES bytes.
@@ -414,7 +428,7 @@ pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, _) = token_ptrs::<T>(act, t0);
+    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
     let u = chains(T);
     // SAFETY: NF4_I8 is 16 bytes; the caller has AVX2 enabled.
     let (table, mask, inv, inv8) = unsafe {
@@ -480,29 +494,18 @@ pub(super) unsafe fn nf4_tile<const T: usize, D: Dot>(
 // ---- activations ----------------------------------------------------------
 
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    check_row(x, q, d, s);
-    let full = x.len() / QK_ACT;
-    for b in 0..full {
-        let (xb, qb) = (&x[b * QK_ACT..(b + 1) * QK_ACT], &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-        // SAFETY: AVX2 (see `AVX2`); both slices hold 32 values.
-        [d[b], s[b]] =
-            unsafe { quantize_block_avx2(xb.as_ptr(), qb.as_mut_ptr()) }.unwrap_or_else(|| quantize_block(xb, qb));
-    }
-    // The partial last block and the padding blocks, zero-padded.
-    let mut buf = [0.0f32; QK_ACT];
-    for b in full..d.len() {
-        let start = (b * QK_ACT).min(x.len());
-        let n = (x.len() - start).min(QK_ACT);
-        buf[..n].copy_from_slice(&x[start..start + n]);
-        buf[n..].fill(0.0);
-        [d[b], s[b]] = quantize_block(&buf, &mut q[b * QK_ACT..(b + 1) * QK_ACT]);
-    }
+    // SAFETY: AVX2 (see `AVX2`); `quantize_row_by` passes 32 readable floats
+    // and 32 writable codes.
+    quantize_row_by(x, (q, d, s), 1, |x, q| unsafe { quantize_block_avx2(x, q) }, quantize_block);
 }
 
-/// One block of 32 values; `None` (nothing written) when one is not finite.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_block_avx2(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
-    // SAFETY: the caller passes 32 readable floats and 32 writable bytes.
+/// The 32 values at `x` and their largest magnitude; `None` when one is not finite.
+///
+/// # Safety
+/// 32 readable floats; AVX2 enabled in the caller.
+#[inline(always)]
+pub(super) unsafe fn block_amax(x: *const f32) -> Option<([__m256; 4], f32)> {
+    // SAFETY: the caller's contract.
     unsafe {
         let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.add(i)));
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
@@ -516,15 +519,36 @@ unsafe fn quantize_block_avx2(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
         let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
-        let (d, id) = scale_of(amax);
+        Some((v, _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))))
+    }
+}
+
+/// The rounded codes `round(v * id)` of 32 values (4 x 8 i32 lanes) and their sum.
+///
+/// # Safety
+/// AVX2 enabled in the caller.
+#[inline(always)]
+pub(super) unsafe fn block_codes(v: [__m256; 4], id: f32) -> ([__m256i; 4], i32) {
+    // SAFETY: register arithmetic.
+    unsafe {
         let idv = _mm256_set1_ps(id);
         // Round to nearest even (the default MXCSR mode), like `round_ties_even`.
         let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));
         let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
         let s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+        (i, _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s))))
+    }
+}
+
+/// One block of 32 values; `None` (nothing written) when one is not finite.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_avx2(x: *const f32, q: *mut i8) -> Option<[f32; 2]> {
+    // SAFETY: the caller passes 32 readable floats and 32 writable bytes.
+    unsafe {
+        let (v, amax) = block_amax(x)?;
+        let (d, id) = scale_of(amax, <i8 as Code>::MAX);
+        let (i, s) = block_codes(v, id);
         // Packing works per 128-bit lane; the permute restores element order.
         let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));

@@ -1,6 +1,7 @@
 //! AVX-512 kernels (x86-64): 16-lane dense kernels (AVX-512 F/BW/VL), and
 //! with VNNI the quantized tile bodies of [`super::x86`] with `vpdpbusd`
-//! (one instruction for `vpmaddubsw` + `vpmaddwd`, 256-bit through VL).
+//! (one instruction for `vpmaddubsw` + `vpmaddwd`, 256-bit through VL) and,
+//! for 16-bit activations, those of [`super::x86_i16`] with `vpdpwssd`.
 //!
 //! Not run on the development machine (a Zen 3 without AVX-512): the tests
 //! cover these levels wherever the CPU has them (`cargo test --release -p
@@ -12,7 +13,7 @@ use std::ops::Range;
 use super::act::QAct;
 use super::generic::{check_dense, check_quant};
 use super::x86::{self, Dot, by_tokens, nf4_tile, q4_0_tile, q4_1_tile, q8_0_tile, quant_kernels};
-use super::{Kernels, SimdLevel};
+use super::{Kernels, QuantSet, SimdLevel, x86_i16};
 
 /// AVX-512 F, BW and VL.
 pub(super) fn has_avx512() -> bool {
@@ -33,10 +34,9 @@ pub(super) const AVX512: Kernels =
 /// [`has_vnni`] too.
 pub(super) const AVX512_VNNI: Kernels = Kernels {
     level: SimdLevel::Avx512Vnni,
-    q8_0: q8_0_rows,
-    q4_0: q4_0_rows,
-    q4_1: q4_1_rows,
-    nf4: nf4_rows,
+    fast: QuantSet { q8_0: q8_0_rows, q4_0: q4_0_rows, q4_1: q4_1_rows, nf4: nf4_rows, ..x86::AVX2.fast },
+    precise: x86_i16::AVX512_VNNI,
+    exact: x86_i16::AVX512_VNNI_EXACT,
     ..AVX512
 };
 
@@ -60,6 +60,8 @@ impl Dot for Vnni {
 quant_kernels!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     Vnni,
+    i8,
+    1,
     q8_0_rows = q8_0_tile(32, 34),
     q4_0_rows = q4_0_tile(32, 18),
     q4_1_rows = q4_1_tile(32, 20),

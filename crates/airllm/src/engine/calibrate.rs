@@ -66,6 +66,7 @@ pub fn cpu_gbps(pool: &ThreadPool) -> f64 {
         weight: &weight,
         x: &x,
         bias: None,
+        precision: airllm_quant::dot::Precision::Exact,
     };
     let mut best = f64::MAX;
     for _ in 0..3 {

@@ -203,7 +203,8 @@ impl Exec for CpuExec<'_> {
             accumulate,
         };
         let mut ybuf = self.act.take(y.buf);
-        let m = Matmul { shape, format: weight_format(t.format), weight, x: self.act.get(x.buf), bias };
+        let precision = airllm_quant::dot::Precision::Exact;
+        let m = Matmul { shape, format: weight_format(t.format), weight, x: self.act.get(x.buf), bias, precision };
         let r = Kernels::best().matmul(&m, &mut ybuf, self.scratch, self.pool);
         self.act.put(y.buf, ybuf);
         r.map_err(|e| EngineError::invalid(self.entry.file.clone(), format!("{w}: {e}")))
