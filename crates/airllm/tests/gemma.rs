@@ -58,9 +58,15 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 /// Loads `model` (checkpoint directory or `.gguf`), sharding it into `shards`.
 /// None when this machine has no GPU adapter (never in CI).
 fn load(model: &Path, shards: &Path, resident_layers: Option<usize>) -> Option<AutoModel> {
+    load_on(model, shards, resident_layers, airllm::Device::Gpu)
+}
+
+/// [`load`] on a chosen executor.
+fn load_on(model: &Path, shards: &Path, resident_layers: Option<usize>, device: airllm::Device) -> Option<AutoModel> {
     let opts = Options {
         shards_dir: Some(shards.to_path_buf()),
         resident_layers,
+        device,
         prefetch_depth: 2,
         max_context: Some(128),
         ..Options::default()
@@ -140,6 +146,13 @@ fn resident_and_streamed(model: &Path, family: &str, what: &str) {
     assert!(streamed.engine().stats().streamed_bytes > 0, "{what}: nothing streamed");
     check_goldens(&s, &g, v, &format!("{what} streamed"));
     assert_eq!(s, a, "{what}: streamed results differ from resident");
+    drop(streamed);
+
+    // The CPU executor: the same goldens (its own arithmetic, so not bit-equal).
+    let Some(mut cpu) = load_on(model, tmp.path(), None, airllm::Device::Cpu) else { return };
+    assert!(cpu.engine().device_name().starts_with("CPU"), "{what}: {}", cpu.engine().device_name());
+    let c = run(&mut cpu, &g);
+    check_goldens(&c, &g, v, &format!("{what} cpu"));
 }
 
 #[test]
