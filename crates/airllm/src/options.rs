@@ -39,6 +39,9 @@ pub struct Options {
     /// Keep the KV cache in f16: half the memory, logits move by a few 1e-3
     /// (measured on the fixtures: at most 5.3e-3, greedy continuations unchanged).
     pub kv_f16: bool,
+    /// When to check shard checksums on load (headers are always checked): `First`
+    /// hashes each shard once, remembered across runs by a verification cache.
+    pub verify: airllm_format::VerifyMode,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             progress: false,
             prefill_chunk: 512,
             kv_f16: false,
+            verify: airllm_format::VerifyMode::First,
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct ModelArgs {
     /// Print where time went, stage by stage and per kernel.
     #[arg(long)]
     pub profile: bool,
+    /// When to check the shards' checksums: always (every load), first (each shard once;
+    /// a cache keyed by inode, size and times remembers it across runs), or never
+    /// (headers and lengths only).
+    #[arg(long, default_value = "first")]
+    pub verify: airllm_format::VerifyMode,
 }
 
 #[cfg(test)]

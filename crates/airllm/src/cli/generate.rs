@@ -88,6 +88,7 @@ impl ModelArgs {
             backend: self.backend.clone(),
             read_mode: self.read_mode,
             kv_f16: self.kv_cache == "f16",
+            verify: self.verify,
             progress,
             ..Options::default()
         }
