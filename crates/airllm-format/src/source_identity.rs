@@ -161,34 +161,34 @@ impl SourceIdentity {
     }
 }
 
-/// The weight files of a checkpoint directory, by name: those the index names, or
-/// `model.safetensors`, or every `*.safetensors` file. Never fails: a broken index is
-/// reported by [`Checkpoint::open`](crate::Checkpoint::open), not here.
+/// The files a checkpoint's weights may come from, by name: those the index names,
+/// `model.safetensors`, and every `*.safetensors` file present (the reader takes one of
+/// these sets; stamping all of them keeps the identity the same whichever it took, and
+/// after `--delete-original` removed some). Never fails: a broken index is reported by
+/// [`Checkpoint::open`](crate::Checkpoint::open), not here.
 fn weight_file_names(dir: &Path) -> Vec<String> {
     let index = dir.join("model.safetensors.index.json");
-    if let Some(map) = std::fs::read(&index)
+    let mut names: Vec<String> = std::fs::read(&index)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v.get("weight_map").and_then(Value::as_object).cloned())
-    {
-        return map
-            .values()
-            .filter_map(Value::as_str)
-            .filter(|n| !n.contains('/') && !n.contains('\\') && !n.contains(".."))
-            .map(str::to_owned)
-            .collect();
-    }
-    if dir.join("model.safetensors").is_file() {
-        return vec!["model.safetensors".into()];
-    }
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".safetensors"))
+        .map(|map| {
+            map.values()
+                .filter_map(Value::as_str)
+                .filter(|n| !n.contains('/') && !n.contains('\\') && !n.contains(".."))
+                .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.push("model.safetensors".into());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        names.extend(
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors")),
+        );
+    }
+    names
 }
 
 fn stamp(path: &Path, name: String) -> Result<FileStamp> {

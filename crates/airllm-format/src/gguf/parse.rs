@@ -723,6 +723,15 @@ impl<'a> Reader<'a> {
                 let elem = GgufValueType::from_id(et)
                     .ok_or_else(|| self.err_at(at, format!("array has unknown element type {et}")))?;
                 let count = self.u64("an array length")?;
+                if count > self.left() / elem.min_bytes() {
+                    return Err(self.err_at(
+                        at,
+                        format!(
+                            "array of {count} {elem:?} values does not fit in the {} bytes left; the file is damaged",
+                            self.left()
+                        ),
+                    ));
+                }
                 self.elements = self.elements.saturating_add(count);
                 if self.elements > MAX_ARRAY_ELEMENTS {
                     return Err(self.err_at(
@@ -730,15 +739,6 @@ impl<'a> Reader<'a> {
                         format!(
                             "array of {count} values brings the metadata to more than {MAX_ARRAY_ELEMENTS} array \
                              elements, more than any model has; the file is damaged"
-                        ),
-                    ));
-                }
-                if count > self.left() / elem.min_bytes() {
-                    return Err(self.err_at(
-                        at,
-                        format!(
-                            "array of {count} {elem:?} values does not fit in the {} bytes left; the file is damaged",
-                            self.left()
                         ),
                     ));
                 }
