@@ -496,6 +496,39 @@ impl GgufMetadata {
                 )));
             }
         }
+        // Packed as llama.cpp writes and requires them (gguf.cpp refuses anything else):
+        // in file order, each tensor starts where the previous one ends, padded to the
+        // alignment, and the file ends there (plus at most the padding). A tensor whose
+        // type or shape was changed to a smaller one leaves a gap or trailing bytes, and
+        // would otherwise read the wrong bytes without an error.
+        let mut expected = 0u64;
+        let mut packed = true;
+        for t in &tensors {
+            if t.ggml_type.is_none() {
+                // Unknown size: nothing after it can be checked (opening it fails anyway).
+                packed = false;
+                break;
+            }
+            if t.offset != expected {
+                return Err(r.err(&format!(
+                    "tensor {} starts at data offset {}, but the tensors before it end at {expected}; tensors \
+                     must be packed in order (as llama.cpp writes them). The file is damaged",
+                    quote(&t.name),
+                    t.offset
+                )));
+            }
+            expected = (t.offset + t.byte_len).div_ceil(alignment) * alignment;
+        }
+        if packed && !tensors.is_empty() {
+            let data_end = data_offset.saturating_add(expected);
+            if file_size > data_end {
+                return Err(r.err(&format!(
+                    "{} bytes follow the last tensor's data (which ends at byte {data_end}); the tensor table does \
+                     not describe this file. It is damaged",
+                    file_size - data_end
+                )));
+            }
+        }
         Ok(GgufMetadata {
             path: path.to_owned(),
             version,
