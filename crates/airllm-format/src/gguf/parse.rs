@@ -344,6 +344,19 @@ impl GgufMetadata {
     /// (the whole file; tensor extents are checked against its length). `path` is
     /// used in errors only.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufMetadata> {
+        GgufMetadata::parse_inner(bytes, None, path)
+    }
+
+    /// Parse from the first `bytes.len()` bytes of a GGUF file of `file_size` bytes
+    /// (at least the header, metadata and tensor infos): the same checks as
+    /// [`GgufMetadata::parse`], tensor extents checked against `file_size`. For tools
+    /// that read only the start of a large file, and for fuzzing the metadata of real
+    /// files whose tensor data is left out.
+    pub fn parse_prefix(bytes: &[u8], file_size: u64, path: &Path) -> Result<GgufMetadata> {
+        GgufMetadata::parse_inner(bytes, Some(file_size.max(bytes.len() as u64)), path)
+    }
+
+    fn parse_inner(bytes: &[u8], file_size: Option<u64>, path: &Path) -> Result<GgufMetadata> {
         let mut r = Reader { b: bytes, pos: 0, path, elements: 0 };
         let magic = r.take(4, "the magic bytes")?;
         if magic != GGUF_MAGIC {
@@ -451,7 +464,7 @@ impl GgufMetadata {
         let header_end = r.pos as u64;
         let data_offset =
             header_end.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| r.err("data offset overflows"))?;
-        let file_size = bytes.len() as u64;
+        let file_size = file_size.unwrap_or(bytes.len() as u64);
         if data_offset > file_size && !tensors.is_empty() {
             return Err(r.err(&format!(
                 "the tensor data should start at byte {data_offset} but the file has only {file_size} bytes; it is truncated"
