@@ -37,10 +37,7 @@ impl DirLock {
             .open(&path)
             .at("creating lock file", &path)?;
         if !FileExt::try_lock_exclusive(&file).at("locking", &path)? {
-            tracing::warn!(
-                "another airllm process is writing shards into {}; waiting for it to finish",
-                dir.display()
-            );
+            tracing::warn!("another airllm process is writing shards into {}; waiting for it to finish", dir.display());
             FileExt::lock_exclusive(&file).at("locking", &path)?;
             tracing::warn!("the other process finished; checking its shards in {}", dir.display());
         }

@@ -219,14 +219,22 @@ impl Manifest {
                 ));
             }
             if !s.bytes.is_multiple_of(FILE_ALIGN) {
-                return Err(Self::bad(path, format!("shard {:?}: length {} is not a multiple of {FILE_ALIGN}", s.file, s.bytes)));
+                return Err(Self::bad(
+                    path,
+                    format!("shard {:?}: length {} is not a multiple of {FILE_ALIGN}", s.file, s.bytes),
+                ));
             }
             let mut prev_end = crate::shard_file::HEADER_LEN as u64;
             for t in &s.tensors {
                 let Some(want) = t.format.checked_byte_len(&t.shape).map(|b| b as u64) else {
                     return Err(Self::bad(
                         path,
-                        format!("shard {:?} tensor {}: shape {:?} is too large", s.file, crate::error::quote(&t.name), t.shape),
+                        format!(
+                            "shard {:?} tensor {}: shape {:?} is too large",
+                            s.file,
+                            crate::error::quote(&t.name),
+                            t.shape
+                        ),
                     ));
                 };
                 if t.shape.len() == 1 && t.format != StorageFormat::Dense(crate::dtype::DType::F32) {

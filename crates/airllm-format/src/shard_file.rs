@@ -182,7 +182,11 @@ impl ShardHeader {
             return Err(bad("unit", self.unit.to_string(), entry.unit.to_string()));
         }
         if self.file_len != entry.bytes || !self.file_len.is_multiple_of(FILE_ALIGN) {
-            return Err(bad("file length", self.file_len.to_string(), format!("{} (a multiple of {FILE_ALIGN})", entry.bytes)));
+            return Err(bad(
+                "file length",
+                self.file_len.to_string(),
+                format!("{} (a multiple of {FILE_ALIGN})", entry.bytes),
+            ));
         }
         if len_on_disk != self.file_len {
             return Err(FormatError::BadShard {
@@ -206,11 +210,19 @@ impl ShardHeader {
         }
         let th = table_hash(&entry.tensors);
         if self.table_hash != th {
-            return Err(bad("tensor table hash", format!("{:016x}", self.table_hash), format!("{th:016x} (an edited tensor table?)")));
+            return Err(bad(
+                "tensor table hash",
+                format!("{:016x}", self.table_hash),
+                format!("{th:016x} (an edited tensor table?)"),
+            ));
         }
         if let Some(sh) = spec {
             if self.spec_hash != sh {
-                return Err(bad("model spec hash", format!("{:016x}", self.spec_hash), format!("{sh:016x} (an edited model spec?)")));
+                return Err(bad(
+                    "model spec hash",
+                    format!("{:016x}", self.spec_hash),
+                    format!("{sh:016x} (an edited model spec?)"),
+                ));
             }
         }
         Ok(())

@@ -330,7 +330,11 @@ pub fn ensure_shards(loc: &ModelLocation, explicit: Option<&Path>, opts: &ShardO
         ShardDirState::Empty | ShardDirState::OtherCompression(_) => {}
         ShardDirState::Stale(why) | ShardDirState::Unknown(why) if explicit.is_some() => return Err(refuse(why)),
         ShardDirState::Stale(why) | ShardDirState::Unknown(why) => {
-            tracing::warn!("re-sharding {} into {}: the shards there are not usable ({why})", source.display(), out.display());
+            tracing::warn!(
+                "re-sharding {} into {}: the shards there are not usable ({why})",
+                source.display(),
+                out.display()
+            );
         }
     }
     tracing::info!("sharding {} into {} (first use)", source.display(), out.display());

@@ -167,7 +167,11 @@ impl RopeSpec {
             return Err(format!("rotary dimension {} must be even and at least 2", self.rotary_dim));
         }
         let positive = |name: &str, x: f32| {
-            if x.is_finite() && x > 0.0 { Ok(()) } else { Err(format!("rope scaling {name} {x} must be a positive number")) }
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("rope scaling {name} {x} must be a positive number"))
+            }
         };
         match self.scaling {
             RopeScaling::None => {}
@@ -407,7 +411,10 @@ impl ModelSpec {
             max_position_embeddings,
             bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id", path)?.first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id", path)?,
-            pad_token_id: usable_pad(token_ids(v.get("pad_token_id"), "pad_token_id", path)?.first().copied(), vocab_size),
+            pad_token_id: usable_pad(
+                token_ids(v.get("pad_token_id"), "pad_token_id", path)?.first().copied(),
+                vocab_size,
+            ),
         };
         spec.validate().map_err(|m| cfg.err(&m))?;
         Ok(spec)
@@ -497,11 +504,17 @@ impl ModelSpec {
             return Err("qkv_bias false disagrees with the qwen2 family (its q/k/v projections have biases)".into());
         }
         if self.moe.is_some() != (f == Family::Mixtral) {
-            return Err(format!("a mixture of experts is {} for the {f} family", if self.moe.is_some() { "set" } else { "missing" }));
+            return Err(format!(
+                "a mixture of experts is {} for the {f} family",
+                if self.moe.is_some() { "set" } else { "missing" }
+            ));
         }
         let style = if f == Family::Glm { RopeStyle::Interleaved } else { RopeStyle::HalfRotation };
         if self.rope.style != style {
-            return Err(format!("rope style {:?} disagrees with the {f} family (it must be {style:?})", self.rope.style));
+            return Err(format!(
+                "rope style {:?} disagrees with the {f} family (it must be {style:?})",
+                self.rope.style
+            ));
         }
         if self.norm == NormKind::RmsOnePlus && f != Family::Gemma {
             return Err(format!("norm rms_one_plus is Gemma's; the {f} family uses plain rms"));
@@ -665,10 +678,9 @@ impl Cfg<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(&format!("field `{key}` must be a non-negative integer, found {}", excerpt(n)))),
+            Some(Value::Number(n)) => n.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(&format!("field `{key}` must be a non-negative integer, found {}", excerpt(n)))
+            }),
             Some(other) => Err(self.err(&format!("field `{key}` must be an integer, found {}", excerpt(other)))),
         }
     }
@@ -734,8 +746,7 @@ impl Cfg<'_> {
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
                     other => {
-                        return Err(self
-                            .err(&format!(
+                        return Err(self.err(&format!(
                             "rope scaling type {} is not supported (default, linear, llama3)",
                             crate::error::quote(other)
                         )));

@@ -329,7 +329,9 @@ pub(crate) fn verify_entry(
     let key = check_header(&mut file, &path, entry, spec_hash)?;
     match mode {
         VerifyMode::Never => return Ok((Checked::HeaderOnly, None)),
-        VerifyMode::First if remembered(&path, &key, &entry.checksum) || cache.hit(&entry.file, &key, &entry.checksum) => {
+        VerifyMode::First
+            if remembered(&path, &key, &entry.checksum) || cache.hit(&entry.file, &key, &entry.checksum) =>
+        {
             bar.inc(entry.bytes);
             return Ok((Checked::Cached, Some(key)));
         }
@@ -380,10 +382,8 @@ impl ShardDir {
         let shards = &self.manifest().shards;
         let to_hash: u64 = if mode == VerifyMode::Never { 0 } else { shards.iter().map(|s| s.bytes).sum() };
         let bar = progress(to_hash);
-        let results: Vec<Result<(Checked, Option<FileKey>)>> = shards
-            .par_iter()
-            .map(|e| verify_entry(self.dir(), e, spec_hash, mode, &cache, &bar))
-            .collect();
+        let results: Vec<Result<(Checked, Option<FileKey>)>> =
+            shards.par_iter().map(|e| verify_entry(self.dir(), e, spec_hash, mode, &cache, &bar)).collect();
         bar.finish_and_clear();
         let mut report = VerifyReport { shards: shards.len(), ..VerifyReport::default() };
         let mut cache = cache;
@@ -410,8 +410,7 @@ impl ShardDir {
         let spec_hash = crate::shard_file::spec_hash(&self.manifest().spec);
         let mut cache = VerifyCache::load(self.dir());
         let e = self.entry(i);
-        let (checked, key) =
-            verify_entry(self.dir(), e, spec_hash, mode, &cache, &indicatif::ProgressBar::hidden())?;
+        let (checked, key) = verify_entry(self.dir(), e, spec_hash, mode, &cache, &indicatif::ProgressBar::hidden())?;
         if let (Checked::Hashed(_), Some(k)) = (checked, key) {
             cache.insert(&e.file, k, &e.checksum);
             cache.save();

@@ -103,7 +103,8 @@ fn checkpoint_replaced_in_place_is_resharded() {
     let loc = hf(&model);
     let out = ensure_shards(&loc, None, &quiet()).unwrap();
     assert_eq!(out, tmp.path().join("qwen2.airllm-shards-none"));
-    let before = ShardDir::open(&out).unwrap().tensor_f32(airllm_format::Unit::FinalNorm, airllm_format::Role::FinalNorm);
+    let before =
+        ShardDir::open(&out).unwrap().tensor_f32(airllm_format::Unit::FinalNorm, airllm_format::Role::FinalNorm);
     // New weights, same names and sizes: the final norm doubled.
     let st_path = model.join("model.safetensors");
     let bytes = std::fs::read(&st_path).unwrap();
@@ -118,7 +119,8 @@ fn checkpoint_replaced_in_place_is_resharded() {
     std::fs::write(&st_path, &new).unwrap();
     let again = ensure_shards(&loc, None, &quiet()).unwrap();
     assert_eq!(again, out);
-    let after = ShardDir::open(&out).unwrap().tensor_f32(airllm_format::Unit::FinalNorm, airllm_format::Role::FinalNorm);
+    let after =
+        ShardDir::open(&out).unwrap().tensor_f32(airllm_format::Unit::FinalNorm, airllm_format::Role::FinalNorm);
     let (before, after) = (before.unwrap(), after.unwrap());
     assert!(before.iter().zip(&after).all(|(a, b)| *b == 2.0 * a), "stale shards were reused");
 }
@@ -445,7 +447,8 @@ fn spec_validate_rejects_each_bad_value() {
     let good = Checkpoint::open(&fixture("mistral")).unwrap();
     let good: ModelSpec = airllm_format::TensorSource::spec(&good).clone();
     good.validate().unwrap();
-    let bad: Vec<(&str, Box<dyn Fn(&mut ModelSpec)>)> = vec![
+    type Edit = Box<dyn Fn(&mut ModelSpec)>;
+    let bad: Vec<(&str, Edit)> = vec![
         ("rms_norm_eps", Box::new(|s| s.norm_eps = f32::NAN)),
         ("rope_theta", Box::new(|s| s.rope.theta = f32::INFINITY)),
         ("rotary", Box::new(|s| s.rope.rotary_dim = 0)),
@@ -487,4 +490,19 @@ fn concurrent_writers_of_one_directory_both_succeed() {
     wk.sort();
     assert_eq!(wk, vec![(0, n), (n, 0)]);
     ShardDir::open(&out).unwrap().verify_all().unwrap();
+}
+
+/// The real SmolLM2 metadata, without its tensor data, parses as a prefix and maps to
+/// its spec (what the gguf fuzz target relies on to reach the spec mapping).
+#[test]
+fn smollm2_head_parses_as_a_prefix() {
+    let seed = fixture("..").join("../fuzz/seeds/gguf/smollm2-135m-q4_1-head.gguf");
+    let Ok(bytes) = std::fs::read(&seed) else { return };
+    let p = Path::new("head.gguf");
+    assert!(GgufMetadata::parse(&bytes, p).is_err(), "the tensor data is missing");
+    let meta = GgufMetadata::parse_prefix(&bytes, 1 << 40, p).unwrap();
+    assert_eq!(meta.tensors.len(), 272);
+    let spec = airllm_format::gguf::spec_from_metadata(&meta, None).unwrap();
+    assert_eq!(spec.num_layers, 30);
+    assert!(airllm_format::gguf::export_tokenizer(&meta).unwrap().is_some());
 }

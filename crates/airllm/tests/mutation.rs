@@ -104,6 +104,11 @@ fn generate(model: &Path, extra: &[&str]) -> Run {
     airllm(&args)
 }
 
+/// A change to a file's bytes.
+type BytesEdit = Box<dyn Fn(&mut Vec<u8>)>;
+/// A change to a JSON document.
+type JsonEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
 /// How a case may end.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -328,8 +333,11 @@ fn mutated_inputs_give_clean_errors() {
         ("max_position_embeddings", serde_json::json!(0)),
         ("architectures", serde_json::json!(["X".repeat(1 << 20)])),
         ("hidden_act", serde_json::json!("relu6")),
-        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
-            "high_freq_factor": 1.0, "original_max_position_embeddings": 64})),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+            "high_freq_factor": 1.0, "original_max_position_embeddings": 64}),
+        ),
     ];
     for (key, value) in config_cases {
         let d = case_dir("config");
@@ -350,7 +358,7 @@ fn mutated_inputs_give_clean_errors() {
     let st = base_hf.join("model.safetensors");
     let st_bytes = std::fs::read(&st).unwrap();
     let header_len = u64::from_le_bytes(st_bytes[..8].try_into().unwrap()) as usize;
-    let st_cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let st_cases: Vec<(&str, BytesEdit)> = vec![
         ("truncated", Box::new(|b| b.truncate(b.len() / 2))),
         ("header length huge", Box::new(|b| b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes()))),
         ("header length short", Box::new(|b| b[..8].copy_from_slice(&10u64.to_le_bytes()))),
@@ -394,7 +402,7 @@ fn mutated_inputs_give_clean_errors() {
     }
 
     // ---- manifest fields (the shard directory given as the model).
-    let manifest_cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let manifest_cases: Vec<(&str, JsonEdit)> = vec![
         ("num_layers 2^63", Box::new(|m| m["spec"]["num_layers"] = (1u64 << 63).into())),
         ("num_layers 1000", Box::new(|m| m["spec"]["num_layers"] = 1000.into())),
         ("norm_eps 0", Box::new(|m| m["spec"]["norm_eps"] = 0.0.into())),
@@ -407,7 +415,10 @@ fn mutated_inputs_give_clean_errors() {
         ("eos beyond vocab", Box::new(|m| m["spec"]["eos_token_ids"] = serde_json::json!([600]))),
         ("format version 1", Box::new(|m| m["format_version"] = 1.into())),
         ("checksum zeroed", Box::new(|m| m["shards"][1]["checksum"] = "0000000000000000".into())),
-        ("checksum removed", Box::new(|m| m["shards"][1].as_object_mut().unwrap().remove("checksum").map(|_| ()).unwrap())),
+        (
+            "checksum removed",
+            Box::new(|m| m["shards"][1].as_object_mut().unwrap().remove("checksum").map(|_| ()).unwrap()),
+        ),
         ("checksum changed", Box::new(|m| m["shards"][1]["checksum"] = "0123456789abcdef".into())),
         ("plan hash changed", Box::new(|m| m["shards"][2]["plan_hash"] = "0123456789abcdef".into())),
         ("shard length changed", Box::new(|m| m["shards"][1]["bytes"] = 8192.into())),
@@ -505,14 +516,20 @@ fn mutated_inputs_give_clean_errors() {
         c.check(&format!("{file} {what}"), &generate(&d, &[]), Expect::Error);
     }
     for (what, f) in [
-        ("truncated", Box::new(|p: &Path| std::fs::File::options().write(true).open(p).unwrap().set_len(4096).unwrap())
-            as Box<dyn Fn(&Path)>),
+        (
+            "truncated",
+            Box::new(|p: &Path| std::fs::File::options().write(true).open(p).unwrap().set_len(4096).unwrap())
+                as Box<dyn Fn(&Path)>,
+        ),
         ("missing", Box::new(|p: &Path| std::fs::remove_file(p).unwrap())),
-        ("padded", Box::new(|p: &Path| {
-            let f = std::fs::File::options().write(true).open(p).unwrap();
-            let n = f.metadata().unwrap().len();
-            f.set_len(n + 4096).unwrap();
-        })),
+        (
+            "padded",
+            Box::new(|p: &Path| {
+                let f = std::fs::File::options().write(true).open(p).unwrap();
+                let n = f.metadata().unwrap().len();
+                f.set_len(n + 4096).unwrap();
+            }),
+        ),
     ] {
         let d = case_dir("shard");
         copy_dir(&base_shards, &d);
@@ -540,96 +557,153 @@ fn mutated_inputs_give_clean_errors() {
     // ---- GGUF header, metadata and tensor infos.
     let g = std::fs::read(&base_gguf).unwrap();
     let name_len_at = |b: &[u8], name: &str| after(b, name) - name.len() - 8;
-    let gguf_cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let gguf_cases: Vec<(&str, BytesEdit)> = vec![
         ("magic", Box::new(|b| b[0] = b'X')),
         ("version 1", Box::new(|b| b[4..8].copy_from_slice(&1u32.to_le_bytes()))),
         ("version 99", Box::new(|b| b[4..8].copy_from_slice(&99u32.to_le_bytes()))),
         ("tensor count huge", Box::new(|b| b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes()))),
-        ("tensor count +1", Box::new(|b| {
-            let n = u64::from_le_bytes(b[8..16].try_into().unwrap());
-            b[8..16].copy_from_slice(&(n + 1).to_le_bytes());
-        })),
+        (
+            "tensor count +1",
+            Box::new(|b| {
+                let n = u64::from_le_bytes(b[8..16].try_into().unwrap());
+                b[8..16].copy_from_slice(&(n + 1).to_le_bytes());
+            }),
+        ),
         ("kv count huge", Box::new(|b| b[16..24].copy_from_slice(&u64::MAX.to_le_bytes()))),
-        ("block_count 10^9", Box::new(|b| {
-            let p = after(b, "qwen2.block_count") + 4;
-            b[p..p + 4].copy_from_slice(&1_000_000_000u32.to_le_bytes());
-        })),
-        ("block_count 3", Box::new(|b| {
-            let p = after(b, "qwen2.block_count") + 4;
-            b[p..p + 4].copy_from_slice(&3u32.to_le_bytes());
-        })),
-        ("rms epsilon 0", Box::new(|b| {
-            let p = after(b, "layer_norm_rms_epsilon") + 4;
-            b[p..p + 4].copy_from_slice(&0f32.to_le_bytes());
-        })),
-        ("rms epsilon negative", Box::new(|b| {
-            let p = after(b, "layer_norm_rms_epsilon") + 4;
-            b[p..p + 4].copy_from_slice(&(-1e-6f32).to_le_bytes());
-        })),
-        ("rope base 0", Box::new(|b| {
-            let p = after(b, "qwen2.rope.freq_base") + 4;
-            b[p..p + 4].copy_from_slice(&0f32.to_le_bytes());
-        })),
-        ("eos beyond vocab", Box::new(|b| {
-            let p = after(b, "tokenizer.ggml.eos_token_id") + 4;
-            b[p..p + 4].copy_from_slice(&100_000u32.to_le_bytes());
-        })),
-        ("tokens array length huge", Box::new(|b| {
-            let p = after(b, "tokenizer.ggml.tokens") + 4 + 4;
-            b[p..p + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
-        })),
-        ("a key's length huge", Box::new(|b| {
-            let p = name_len_at(b, "qwen2.block_count");
-            b[p..p + 8].copy_from_slice(&(90u64 << 20).to_le_bytes());
-        })),
-        ("tensor name length 90M", Box::new(|b| {
-            let p = name_len_at(b, "blk.0.attn_q.weight");
-            b[p..p + 8].copy_from_slice(&(90u64 << 20).to_le_bytes());
-        })),
-        ("ndims 0", Box::new(|b| {
-            let p = after(b, "blk.0.attn_q.weight");
-            b[p..p + 4].copy_from_slice(&0u32.to_le_bytes());
-        })),
-        ("ndims 5", Box::new(|b| {
-            let p = after(b, "blk.0.attn_q.weight");
-            b[p..p + 4].copy_from_slice(&5u32.to_le_bytes());
-        })),
-        ("a dimension huge", Box::new(|b| {
-            let p = after(b, "blk.0.attn_q.weight") + 4;
-            b[p..p + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
-        })),
-        ("a dimension doubled", Box::new(|b| {
-            let p = after(b, "blk.0.ffn_down.weight") + 4;
-            let d = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
-            b[p..p + 8].copy_from_slice(&(2 * d).to_le_bytes());
-        })),
-        ("unknown type", Box::new(|b| {
-            let p = after(b, "blk.0.attn_q.weight") + 4 + 16;
-            b[p..p + 4].copy_from_slice(&77u32.to_le_bytes());
-        })),
+        (
+            "block_count 10^9",
+            Box::new(|b| {
+                let p = after(b, "qwen2.block_count") + 4;
+                b[p..p + 4].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+            }),
+        ),
+        (
+            "block_count 3",
+            Box::new(|b| {
+                let p = after(b, "qwen2.block_count") + 4;
+                b[p..p + 4].copy_from_slice(&3u32.to_le_bytes());
+            }),
+        ),
+        (
+            "rms epsilon 0",
+            Box::new(|b| {
+                let p = after(b, "layer_norm_rms_epsilon") + 4;
+                b[p..p + 4].copy_from_slice(&0f32.to_le_bytes());
+            }),
+        ),
+        (
+            "rms epsilon negative",
+            Box::new(|b| {
+                let p = after(b, "layer_norm_rms_epsilon") + 4;
+                b[p..p + 4].copy_from_slice(&(-1e-6f32).to_le_bytes());
+            }),
+        ),
+        (
+            "rope base 0",
+            Box::new(|b| {
+                let p = after(b, "qwen2.rope.freq_base") + 4;
+                b[p..p + 4].copy_from_slice(&0f32.to_le_bytes());
+            }),
+        ),
+        (
+            "eos beyond vocab",
+            Box::new(|b| {
+                let p = after(b, "tokenizer.ggml.eos_token_id") + 4;
+                b[p..p + 4].copy_from_slice(&100_000u32.to_le_bytes());
+            }),
+        ),
+        (
+            "tokens array length huge",
+            Box::new(|b| {
+                let p = after(b, "tokenizer.ggml.tokens") + 4 + 4;
+                b[p..p + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
+            }),
+        ),
+        (
+            "a key's length huge",
+            Box::new(|b| {
+                let p = name_len_at(b, "qwen2.block_count");
+                b[p..p + 8].copy_from_slice(&(90u64 << 20).to_le_bytes());
+            }),
+        ),
+        (
+            "tensor name length 90M",
+            Box::new(|b| {
+                let p = name_len_at(b, "blk.0.attn_q.weight");
+                b[p..p + 8].copy_from_slice(&(90u64 << 20).to_le_bytes());
+            }),
+        ),
+        (
+            "ndims 0",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_q.weight");
+                b[p..p + 4].copy_from_slice(&0u32.to_le_bytes());
+            }),
+        ),
+        (
+            "ndims 5",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_q.weight");
+                b[p..p + 4].copy_from_slice(&5u32.to_le_bytes());
+            }),
+        ),
+        (
+            "a dimension huge",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_q.weight") + 4;
+                b[p..p + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+            }),
+        ),
+        (
+            "a dimension doubled",
+            Box::new(|b| {
+                let p = after(b, "blk.0.ffn_down.weight") + 4;
+                let d = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
+                b[p..p + 8].copy_from_slice(&(2 * d).to_le_bytes());
+            }),
+        ),
+        (
+            "unknown type",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_q.weight") + 4 + 16;
+                b[p..p + 4].copy_from_slice(&77u32.to_le_bytes());
+            }),
+        ),
         // (Not here: a type changed to another of the same size, BF16 -> F16. Neither GGUF
         // nor safetensors carries checksums, so a source that says F16 is read as F16;
         // in the manifest the same swap is caught by the shard headers' table hash.)
-        ("type BF16 -> Q8_0", Box::new(|b| {
-            let p = after(b, "blk.0.attn_q.weight") + 4 + 16;
-            assert_eq!(u32::from_le_bytes(b[p..p + 4].try_into().unwrap()), GgmlType::BF16.id());
-            b[p..p + 4].copy_from_slice(&GgmlType::Q8_0.id().to_le_bytes());
-        })),
-        ("overlapping extents", Box::new(|b| {
-            let p = after(b, "blk.0.attn_k.weight") + 4 + 16 + 4;
-            let q = after(b, "blk.0.attn_q.weight") + 4 + 16 + 4;
-            let qoff: [u8; 8] = b[q..q + 8].try_into().unwrap();
-            b[p..p + 8].copy_from_slice(&qoff);
-        })),
-        ("offset past the end", Box::new(|b| {
-            let p = after(b, "output.weight") + 4 + 16 + 4;
-            b[p..p + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        })),
-        ("offset misaligned", Box::new(|b| {
-            let p = after(b, "output.weight") + 4 + 16 + 4;
-            let o = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
-            b[p..p + 8].copy_from_slice(&(o + 2).to_le_bytes());
-        })),
+        (
+            "type BF16 -> Q8_0",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_q.weight") + 4 + 16;
+                assert_eq!(u32::from_le_bytes(b[p..p + 4].try_into().unwrap()), GgmlType::BF16.id());
+                b[p..p + 4].copy_from_slice(&GgmlType::Q8_0.id().to_le_bytes());
+            }),
+        ),
+        (
+            "overlapping extents",
+            Box::new(|b| {
+                let p = after(b, "blk.0.attn_k.weight") + 4 + 16 + 4;
+                let q = after(b, "blk.0.attn_q.weight") + 4 + 16 + 4;
+                let qoff: [u8; 8] = b[q..q + 8].try_into().unwrap();
+                b[p..p + 8].copy_from_slice(&qoff);
+            }),
+        ),
+        (
+            "offset past the end",
+            Box::new(|b| {
+                let p = after(b, "output.weight") + 4 + 16 + 4;
+                b[p..p + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            }),
+        ),
+        (
+            "offset misaligned",
+            Box::new(|b| {
+                let p = after(b, "output.weight") + 4 + 16 + 4;
+                let o = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
+                b[p..p + 8].copy_from_slice(&(o + 2).to_le_bytes());
+            }),
+        ),
         ("last byte missing", Box::new(|b| b.truncate(b.len() - 1))),
         ("bytes appended", Box::new(|b| b.extend_from_slice(&[0u8; 4096]))),
         ("truncated", Box::new(|b| b.truncate(b.len() / 2))),

@@ -90,8 +90,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .filter_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
         .filter_map(|v| v.trim().parse::<u64>().ok())
         .sum();
-    let peak: u64 =
-        text.lines().filter_map(|l| l.strip_prefix("stat::peak_rss_mb:")).filter_map(|v| v.trim().parse().ok()).max().unwrap_or(0);
+    let peak: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("stat::peak_rss_mb:"))
+        .filter_map(|v| v.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
     let artifacts = fuzz.join("artifacts").join(target);
     let crashes: Vec<String> = std::fs::read_dir(&artifacts)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -101,7 +105,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  {}", artifacts.join(c).display());
     }
     if !out.status.success() || !crashes.is_empty() {
-        let tail: String = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         bail!("{target}: the fuzzer found a problem (exit {:?}):\n{tail}", out.status.code());
     }
     Ok(())

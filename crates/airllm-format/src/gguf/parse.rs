@@ -464,6 +464,7 @@ impl GgufMetadata {
         let header_end = r.pos as u64;
         let data_offset =
             header_end.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| r.err("data offset overflows"))?;
+        let whole_file = file_size.is_none();
         let file_size = file_size.unwrap_or(bytes.len() as u64);
         if data_offset > file_size && !tensors.is_empty() {
             return Err(r.err(&format!(
@@ -495,8 +496,12 @@ impl GgufMetadata {
         }
         // Extents must not overlap: two tensors sharing bytes means a damaged (or
         // hand-crafted) tensor table, and one of them would read the other's weights.
-        let mut extents: Vec<(u64, u64, usize)> =
-            tensors.iter().enumerate().filter(|(_, t)| t.byte_len > 0).map(|(i, t)| (t.offset, t.byte_len, i)).collect();
+        let mut extents: Vec<(u64, u64, usize)> = tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.byte_len > 0)
+            .map(|(i, t)| (t.offset, t.byte_len, i))
+            .collect();
         extents.sort_unstable();
         for w in extents.windows(2) {
             let ((a_off, a_len, a), (b_off, _, b)) = (w[0], w[1]);
@@ -532,7 +537,7 @@ impl GgufMetadata {
             }
             expected = (t.offset + t.byte_len).div_ceil(alignment) * alignment;
         }
-        if packed && !tensors.is_empty() {
+        if packed && whole_file && !tensors.is_empty() {
             let data_end = data_offset.saturating_add(expected);
             if file_size > data_end {
                 return Err(r.err(&format!(
@@ -720,10 +725,9 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let len = self.u64(what)?;
         if len > max {
-            return Err(self.err_at(
-                at,
-                format!("{what} claims {len} bytes, more than the {max} allowed; the file is damaged"),
-            ));
+            return Err(
+                self.err_at(at, format!("{what} claims {len} bytes, more than the {max} allowed; the file is damaged"))
+            );
         }
         if len > self.left() {
             return Err(self.err_at(
