@@ -268,6 +268,11 @@ fn after(bytes: &[u8], needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle} not in the file"))
 }
 
+/// Byte position of the u64 length in front of a GGUF string (a key or tensor name).
+fn name_len_at(bytes: &[u8], name: &str) -> usize {
+    after(bytes, name) - name.len() - 8
+}
+
 /// Every kind of mutation, through `airllm generate`.
 #[test]
 fn mutated_inputs_give_clean_errors() {
@@ -556,7 +561,6 @@ fn mutated_inputs_give_clean_errors() {
 
     // ---- GGUF header, metadata and tensor infos.
     let g = std::fs::read(&base_gguf).unwrap();
-    let name_len_at = |b: &[u8], name: &str| after(b, name) - name.len() - 8;
     let gguf_cases: Vec<(&str, BytesEdit)> = vec![
         ("magic", Box::new(|b| b[0] = b'X')),
         ("version 1", Box::new(|b| b[4..8].copy_from_slice(&1u32.to_le_bytes()))),
