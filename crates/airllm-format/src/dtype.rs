@@ -70,14 +70,23 @@ pub enum StorageFormat {
 
 impl StorageFormat {
     /// Bytes needed for a tensor of this logical shape (row-major; last dim is the row).
+    /// Saturates at `usize::MAX` for shapes whose size overflows (see
+    /// [`StorageFormat::checked_byte_len`] to tell them apart).
     pub fn byte_len(self, shape: &[usize]) -> usize {
-        let numel: usize = shape.iter().product();
+        self.checked_byte_len(shape).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes needed for a tensor of this logical shape, or `None` when the element
+    /// count or the byte count overflows (a damaged or hostile manifest or header).
+    pub fn checked_byte_len(self, shape: &[usize]) -> Option<usize> {
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
         match self {
-            StorageFormat::Dense(d) => numel * d.size(),
+            StorageFormat::Dense(d) => numel.checked_mul(d.size()),
             StorageFormat::Quant(c) => {
                 let cols = shape.last().copied().unwrap_or(1);
                 let rows = numel.checked_div(cols).unwrap_or(0);
-                c.matrix_bytes(rows, cols)
+                let blocks = cols.div_ceil(c.block_size());
+                blocks.checked_mul(c.block_bytes())?.checked_mul(rows)
             }
         }
     }

@@ -19,7 +19,7 @@ pub enum FormatError {
         source: io::Error,
     },
     /// `config.json` (or another JSON file) is not valid JSON or lacks a field.
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", cap(.message))]
     Config {
         /// The file at fault.
         path: PathBuf,
@@ -28,8 +28,9 @@ pub enum FormatError {
     },
     /// The checkpoint names an architecture this engine has no graph for.
     #[error(
-        "{path}: unsupported architecture {found:?}; supported: {supported}. \
-         Check `architectures` in config.json"
+        "{path}: unsupported architecture {}; supported: {supported}. \
+         Check `architectures` in config.json",
+        quote(.found)
     )]
     UnsupportedArchitecture {
         /// The config file.
@@ -40,7 +41,7 @@ pub enum FormatError {
         supported: String,
     },
     /// A tensor has a dtype that cannot be read.
-    #[error("{path}: tensor {tensor:?} has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    #[error("{path}: tensor {} has dtype {dtype}; only F32, F16 and BF16 are supported", quote(.tensor))]
     UnsupportedDtype {
         /// The file holding the tensor.
         path: PathBuf,
@@ -50,7 +51,7 @@ pub enum FormatError {
         dtype: String,
     },
     /// A safetensors file's header could not be parsed.
-    #[error("{path}: not a valid safetensors file ({reason}); re-download or re-convert it")]
+    #[error("{path}: not a valid safetensors file ({}); re-download or re-convert it", cap(.reason))]
     Safetensors {
         /// The file at fault.
         path: PathBuf,
@@ -58,7 +59,7 @@ pub enum FormatError {
         reason: String,
     },
     /// A tensor the model needs is missing from the checkpoint.
-    #[error("{path}: tensor {tensor:?} is missing ({why})")]
+    #[error("{path}: tensor {} is missing ({why})", quote(.tensor))]
     MissingTensor {
         /// The checkpoint directory or manifest.
         path: PathBuf,
@@ -68,7 +69,7 @@ pub enum FormatError {
         why: String,
     },
     /// A tensor has the wrong shape for the model spec.
-    #[error("{path}: tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
+    #[error("{path}: tensor {} has shape {found:?}, expected {expected:?}", quote(.tensor))]
     Shape {
         /// The file holding the tensor.
         path: PathBuf,
@@ -80,7 +81,10 @@ pub enum FormatError {
         expected: Vec<usize>,
     },
     /// A tensor name that no role mapping knows.
-    #[error("{path}: tensor {tensor:?} is not part of a {family} model; is the checkpoint for another architecture?")]
+    #[error(
+        "{path}: tensor {} is not part of a {family} model; is the checkpoint for another architecture?",
+        quote(.tensor)
+    )]
     UnknownTensor {
         /// The file holding the tensor.
         path: PathBuf,
@@ -90,7 +94,7 @@ pub enum FormatError {
         family: String,
     },
     /// The model path could not be resolved.
-    #[error("model {model:?} not found: {message}")]
+    #[error("model {} not found: {}", quote(.model), cap(.message))]
     ModelNotFound {
         /// What the user passed.
         model: String,
@@ -98,7 +102,7 @@ pub enum FormatError {
         message: String,
     },
     /// A shard file is damaged, truncated or from another model.
-    #[error("shard {path}: {message}")]
+    #[error("shard {path}: {}", cap(.message))]
     BadShard {
         /// The shard file.
         path: PathBuf,
@@ -106,7 +110,7 @@ pub enum FormatError {
         message: String,
     },
     /// The manifest is missing, malformed or inconsistent.
-    #[error("manifest {path}: {message}")]
+    #[error("manifest {path}: {}", cap(.message))]
     Manifest {
         /// The manifest file.
         path: PathBuf,
@@ -132,7 +136,7 @@ pub enum FormatError {
         available_h: String,
     },
     /// Encoding a tensor with a codec failed.
-    #[error("tensor {tensor:?}: {source}")]
+    #[error("tensor {}: {source}", quote(.tensor))]
     Quant {
         /// The tensor.
         tensor: String,
@@ -141,13 +145,52 @@ pub enum FormatError {
         source: airllm_quant::QuantError,
     },
     /// A GGUF file could not be parsed.
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", cap(.message))]
     Gguf {
         /// The GGUF file.
         path: PathBuf,
         /// What is wrong.
         message: String,
     },
+}
+
+/// Longest excerpt of input (a tensor name, a JSON value) quoted in an error message.
+pub const EXCERPT_CHARS: usize = 80;
+/// Longest message shown in full; longer ones keep their start and end.
+const MESSAGE_CHARS: usize = 2000;
+
+/// `s` quoted for an error message, cut to [`EXCERPT_CHARS`] characters (with its full
+/// length in bytes) so that a hostile file cannot make a message megabytes long.
+pub fn quote(s: &str) -> String {
+    if s.chars().count() <= EXCERPT_CHARS {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(EXCERPT_CHARS).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    }
+}
+
+/// Any displayable input value, cut like [`quote`] (unquoted).
+pub fn excerpt(v: &dyn std::fmt::Display) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= EXCERPT_CHARS {
+        s
+    } else {
+        let head: String = s.chars().take(EXCERPT_CHARS).collect();
+        format!("{head}... ({} bytes)", s.len())
+    }
+}
+
+/// A message capped at [`MESSAGE_CHARS`] characters (a safety net behind [`quote`]):
+/// the start and the end (which says what to do) are kept.
+fn cap(m: &str) -> String {
+    let n = m.chars().count();
+    if n <= MESSAGE_CHARS {
+        return m.to_owned();
+    }
+    let head: String = m.chars().take(MESSAGE_CHARS - 300).collect();
+    let tail: String = m.chars().skip(n - 300).collect();
+    format!("{head} [... {} characters cut ...] {tail}", n - MESSAGE_CHARS)
 }
 
 /// Result alias for this crate.

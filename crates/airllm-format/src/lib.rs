@@ -12,7 +12,12 @@
 //!   (embedding, each decoder layer, final norm, lm_head) plus `manifest.json`; see
 //!   [`shard_file`] for the byte layout and [`manifest`] for the JSON.
 //! - [`write_shards`]: the atomic, resumable shard writer with optional block-wise
-//!   compression through `airllm-quant`.
+//!   compression through `airllm-quant`; one writer per directory at a time (an
+//!   advisory lock; a second one waits, then reuses what the first wrote).
+//! - [`ShardDir::verify`]: headers and checksums checked before use, with a cache
+//!   so that a warm start stays fast ([`VerifyMode`]).
+//! - [`ensure_shards`]: shards of a checkpoint reused only while they are still that
+//!   checkpoint's ([`SourceIdentity`]), made or re-made otherwise.
 //! - [`resolve_model`]: model arguments (directory, shard directory, `.gguf`, or a
 //!   repo id in the local Hugging Face cache).
 //!
@@ -40,12 +45,15 @@ pub mod error;
 pub mod gguf;
 pub mod hub;
 pub mod layers;
+pub mod lock;
 pub mod manifest;
 pub mod roles;
 pub mod shard_dir;
 pub mod shard_file;
 pub mod source;
+pub mod source_identity;
 pub mod spec;
+pub mod verify;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, expected_tensors, parse_safetensors_header};
@@ -58,5 +66,7 @@ pub use manifest::{MANIFEST_FILE, Manifest, ShardEntry, TensorEntry};
 pub use roles::{Role, Unit};
 pub use shard_dir::ShardDir;
 pub use source::{SourceFile, SourceTensor, TensorSource};
+pub use source_identity::{SourceIdentity, default_shards_dir, ensure_shards};
 pub use spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
+pub use verify::{VerifyMode, VerifyReport};
 pub use writer::{ShardOptions, ShardReport, write_shards};

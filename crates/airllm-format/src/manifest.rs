@@ -3,8 +3,10 @@
 //! ```text
 //! manifest.json
 //! {
-//!   "format_version": 1,
+//!   "format_version": 2,
 //!   "source": "safetensors checkpoint /models/llama",
+//!   "source_identity": { "kind": "safetensors", "path": "/models/llama", "config_hash": "...",
+//!                        "files": [ { "name": "config.json", "size": 750, "mtime_s": ..., ... } ] },
 //!   "compression": "none" | "8bit" | "4bit" | codec name,
 //!   "checksum_algorithm": "xxh3-64",
 //!   "spec": { ...ModelSpec... },
@@ -29,12 +31,16 @@ use crate::checkpoint::expected_tensors;
 use crate::dtype::StorageFormat;
 use crate::error::{FormatError, IoContext, Result};
 use crate::roles::{Role, Unit};
+use crate::source_identity::SourceIdentity;
 use crate::spec::ModelSpec;
 
 /// File name of the manifest inside a shard directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// Version of the shard directory layout this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the shard directory layout this crate writes and reads. Version 2:
+/// vectors (norm weights, biases) are always f32, the shard header carries the hashes
+/// of its tensor table and of the model spec, and the manifest records the source's
+/// identity.
+pub const FORMAT_VERSION: u32 = 2;
 /// Alignment of every tensor inside a shard file, so a whole layer can be
 /// uploaded with one copy and each tensor bound by offset (wgpu requires 256).
 pub const TENSOR_ALIGN: u64 = 256;
@@ -115,6 +121,10 @@ pub struct Manifest {
     pub tokenizer_files: Vec<String>,
     /// Shards in forward order.
     pub shards: Vec<ShardEntry>,
+    /// What the shards were made from, to tell whether they still are that (absent
+    /// for synthetic sources; see [`crate::source_identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<SourceIdentity>,
 }
 
 impl Manifest {
@@ -152,30 +162,102 @@ impl Manifest {
             ));
         }
         self.spec.validate().map_err(|m| Self::bad(path, format!("spec: {m}")))?;
+        if self.checksum_algorithm != CHECKSUM_ALGORITHM {
+            return Err(Self::bad(
+                path,
+                format!(
+                    "checksum algorithm {} is not {CHECKSUM_ALGORITHM}; re-run `airllm shard`",
+                    crate::error::quote(&self.checksum_algorithm)
+                ),
+            ));
+        }
+        // Count before listing what the spec needs: a damaged layer count must not make
+        // us build a table of billions of entries.
+        // (A few missing are named one by one below.)
+        let listed: usize = self.shards.iter().map(|s| s.tensors.len()).sum();
+        if self.spec.expected_tensor_count() > listed.saturating_add(4096) {
+            return Err(Self::bad(
+                path,
+                format!(
+                    "the spec needs {} tensors ({} layers), the shards list {listed}; the manifest is damaged, \
+                     re-run `airllm shard`",
+                    self.spec.expected_tensor_count(),
+                    self.spec.num_layers
+                ),
+            ));
+        }
         let mut files = BTreeSet::new();
         for s in &self.shards {
-            if s.file.is_empty() || s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
-                return Err(Self::bad(path, format!("shard file name {:?} is not a plain file name", s.file)));
+            if s.file.is_empty()
+                || s.file.len() > 255
+                || s.file.contains('/')
+                || s.file.contains('\\')
+                || s.file.starts_with('.')
+            {
+                return Err(Self::bad(
+                    path,
+                    format!("shard file name {} is not a plain file name", crate::error::quote(&s.file)),
+                ));
             }
             if !files.insert(&s.file) {
                 return Err(Self::bad(path, format!("shard file {:?} is listed twice", s.file)));
             }
-            if s.checksum_u64().is_none() || s.plan_hash_u64().is_none() {
+            if s.checksum.len() != 16 || s.checksum_u64().is_none() || s.plan_hash_u64().is_none() {
                 return Err(Self::bad(
                     path,
-                    format!("shard {:?}: checksum and plan_hash must be 16 hex digits", s.file),
+                    format!("shard {}: checksum and plan_hash must be 16 hex digits", crate::error::quote(&s.file)),
+                ));
+            }
+            if s.checksum_u64() == Some(0) {
+                return Err(Self::bad(
+                    path,
+                    format!(
+                        "shard {:?}: the checksum is zero (not recorded), so the file cannot be verified; \
+                         re-run `airllm shard`",
+                        s.file
+                    ),
+                ));
+            }
+            if !s.bytes.is_multiple_of(FILE_ALIGN) {
+                return Err(Self::bad(
+                    path,
+                    format!("shard {:?}: length {} is not a multiple of {FILE_ALIGN}", s.file, s.bytes),
                 ));
             }
             let mut prev_end = crate::shard_file::HEADER_LEN as u64;
             for t in &s.tensors {
-                let want = t.format.byte_len(&t.shape) as u64;
+                let Some(want) = t.format.checked_byte_len(&t.shape).map(|b| b as u64) else {
+                    return Err(Self::bad(
+                        path,
+                        format!(
+                            "shard {:?} tensor {}: shape {:?} is too large",
+                            s.file,
+                            crate::error::quote(&t.name),
+                            t.shape
+                        ),
+                    ));
+                };
+                if t.shape.len() == 1 && t.format != StorageFormat::Dense(crate::dtype::DType::F32) {
+                    return Err(Self::bad(
+                        path,
+                        format!(
+                            "shard {:?} tensor {}: a vector stored as {}; vectors (norms, biases) are stored as f32. \
+                             Re-run `airllm shard`",
+                            s.file,
+                            crate::error::quote(&t.name),
+                            t.format
+                        ),
+                    ));
+                }
                 let end = t.offset.checked_add(t.bytes);
                 if t.bytes != want {
                     return Err(Self::bad(
                         path,
                         format!(
-                            "shard {:?} tensor {:?}: {} bytes recorded, its shape and format need {want}",
-                            s.file, t.name, t.bytes
+                            "shard {:?} tensor {}: {} bytes recorded, its shape and format need {want}",
+                            s.file,
+                            crate::error::quote(&t.name),
+                            t.bytes
                         ),
                     ));
                 }
@@ -183,8 +265,10 @@ impl Manifest {
                     return Err(Self::bad(
                         path,
                         format!(
-                            "shard {:?} tensor {:?}: offset {} is misaligned, overlapping or out of the file",
-                            s.file, t.name, t.offset
+                            "shard {:?} tensor {}: offset {} is misaligned, overlapping or out of the file",
+                            s.file,
+                            crate::error::quote(&t.name),
+                            t.offset
                         ),
                     ));
                 }
@@ -211,7 +295,7 @@ impl Manifest {
                 if t.row_start != Some(next) || t.shape.len() != 2 || t.shape[1] != self.spec.hidden_size {
                     return Err(Self::bad(path, format!("{}: lm_head part does not continue at row {next}", s.file)));
                 }
-                next += t.shape[0];
+                next = next.saturating_add(t.shape[0]);
             }
             if next != self.spec.vocab_size {
                 return Err(Self::bad(

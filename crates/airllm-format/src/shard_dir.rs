@@ -42,18 +42,18 @@ impl ShardDir {
         &self.manifest.shards[i]
     }
 
-    /// Map shard `i` (length, header and plan hash checked; not the checksum).
+    /// Map shard `i` (length and every header field checked, the spec hash included;
+    /// not the checksum: see [`ShardDir::verify`]).
     pub fn map(&self, i: usize) -> Result<MappedShard> {
-        MappedShard::open(&self.shard_path(i), self.entry(i))
+        let spec_hash = crate::shard_file::spec_hash(&self.manifest.spec);
+        MappedShard::open_checked(&self.shard_path(i), self.entry(i), Some(spec_hash))
     }
 
-    /// Check every shard: present, right length, header matches, checksum matches.
+    /// Check every shard: present, right length, header matches, checksum matches
+    /// (always hashed; [`ShardDir::verify`] with [`VerifyMode::Always`](crate::VerifyMode)).
     /// Returns the first problem found, naming the file.
     pub fn verify_all(&self) -> Result<()> {
-        for i in 0..self.manifest.shards.len() {
-            self.map(i)?.verify(self.entry(i))?;
-        }
-        Ok(())
+        self.verify(crate::verify::VerifyMode::Always).map(|_| ())
     }
 
     /// Find a tensor (lm_head resolves to the embedding when tied).

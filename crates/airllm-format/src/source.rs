@@ -94,4 +94,9 @@ pub trait TensorSource: Sync {
     fn describe(&self) -> String;
     /// Tokenizer files to copy next to the manifest (name in the shard dir, contents).
     fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// What the files on disk are now, recorded in the manifest so that stale shards are
+    /// never used (None for sources with no files, such as synthetic weights).
+    fn identity(&self) -> Result<Option<crate::source_identity::SourceIdentity>> {
+        Ok(None)
+    }
 }

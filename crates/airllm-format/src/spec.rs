@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod gemma;
 
-use crate::error::{FormatError, IoContext, Result};
+use crate::error::{FormatError, IoContext, Result, excerpt};
 use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 
 /// Model families with a graph in the engine.
@@ -189,6 +189,41 @@ pub struct RopeSpec {
 }
 
 impl RopeSpec {
+    /// Range checks: a positive finite base above 1, an even rotary dimension of at
+    /// least 2, and scaling factors that give finite frequencies.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.theta.is_finite() && self.theta > 1.0) {
+            return Err(format!("rope_theta {} must be a finite number above 1", self.theta));
+        }
+        if self.rotary_dim < 2 || !self.rotary_dim.is_multiple_of(2) {
+            return Err(format!("rotary dimension {} must be even and at least 2", self.rotary_dim));
+        }
+        let positive = |name: &str, x: f32| {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("rope scaling {name} {x} must be a positive number"))
+            }
+        };
+        match self.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => positive("factor", factor)?,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                positive("factor", factor)?;
+                positive("low_freq_factor", low_freq_factor)?;
+                positive("high_freq_factor", high_freq_factor)?;
+                positive("original_max_position_embeddings", original_max_position_embeddings)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "rope scaling high_freq_factor {high_freq_factor} must be larger than low_freq_factor \
+                         {low_freq_factor}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Inverse frequencies (`rotary_dim / 2` of them), scaled, computed as transformers does
     /// (`1 / theta^(arange(0, d, 2) / d)` in f32, then the scaling rule).
     pub fn inv_freq(&self) -> Vec<f32> {
@@ -305,11 +340,12 @@ impl ModelSpec {
             let gen_path = dir.join("generation_config.json");
             if let Ok(text) = std::fs::read_to_string(&gen_path) {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    for id in token_ids(v.get("eos_token_id")) {
+                    for id in token_ids(v.get("eos_token_id"), "eos_token_id", &gen_path)? {
                         if !spec.eos_token_ids.contains(&id) {
                             spec.eos_token_ids.push(id);
                         }
                     }
+                    spec.validate().map_err(|m| FormatError::Config { path: gen_path.clone(), message: m })?;
                 }
             }
         }
@@ -360,7 +396,10 @@ impl ModelSpec {
             // Gemma 1 checkpoints say "gelu" but transformers runs the tanh approximation.
             "gelu" if family.is_gemma() => Activation::GeluTanh,
             other => {
-                return Err(cfg.err(&format!("hidden_act {other:?} is not supported (silu, gelu_pytorch_tanh)")));
+                return Err(cfg.err(&format!(
+                    "hidden_act {} is not supported (silu, gelu_pytorch_tanh)",
+                    crate::error::quote(other)
+                )));
             }
         };
 
@@ -414,9 +453,12 @@ impl ModelSpec {
             moe,
             embedding_scale,
             max_position_embeddings,
-            bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
-            eos_token_ids: token_ids(v.get("eos_token_id")),
-            pad_token_id: token_ids(v.get("pad_token_id")).first().copied(),
+            bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id", cfg.path)?.first().copied(),
+            eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id", cfg.path)?,
+            pad_token_id: usable_pad(
+                token_ids(v.get("pad_token_id"), "pad_token_id", cfg.path)?.first().copied(),
+                vocab_size,
+            ),
             layers: cfg.layer_overrides(num_layers)?,
         };
         let spec = match family {
@@ -427,33 +469,126 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Internal consistency checks.
+    /// Internal consistency checks: every size positive and below a sane maximum
+    /// ([`limits`]), every float in its valid range, the flags a family implies set as
+    /// that family sets them, and every special token id inside the vocabulary. A
+    /// spec that passes describes a model the engine can run without garbage output.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let nonzero = [
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("head_dim", self.head_dim),
-            ("intermediate_size", self.intermediate_size),
-            ("vocab_size", self.vocab_size),
+        use limits::*;
+        let sizes = [
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_INTERMEDIATE),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
         ];
-        for (name, v) in nonzero {
+        for (name, v, max) in sizes {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
             }
+            if v > max {
+                return Err(format!("{name} is {v}, larger than any model this engine runs (at most {max})"));
+            }
         }
-        if self.rope.rotary_dim > self.head_dim || !self.rope.rotary_dim.is_multiple_of(2) {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(format!("rms_norm_eps {} must be a number in (0, 1)", self.norm_eps));
+        }
+        self.rope.validate()?;
+        if self.rope.rotary_dim > self.head_dim {
             return Err(format!(
                 "rotary dimension {} must be even and at most head_dim {}",
                 self.rope.rotary_dim, self.head_dim
             ));
         }
         if let Some(m) = self.moe {
+            if m.num_experts == 0 || m.num_experts > MAX_EXPERTS {
+                return Err(format!("num_local_experts {} must be in 1..={MAX_EXPERTS}", m.num_experts));
+            }
             if m.top_k == 0 || m.top_k > m.num_experts {
                 return Err(format!("num_experts_per_tok {} must be in 1..={}", m.top_k, m.num_experts));
             }
         }
-        self.validate_layers()
+        self.validate_layers()?;
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window 0 would let no token attend to anything; use null for none".into());
+        }
+        self.validate_family_flags()?;
+        let vocab = self.vocab_size;
+        let ids = self.eos_token_ids.iter().map(|&i| ("eos_token_id", i));
+        let ids = ids.chain(self.bos_token_id.map(|i| ("bos_token_id", i)));
+        for (name, id) in ids.chain(self.pad_token_id.map(|i| ("pad_token_id", i))) {
+            if id as usize >= vocab {
+                return Err(format!("{name} {id} is outside the vocabulary of {vocab} tokens"));
+            }
+        }
+        if self.eos_token_ids.len() > MAX_EOS_IDS {
+            return Err(format!("{} eos_token_ids, more than {MAX_EOS_IDS}", self.eos_token_ids.len()));
+        }
+        Ok(())
+    }
+
+    /// The settings a family fixes must have that family's values (a manifest edited by
+    /// hand, or damaged, would otherwise run the wrong graph and print garbage).
+    fn validate_family_flags(&self) -> std::result::Result<(), String> {
+        let f = self.family;
+        let gemma = matches!(f, Family::Gemma | Family::Gemma2 | Family::Gemma3);
+        let scale = gemma.then(|| (self.hidden_size as f32).sqrt());
+        if self.embedding_scale != scale {
+            return Err(format!(
+                "embedding_scale {:?} disagrees with the {f} family (it must be {scale:?})",
+                self.embedding_scale
+            ));
+        }
+        if self.qk_norm != matches!(f, Family::Qwen3 | Family::Gemma3) {
+            return Err(format!("qk_norm {} disagrees with the {f} family", self.qk_norm));
+        }
+        if f == Family::Qwen2 && !self.qkv_bias {
+            return Err("qkv_bias false disagrees with the qwen2 family (its q/k/v projections have biases)".into());
+        }
+        if self.moe.is_some() != (f == Family::Mixtral) {
+            return Err(format!(
+                "a mixture of experts is {} for the {f} family",
+                if self.moe.is_some() { "set" } else { "missing" }
+            ));
+        }
+        let style = if f == Family::Glm { RopeStyle::Interleaved } else { RopeStyle::HalfRotation };
+        if self.rope.style != style {
+            return Err(format!(
+                "rope style {:?} disagrees with the {f} family (it must be {style:?})",
+                self.rope.style
+            ));
+        }
+        if self.norm == NormKind::RmsOnePlus && !gemma {
+            return Err(format!("norm rms_one_plus is Gemma's; the {f} family uses plain rms"));
+        }
+        Ok(())
+    }
+
+    /// How many tensors [`expected_tensors`](crate::checkpoint::expected_tensors) lists for
+    /// this spec, computed without building the list (so a damaged layer or expert count
+    /// is refused before anything is allocated for it). Saturates.
+    pub fn expected_tensor_count(&self) -> usize {
+        let mut per_layer: usize = 1 + 1 + 1; // attention norm, o, mlp norm
+        per_layer += if self.family == Family::Phi3 { 1 } else { 3 + if self.qkv_bias { 3 } else { 0 } };
+        per_layer += usize::from(self.o_bias) + if self.qk_norm { 2 } else { 0 };
+        per_layer += match self.moe {
+            Some(m) => m.num_experts.saturating_mul(3).saturating_add(1),
+            None if matches!(self.family, Family::Phi3 | Family::Glm) => 2,
+            None => 3,
+        };
+        let head = usize::from(!self.tie_word_embeddings);
+        // Sandwich norms (post-attention, post-MLP) where a layer has them.
+        let sandwiched = if self.layers.sandwich_norms { self.num_layers } else { 0 };
+        per_layer.saturating_mul(self.num_layers).saturating_add(sandwiched.saturating_mul(2)).saturating_add(2 + head)
     }
 
     /// Width of the q projection output.
@@ -493,12 +628,72 @@ impl ModelSpec {
     }
 }
 
-/// Token ids from a JSON value that may be a number, a list or null.
-fn token_ids(v: Option<&Value>) -> Vec<u32> {
+/// The largest sizes a [`ModelSpec`] may have. Each is far above every released
+/// model, and together they keep every size computed from a spec far from overflow
+/// and every table built from it small, whatever a damaged or hostile file says.
+pub mod limits {
+    /// Decoder layers (the largest released models have about 130).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Residual width (largest released: 16384-25600).
+    pub const MAX_HIDDEN: usize = 1 << 17;
+    /// Attention heads, query or key/value.
+    pub const MAX_HEADS: usize = 1 << 12;
+    /// Dimension of one head.
+    pub const MAX_HEAD_DIM: usize = 1 << 12;
+    /// MLP inner width.
+    pub const MAX_INTERMEDIATE: usize = 1 << 20;
+    /// Vocabulary size (largest released: about 256k).
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Experts per MoE layer (largest released: 384).
+    pub const MAX_EXPERTS: usize = 1 << 12;
+    /// Trained context length.
+    pub const MAX_CONTEXT: usize = 1 << 30;
+    /// End-of-sequence ids.
+    pub const MAX_EOS_IDS: usize = 64;
+}
+
+/// A padding id outside the vocabulary is dropped with a warning rather than refused:
+/// padding only fills the left of a batch, so the engine can pad with EOS instead,
+/// and some published configs carry such ids. (EOS and BOS ids outside it are errors.)
+pub(crate) fn usable_pad(pad: Option<u32>, vocab: usize) -> Option<u32> {
+    match pad {
+        Some(id) if id as usize >= vocab => {
+            tracing::warn!("pad_token_id {id} is outside the vocabulary of {vocab} tokens; ignoring it");
+            None
+        }
+        other => other,
+    }
+}
+
+/// Token ids from a JSON value that may be a number, a list or null. Negative ids
+/// (some configs write -1 for "none") are left out; anything else that is not an
+/// integer below 2^32 is an error, never truncated.
+fn token_ids(v: Option<&Value>, key: &str, path: &Path) -> Result<Vec<u32>> {
+    let one = |x: &Value| -> Result<Option<u32>> {
+        if x.as_i64().is_some_and(|i| i < 0) {
+            return Ok(None);
+        }
+        match x.as_u64().map(u32::try_from) {
+            Some(Ok(id)) => Ok(Some(id)),
+            _ => Err(FormatError::Config {
+                path: path.to_owned(),
+                message: format!(
+                    "field `{key}` holds {}, which is not a token id (an integer below 2^32)",
+                    crate::error::excerpt(x)
+                ),
+            }),
+        }
+    };
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => Vec::new(),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for x in a.iter().take(limits::MAX_EOS_IDS + 1) {
+                out.extend(one(x)?);
+            }
+            Ok(out)
+        }
+        Some(x) => Ok(one(x)?.into_iter().collect()),
     }
 }
 
@@ -536,11 +731,10 @@ impl Cfg<'_> {
     pub(crate) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(&format!("field `{key}` must be a non-negative integer, found {n}"))),
-            Some(other) => Err(self.err(&format!("field `{key}` must be an integer, found {other}"))),
+            Some(Value::Number(n)) => n.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(&format!("field `{key}` must be a non-negative integer, found {}", excerpt(n)))
+            }),
+            Some(other) => Err(self.err(&format!("field `{key}` must be an integer, found {}", excerpt(other)))),
         }
     }
     pub(crate) fn usize(&self, key: &str) -> Result<usize> {
@@ -553,14 +747,14 @@ impl Cfg<'_> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => Err(self.err(&format!("field `{key}` must be a number, found {other}"))),
+            Some(other) => Err(self.err(&format!("field `{key}` must be a number, found {}", excerpt(other)))),
         }
     }
     pub(crate) fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.err(&format!("field `{key}` must be true or false, found {other}"))),
+            Some(other) => Err(self.err(&format!("field `{key}` must be true or false, found {}", excerpt(other)))),
         }
     }
     pub(crate) fn opt_str(&self, key: &str) -> Option<&str> {
@@ -649,8 +843,10 @@ impl Cfg<'_> {
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
                     other => {
-                        return Err(self
-                            .err(&format!("rope scaling type {other:?} is not supported (default, linear, llama3)")));
+                        return Err(self.err(&format!(
+                            "rope scaling type {} is not supported (default, linear, llama3)",
+                            crate::error::quote(other)
+                        )));
                     }
                 }
             }

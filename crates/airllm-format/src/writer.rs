@@ -11,6 +11,13 @@
 //!   included), accounting for space freed by `--delete-original`.
 //! - **`delete_original`** removes a source file only after every shard using any
 //!   of its tensors is written, fsynced and read back with a matching checksum.
+//! - **One writer at a time** per directory ([`DirLock`](crate::lock::DirLock)): a
+//!   second process waits, then keeps the shards the first one finished.
+//! - **Tied to its source**: the manifest and the journal record the source's
+//!   [`SourceIdentity`]; shards of another or a changed source are never kept.
+//! - **Vectors are f32**: norm weights and biases are widened to f32 whatever the
+//!   source dtype (bf16 Qwen2 biases, f16 norms, GGUF), so every executor reads the
+//!   same format for them; they are a tiny share of a model's bytes.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,8 +36,10 @@ use crate::manifest::{
     expected_units, hex64,
 };
 use crate::roles::{Role, Unit};
-use crate::shard_file::{HEADER_LEN, ShardHeader, checksum};
+use crate::shard_file::{HEADER_LEN, ShardHeader, checksum, spec_hash, table_hash};
 use crate::source::{SourceTensor, TensorSource};
+use crate::source_identity::SourceIdentity;
+use crate::verify::{VerifyCache, VerifyMode};
 
 /// Name of the resume journal inside the output directory.
 pub const JOURNAL_FILE: &str = ".progress.json";
@@ -85,6 +94,9 @@ pub struct ShardReport {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Journal {
     format_version: u32,
+    /// The source the complete shards were made from.
+    #[serde(default)]
+    identity: Option<SourceIdentity>,
     /// Complete shards by file name.
     complete: BTreeMap<String, ShardEntry>,
     /// Source files deleted by `--delete-original`.
@@ -108,8 +120,12 @@ struct PlannedShard<'a> {
     source_files: BTreeSet<usize>,
 }
 
-/// The storage format a tensor gets in the shards.
+/// The storage format a tensor gets in the shards. Vectors (norm weights, biases)
+/// are always f32.
 pub fn output_format(src: &SourceTensor, compression: Compression) -> StorageFormat {
+    if src.shape.len() <= 1 {
+        return StorageFormat::Dense(DType::F32);
+    }
     match (compression.codec(), src.format) {
         // Quantized sources (GGUF) stream as they are: the codecs are byte-identical.
         (_, StorageFormat::Quant(c)) => StorageFormat::Quant(c),
@@ -199,6 +215,7 @@ fn finish_shard<'a>(
     let key = serde_json::json!({
         "v": FORMAT_VERSION, "unit": unit, "tensors": entries, "files": fingerprint,
         "source": source_kind(source), "perm": planned.iter().map(|p| format!("{:?}", p.src.row_perm)).collect::<Vec<_>>(),
+        "spec": format!("{:016x}", spec_hash(source.spec())),
     });
     let plan_hash = xxhash_rust::xxh3::xxh3_64(key.to_string().as_bytes());
     PlannedShard {
@@ -342,16 +359,46 @@ impl ShardReport {
 pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) -> Result<ShardReport> {
     let start = Instant::now();
     std::fs::create_dir_all(out).at("creating directory", out)?;
+    // One writer per directory: a second one waits here, then keeps what the first wrote.
+    let _lock = crate::lock::DirLock::acquire(out)?;
     remove_stale_temporaries(out)?;
     let spec = source.spec();
     let plan = plan(source, opts.compression, opts.lm_head_part_bytes)?;
     let mut journal = load_journal(out);
+    let earlier_files: BTreeSet<String> = journal.complete.keys().cloned().collect();
+
+    // Shards of another source, or of this one before it changed, are never kept.
+    let now = source.identity()?;
+    let recorded = journal.identity.clone().map(|mut i| {
+        i.deleted.clone_from(&journal.deleted);
+        i
+    });
+    let same_source = match (&recorded, &now) {
+        (Some(r), Some(n)) => match r.mismatch(n) {
+            None => true,
+            Some(why) => {
+                tracing::info!("{}: not keeping earlier shards: {why}", out.display());
+                false
+            }
+        },
+        (None, None) => true,
+        _ => false,
+    };
+    if !same_source {
+        journal.complete.clear();
+        journal.deleted.clear();
+        journal.identity = now.clone();
+    } else if journal.identity.is_none() {
+        journal.identity = now.clone();
+    }
 
     // Which planned shards can be kept from an earlier run?
+    let sh = spec_hash(spec);
+    let mut cache = VerifyCache::load(out);
     let mut keep = vec![false; plan.len()];
     for (i, p) in plan.iter().enumerate() {
         if let Some(e) = journal.complete.get(&p.file) {
-            if e.plan_hash_u64() == Some(p.plan_hash) && verify_file(&out.join(&p.file), e).is_ok() {
+            if e.plan_hash_u64() == Some(p.plan_hash) && verify_kept(out, e, sh, &mut cache).is_ok() {
                 keep[i] = true;
             }
         }
@@ -361,7 +408,7 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
     for (i, p) in plan.iter().enumerate() {
         if !keep[i] {
             if let Some(missing) = missing_tensor(spec, p) {
-                let kept = journal.complete.get(&p.file).filter(|e| verify_file(&out.join(&p.file), e).is_ok());
+                let kept = journal.complete.get(&p.file).filter(|e| verify_kept(out, e, sh, &mut cache).is_ok());
                 match kept {
                     Some(_) => keep[i] = true,
                     None => {
@@ -412,7 +459,9 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
             e.clone()
         } else {
             bar.set_message(format!("{}", p.unit));
-            let e = write_one(source, out, p, opts.delete_original, &bar, &mut report.bytes_read)?;
+            let e = write_one(source, out, p, sh, opts.delete_original, &bar, &mut report.bytes_read)?;
+            // The checksum was just computed from the bytes written: first use need not re-read them.
+            cache.insert_written(&e.file, &e.checksum);
             report.written += 1;
             report.bytes_written += e.bytes;
             journal.complete.insert(p.file.clone(), e.clone());
@@ -446,8 +495,23 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
     let mut manifest = report.manifest.clone();
     manifest.tokenizer_files = tokenizer_files;
     manifest.shards = final_entries;
+    manifest.source_identity = journal.identity.clone().map(|mut i| {
+        i.deleted.clone_from(&journal.deleted);
+        i
+    });
     manifest.validate(&out.join(MANIFEST_FILE))?;
     write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    // Shard files of an earlier run that the new manifest does not list (another model
+    // with more layers, or a split lm_head no longer split) are ours and now garbage.
+    let listed: std::collections::HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
+    for f in earlier_files.iter().filter(|f| !listed.contains(f.as_str())) {
+        let p = out.join(f);
+        if p.is_file() && std::fs::remove_file(&p).is_ok() {
+            tracing::info!("removed {} (not part of the new shards)", p.display());
+        }
+    }
+    cache.retain(&listed);
+    cache.save();
     // The journal stays: if the manifest is lost or the directory is re-run with other
     // options, it still proves which shards are complete.
     report.manifest = manifest;
@@ -465,6 +529,7 @@ fn empty_manifest(source: &dyn TensorSource, opts: &ShardOptions) -> Manifest {
         spec: source.spec().clone(),
         tokenizer_files: Vec::new(),
         shards: Vec::new(),
+        source_identity: None,
     }
 }
 
@@ -478,24 +543,48 @@ fn missing_tensor(spec: &crate::spec::ModelSpec, p: &PlannedShard<'_>) -> Option
         .map(|(u, r, _)| format!("{u} {r}"))
 }
 
-fn verify_file(path: &Path, e: &ShardEntry) -> Result<()> {
-    let shard = crate::shard_file::MappedShard::open(path, e)?;
-    shard.verify(e)
+/// Whether a shard of an earlier run is intact: header, length and checksum (hashed
+/// unless the verification cache knows the file), its header's spec hash matching.
+fn verify_kept(out: &Path, e: &ShardEntry, spec_hash: u64, cache: &mut VerifyCache) -> Result<()> {
+    let bar = indicatif::ProgressBar::hidden();
+    let (_, key) = crate::verify::verify_entry(out, e, spec_hash, VerifyMode::First, cache, &bar)?;
+    if let Some(k) = key {
+        cache.insert(&e.file, k, &e.checksum);
+    }
+    Ok(())
 }
 
 fn load_journal(out: &Path) -> Journal {
-    let mut j: Journal = std::fs::read(out.join(JOURNAL_FILE))
+    let journal: Option<Journal> = std::fs::read(out.join(JOURNAL_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(|j: &Journal| j.format_version == FORMAT_VERSION)
-        .unwrap_or(Journal { format_version: FORMAT_VERSION, ..Journal::default() });
-    // A finished directory (manifest present) counts as a journal too.
-    if let Ok(m) = Manifest::load(out) {
-        for s in m.shards {
-            j.complete.entry(s.file.clone()).or_insert(s);
+        .filter(|j: &Journal| j.format_version == FORMAT_VERSION);
+    let manifest = Manifest::load(out).ok();
+    match (journal, manifest) {
+        (Some(mut j), Some(m)) => {
+            // A finished directory counts as a journal too, when it is the same source's.
+            if j.identity == m.source_identity.as_ref().map(|i| SourceIdentity { deleted: Vec::new(), ..i.clone() })
+                || j.identity.is_none()
+            {
+                j.identity = j.identity.or(m.source_identity.map(|i| SourceIdentity { deleted: Vec::new(), ..i }));
+                for s in m.shards {
+                    j.complete.entry(s.file.clone()).or_insert(s);
+                }
+            }
+            j
         }
+        (Some(j), None) => j,
+        (None, Some(m)) => {
+            let deleted = m.source_identity.as_ref().map(|i| i.deleted.clone()).unwrap_or_default();
+            Journal {
+                format_version: FORMAT_VERSION,
+                identity: m.source_identity.map(|i| SourceIdentity { deleted: Vec::new(), ..i }),
+                complete: m.shards.into_iter().map(|s| (s.file.clone(), s)).collect(),
+                deleted,
+            }
+        }
+        (None, None) => Journal { format_version: FORMAT_VERSION, ..Journal::default() },
     }
-    j
 }
 
 fn save_journal(out: &Path, j: &Journal) -> Result<()> {
@@ -513,7 +602,8 @@ fn remove_stale_temporaries(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Write a small file atomically: temporary name, fsync, rename, fsync directory.
+/// Write a small file atomically: temporary name (unique to this process and call, so
+/// that concurrent writers never share one), fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     let res = (|| {
@@ -530,8 +620,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
+    s.push(format!(".{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     PathBuf::from(s)
 }
 
@@ -621,6 +713,7 @@ fn write_one(
     source: &dyn TensorSource,
     out: &Path,
     p: &PlannedShard<'_>,
+    spec_hash: u64,
     verify_after: bool,
     bar: &indicatif::ProgressBar,
     bytes_read: &mut u64,
@@ -630,12 +723,15 @@ fn write_one(
     let res = (|| -> Result<ShardEntry> {
         let file = File::create(&tmp).at("creating", &tmp)?;
         let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(8 << 20, file), &tmp);
+        let entries: Vec<TensorEntry> = p.tensors.iter().map(|t| t.entry.clone()).collect();
         let header = ShardHeader {
             file_len: p.file_len,
             data_end: p.data_end,
             plan_hash: p.plan_hash,
             tensors: p.tensors.len() as u32,
             unit: p.unit,
+            table_hash: table_hash(&entries),
+            spec_hash,
         };
         w.write(&header.to_bytes())?;
         for t in &p.tensors {
@@ -676,7 +772,7 @@ fn write_one(
             bytes: p.file_len,
             checksum: hex64(sum),
             plan_hash: hex64(p.plan_hash),
-            tensors: p.tensors.iter().map(|t| t.entry.clone()).collect(),
+            tensors: entries,
         };
         if verify_after {
             // Read back before anything may delete the source.
@@ -715,6 +811,25 @@ fn convert<'a>(src: &SourceTensor, bytes: &'a [u8], out: StorageFormat) -> Resul
             Cow::Owned(v)
         }
     };
+    if out == StorageFormat::Dense(DType::F32) && src.shape.len() <= 1 {
+        // A vector (norm weights, a bias): widened to f32, and checked, since one
+        // non-finite value here turns every output into NaN.
+        let v: Vec<f32> = match src.format {
+            StorageFormat::Dense(d) => dense_to_f32(d, &permuted),
+            StorageFormat::Quant(c) => c.decode_matrix(&permuted, 1, cols).map_err(qerr)?,
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(FormatError::BadShard {
+                path: PathBuf::from(&src.name),
+                message: format!(
+                    "element {i} of vector {} is {}; the checkpoint is damaged",
+                    crate::error::quote(&src.name),
+                    v[i]
+                ),
+            });
+        }
+        return Ok(Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
     if src.format == out {
         return Ok(permuted);
     }

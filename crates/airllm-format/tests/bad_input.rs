@@ -115,7 +115,9 @@ fn wrong_shape_is_named() {
 fn manifest_from_another_version_is_refused() {
     let tmp = sharded("gemma");
     let path = tmp.path().join("manifest.json");
-    let text = std::fs::read_to_string(&path).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&format!("\"format_version\": {}", airllm_format::manifest::FORMAT_VERSION), "\"format_version\": 99");
     std::fs::write(&path, text).unwrap();
     let e = Manifest::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("version 99"), "{e}");

@@ -46,7 +46,8 @@ fn interrupted_run_without_manifest_resumes_from_the_journal() {
     // no manifest, later shards missing.
     let m = first.manifest;
     let journal = serde_json::json!({
-        "format_version": 1,
+        "format_version": airllm_format::manifest::FORMAT_VERSION,
+        "identity": &m.source_identity,
         "complete": { &m.shards[0].file: &m.shards[0], &m.shards[1].file: &m.shards[1] },
         "deleted": []
     });

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airllm_format::{ModelLocation, ModelSpec, ShardDir, ShardOptions};
+use airllm_format::{ModelSpec, ShardDir, ShardOptions};
 use airllm_gpu::{GpuContext, GpuOptions};
 
 use crate::engine::{Engine, EngineStats, Logits, SeqId, StepItem};
@@ -140,7 +140,9 @@ pub fn open_device(opts: &Options) -> Result<Option<GpuContext>> {
     }
 }
 
-/// The default shard directory of a checkpoint.
+/// The default shard directory of a checkpoint: for a model inside a Hugging Face
+/// cache snapshot, airllm's cache; otherwise [`airllm_format::default_shards_dir`]
+/// (beside it when writable, else under the user cache, named by its canonical path).
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
     // [issue 19] A model inside a Hugging Face cache snapshot keeps its shards in
     // airllm's cache: tools that read the hub cache take every entry of `snapshots/` for a revision.
@@ -153,22 +155,7 @@ pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
         }
         return cache.join("shards").join(format!("{name}.airllm-shards-{}", opts.compression));
     }
-    let name = model
-        .file_stem()
-        .or_else(|| model.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let leaf = format!("{name}.airllm-shards-{}", opts.compression);
-    let beside = model.parent().map(|p| p.join(&leaf));
-    if let Some(b) = &beside {
-        let parent = b.parent().unwrap_or(Path::new("."));
-        let probe = parent.join(format!(".airllm-write-probe-{}", std::process::id()));
-        if std::fs::write(&probe, b"").is_ok() {
-            let _ = std::fs::remove_file(&probe);
-            return b.clone();
-        }
-    }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("airllm").join("shards").join(leaf)
+    airllm_format::default_shards_dir(model, opts.compression)
 }
 
 impl AutoModel {
@@ -176,26 +163,16 @@ impl AutoModel {
     /// sharding it on first use.
     pub fn from_pretrained(model: &str, opts: Options) -> Result<AutoModel> {
         let loc = airllm_format::resolve_model(model)?;
-        let shards_dir = match &loc {
-            ModelLocation::ShardDir(d) => d.clone(),
-            ModelLocation::HfDir(p) | ModelLocation::Gguf(p) => {
-                let out = opts.shards_dir.clone().unwrap_or_else(|| default_shards_dir(p, &opts));
-                let ready =
-                    ShardDir::open(&out).is_ok_and(|d| d.manifest().compression == opts.compression.to_string());
-                if !ready {
-                    tracing::info!("sharding {} into {} (first use)", p.display(), out.display());
-                    let so = ShardOptions {
-                        compression: opts.compression,
-                        delete_original: opts.delete_original,
-                        progress: opts.progress,
-                        ..Default::default()
-                    };
-                    airllm_format::writer::shard_model(&p.to_string_lossy(), &out, &so)?;
-                }
-                out
-            }
+        let so = ShardOptions {
+            compression: opts.compression,
+            delete_original: opts.delete_original,
+            progress: opts.progress,
+            ..Default::default()
         };
+        // Reused only while they are still this checkpoint's shards (source identity).
+        let shards_dir = airllm_format::ensure_shards(&loc, opts.shards_dir.as_deref(), &so)?;
         let dir = ShardDir::open(&shards_dir)?;
+        dir.verify(opts.verify)?;
         let spec = dir.manifest().spec.clone();
         let tokenizer = TextTokenizer::load(&shards_dir, &spec.eos_token_ids)?;
         if let Some(t) = opts.threads {

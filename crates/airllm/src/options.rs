@@ -135,6 +135,9 @@ pub struct Options {
     pub cpu_layers: Option<usize>,
     /// CPU threads (None: all cores).
     pub threads: Option<usize>,
+    /// When to check shard checksums on load (headers are always checked): `First`
+    /// hashes each shard once, remembered across runs by a verification cache.
+    pub verify: airllm_format::VerifyMode,
 }
 
 impl Default for Options {
@@ -159,6 +162,7 @@ impl Default for Options {
             device: Device::Auto,
             cpu_layers: None,
             threads: None,
+            verify: airllm_format::VerifyMode::First,
         }
     }
 }

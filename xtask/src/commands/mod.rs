@@ -1,4 +1,5 @@
 pub mod demo;
+pub mod fuzz;
 pub mod shaders;
 pub mod shard;
 pub mod synth;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{FormatError, Result};
+use crate::error::{FormatError, Result, quote};
 use crate::gguf::types::GgmlType;
 
 /// The four magic bytes at the start of every GGUF file.
@@ -29,6 +29,18 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_ARRAY_DEPTH: usize = 8;
 /// Most dimensions a ggml tensor has.
 const MAX_DIMS: u32 = 4;
+/// ggml's `GGML_MAX_NAME`: a tensor name and its terminating NUL fit in 64 bytes,
+/// so names are at most 63 bytes (gguf.cpp refuses longer ones).
+pub const MAX_TENSOR_NAME: u64 = 63;
+/// The GGUF specification's limit on metadata key length.
+pub const MAX_KEY_LEN: u64 = 65535;
+/// Most tensor infos or metadata entries accepted (the largest released GGUF files
+/// have a few thousand tensors and under a hundred keys).
+pub const MAX_ENTRIES: u64 = 1 << 20;
+/// Most metadata array elements accepted in one file, all arrays together (a
+/// vocabulary of a million tokens needs about three million). Each parsed element
+/// takes 32 bytes of memory whatever its size in the file, so this bounds memory too.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 
 /// The type tag of a metadata value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -332,7 +344,20 @@ impl GgufMetadata {
     /// (the whole file; tensor extents are checked against its length). `path` is
     /// used in errors only.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufMetadata> {
-        let mut r = Reader { b: bytes, pos: 0, path };
+        GgufMetadata::parse_inner(bytes, None, path)
+    }
+
+    /// Parse from the first `bytes.len()` bytes of a GGUF file of `file_size` bytes
+    /// (at least the header, metadata and tensor infos): the same checks as
+    /// [`GgufMetadata::parse`], tensor extents checked against `file_size`. For tools
+    /// that read only the start of a large file, and for fuzzing the metadata of real
+    /// files whose tensor data is left out.
+    pub fn parse_prefix(bytes: &[u8], file_size: u64, path: &Path) -> Result<GgufMetadata> {
+        GgufMetadata::parse_inner(bytes, Some(file_size.max(bytes.len() as u64)), path)
+    }
+
+    fn parse_inner(bytes: &[u8], file_size: Option<u64>, path: &Path) -> Result<GgufMetadata> {
+        let mut r = Reader { b: bytes, pos: 0, path, elements: 0 };
         let magic = r.take(4, "the magic bytes")?;
         if magic != GGUF_MAGIC {
             return Err(r.err_at(
@@ -361,9 +386,11 @@ impl GgufMetadata {
         }
         let tensor_count = r.u64("the tensor count")?;
         let kv_count = r.u64("the metadata count")?;
-        // Bound counts by the bytes left: a kv takes at least 13 bytes, a tensor info 24.
+        // Bound counts by the bytes left (a kv takes at least 13 bytes: key length,
+        // type and a one-byte value; a tensor info 33: a one-byte name, one dimension,
+        // type and offset) and by sane maxima.
         r.check_count(kv_count, 13, "metadata entries")?;
-        r.check_count(tensor_count, 24, "tensor infos")?;
+        r.check_count(tensor_count, 33, "tensor infos")?;
 
         // Counts are bounded by the file size above; capacities are capped further so
         // that a damaged header cannot make us reserve much more than we parse.
@@ -371,14 +398,17 @@ impl GgufMetadata {
         let mut index = HashMap::with_capacity(cap(kv_count));
         for i in 0..kv_count {
             let at = r.pos;
-            let key = r.string("a metadata key")?;
+            let key = r.string_max("a metadata key", MAX_KEY_LEN)?;
             let ty = r.u32("a metadata value type")?;
             let ty = GgufValueType::from_id(ty).ok_or_else(|| {
-                r.err_at(at, format!("metadata entry {i} ({key:?}) has unknown value type {ty}; the file is damaged"))
+                r.err_at(
+                    at,
+                    format!("metadata entry {i} ({}) has unknown value type {ty}; the file is damaged", quote(&key)),
+                )
             })?;
             let value = r.value(ty, 0).map_err(|e| with_key(e, &key))?;
             if index.insert(key.clone(), kv.len()).is_some() {
-                return Err(r.err_at(at, format!("metadata key {key:?} appears twice; the file is damaged")));
+                return Err(r.err_at(at, format!("metadata key {} appears twice; the file is damaged", quote(&key))));
             }
             kv.push((key, value));
         }
@@ -399,12 +429,13 @@ impl GgufMetadata {
         let mut tensor_index = HashMap::with_capacity(cap(tensor_count));
         for i in 0..tensor_count {
             let at = r.pos;
-            let name = r.string("a tensor name")?;
+            let name = r.string_max("a tensor name", MAX_TENSOR_NAME)?;
             let n_dims = r.u32("a tensor's dimension count")?;
-            if n_dims > MAX_DIMS {
-                return Err(
-                    r.err_at(at, format!("tensor {name:?} has {n_dims} dimensions; ggml allows at most {MAX_DIMS}"))
-                );
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(r.err_at(
+                    at,
+                    format!("tensor {} has {n_dims} dimensions; ggml tensors have 1 to {MAX_DIMS}", quote(&name)),
+                ));
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -413,14 +444,16 @@ impl GgufMetadata {
             let type_id = r.u32("a tensor type")?;
             let offset = r.u64("a tensor offset")?;
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(r.err_at(at, format!("tensor {name:?} appears twice; the file is damaged")));
+                return Err(r.err_at(at, format!("tensor {} appears twice; the file is damaged", quote(&name))));
             }
             let ggml_type = GgmlType::from_id(type_id);
             let byte_len = match ggml_type {
-                Some(t) => tensor_bytes(&ne, t).map_err(|m| r.err_at(at, format!("tensor {i} {name:?}: {m}")))?,
+                Some(t) => {
+                    tensor_bytes(&ne, t).map_err(|m| r.err_at(at, format!("tensor {i} {}: {m}", quote(&name))))?
+                }
                 None => {
                     if ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_none() {
-                        return Err(r.err_at(at, format!("tensor {i} {name:?}: dimensions {ne:?} overflow")));
+                        return Err(r.err_at(at, format!("tensor {i} {}: dimensions {ne:?} overflow", quote(&name))));
                     }
                     0
                 }
@@ -431,7 +464,8 @@ impl GgufMetadata {
         let header_end = r.pos as u64;
         let data_offset =
             header_end.div_ceil(alignment).checked_mul(alignment).ok_or_else(|| r.err("data offset overflows"))?;
-        let file_size = bytes.len() as u64;
+        let whole_file = file_size.is_none();
+        let file_size = file_size.unwrap_or(bytes.len() as u64);
         if data_offset > file_size && !tensors.is_empty() {
             return Err(r.err(&format!(
                 "the tensor data should start at byte {data_offset} but the file has only {file_size} bytes; it is truncated"
@@ -440,8 +474,9 @@ impl GgufMetadata {
         for t in &mut tensors {
             if t.offset % alignment != 0 {
                 return Err(r.err(&format!(
-                    "tensor {:?} starts at data offset {}, not a multiple of the alignment {alignment}; the file is damaged",
-                    t.name, t.offset
+                    "tensor {} starts at data offset {}, not a multiple of the alignment {alignment}; the file is damaged",
+                    quote(&t.name),
+                    t.offset
                 )));
             }
             let start = data_offset.checked_add(t.offset);
@@ -450,11 +485,66 @@ impl GgufMetadata {
                 (Some(s), Some(e)) if e <= file_size => t.file_offset = s,
                 _ => {
                     return Err(r.err(&format!(
-                        "tensor {:?} ({} bytes at data offset {}) extends past the end of the file ({file_size} bytes); \
+                        "tensor {} ({} bytes at data offset {}) extends past the end of the file ({file_size} bytes); \
                          the file is truncated (an interrupted download?)",
-                        t.name, t.byte_len, t.offset
+                        quote(&t.name),
+                        t.byte_len,
+                        t.offset
                     )));
                 }
+            }
+        }
+        // Extents must not overlap: two tensors sharing bytes means a damaged (or
+        // hand-crafted) tensor table, and one of them would read the other's weights.
+        let mut extents: Vec<(u64, u64, usize)> = tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.byte_len > 0)
+            .map(|(i, t)| (t.offset, t.byte_len, i))
+            .collect();
+        extents.sort_unstable();
+        for w in extents.windows(2) {
+            let ((a_off, a_len, a), (b_off, _, b)) = (w[0], w[1]);
+            if a_off + a_len > b_off {
+                return Err(r.err(&format!(
+                    "tensors {} (data offset {a_off}, {a_len} bytes) and {} (data offset {b_off}) overlap; \
+                     the file is damaged",
+                    quote(&tensors[a].name),
+                    quote(&tensors[b].name)
+                )));
+            }
+        }
+        // Packed as llama.cpp writes and requires them (gguf.cpp refuses anything else):
+        // in file order, each tensor starts where the previous one ends, padded to the
+        // alignment, and the file ends there (plus at most the padding). A tensor whose
+        // type or shape was changed to a smaller one leaves a gap or trailing bytes, and
+        // would otherwise read the wrong bytes without an error.
+        let mut expected = 0u64;
+        let mut packed = true;
+        for t in &tensors {
+            if t.ggml_type.is_none() {
+                // Unknown size: nothing after it can be checked (opening it fails anyway).
+                packed = false;
+                break;
+            }
+            if t.offset != expected {
+                return Err(r.err(&format!(
+                    "tensor {} starts at data offset {}, but the tensors before it end at {expected}; tensors \
+                     must be packed in order (as llama.cpp writes them). The file is damaged",
+                    quote(&t.name),
+                    t.offset
+                )));
+            }
+            expected = (t.offset + t.byte_len).div_ceil(alignment) * alignment;
+        }
+        if packed && whole_file && !tensors.is_empty() {
+            let data_end = data_offset.saturating_add(expected);
+            if file_size > data_end {
+                return Err(r.err(&format!(
+                    "{} bytes follow the last tensor's data (which ends at byte {data_end}); the tensor table does \
+                     not describe this file. It is damaged",
+                    file_size - data_end
+                )));
             }
         }
         Ok(GgufMetadata {
@@ -553,7 +643,7 @@ fn cap(n: u64) -> usize {
 fn with_key(e: FormatError, key: &str) -> FormatError {
     match e {
         FormatError::Gguf { path, message } => {
-            FormatError::Gguf { path, message: format!("metadata {key:?}: {message}") }
+            FormatError::Gguf { path, message: format!("metadata {}: {message}", quote(key)) }
         }
         other => other,
     }
@@ -564,6 +654,8 @@ struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata array elements parsed so far (bounded by [`MAX_ARRAY_ELEMENTS`]).
+    elements: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -608,6 +700,12 @@ impl<'a> Reader<'a> {
     }
 
     fn check_count(&self, count: u64, min_each: u64, what: &str) -> Result<()> {
+        if count > MAX_ENTRIES {
+            return Err(self.err(&format!(
+                "the header declares {count} {what}, more than any model has (at most {MAX_ENTRIES}); \
+                 the file is damaged or not a GGUF file"
+            )));
+        }
         if count > self.left() / min_each {
             return Err(self.err(&format!(
                 "the header declares {count} {what}, more than the {} bytes left in the file can hold; \
@@ -619,8 +717,18 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
+        self.string_max(what, u64::MAX)
+    }
+
+    /// A string of at most `max` bytes (checked before anything is read or quoted).
+    fn string_max(&mut self, what: &str, max: u64) -> Result<String> {
         let at = self.pos;
         let len = self.u64(what)?;
+        if len > max {
+            return Err(
+                self.err_at(at, format!("{what} claims {len} bytes, more than the {max} allowed; the file is damaged"))
+            );
+        }
         if len > self.left() {
             return Err(self.err_at(
                 at,
@@ -671,6 +779,16 @@ impl<'a> Reader<'a> {
                         format!(
                             "array of {count} {elem:?} values does not fit in the {} bytes left; the file is damaged",
                             self.left()
+                        ),
+                    ));
+                }
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_ARRAY_ELEMENTS {
+                    return Err(self.err_at(
+                        at,
+                        format!(
+                            "array of {count} values brings the metadata to more than {MAX_ARRAY_ELEMENTS} array \
+                             elements, more than any model has; the file is damaged"
                         ),
                     ));
                 }

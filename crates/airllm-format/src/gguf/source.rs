@@ -167,12 +167,19 @@ impl GgufSource {
                 }
                 GgufName::Experts(unit, kind) => {
                     let shape = info.shape();
+                    let want = spec.moe.map(|m| m.num_experts);
                     let [experts, rows, cols] = shape[..] else {
                         return Err(meta.err(format!(
                             "expert tensor {:?} has shape {shape:?}; expected [experts, rows, cols]",
                             info.name
                         )));
                     };
+                    if Some(experts) != want {
+                        return Err(meta.err(format!(
+                            "expert tensor {:?} stacks {experts} experts, the metadata says {want:?}",
+                            info.name
+                        )));
+                    }
                     let each = format.byte_len(&[rows, cols]);
                     for e in 0..experts {
                         let loc = Loc { start: whole.start + e * each, len: each, kind: whole.kind };
@@ -301,6 +308,10 @@ impl TensorSource for GgufSource {
 
     fn describe(&self) -> String {
         format!("gguf file {}", self.path.display())
+    }
+
+    fn identity(&self) -> Result<Option<crate::source_identity::SourceIdentity>> {
+        crate::source_identity::SourceIdentity::of_gguf(&self.path).map(Some)
     }
 
     /// `tokenizer.json` and `tokenizer_config.json` exported from the metadata

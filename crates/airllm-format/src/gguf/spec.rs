@@ -92,8 +92,18 @@ fn required(meta: &GgufMetadata, key: &str) -> Result<usize> {
     count(meta, key)?.ok_or_else(|| meta.err(format!("required metadata {key:?} is missing")))
 }
 
-fn token_id(meta: &GgufMetadata, key: &str) -> Option<u32> {
-    meta.get_u64(key).and_then(|x| u32::try_from(x).ok())
+/// A special token id: absent, or an integer below 2^32 (never truncated; the spec's
+/// validation then checks it against the vocabulary).
+fn token_id(meta: &GgufMetadata, key: &str) -> Result<Option<u32>> {
+    let Some(v) = meta.get(key) else { return Ok(None) };
+    match v.as_i64() {
+        // llama.cpp writes -1 for "none" in some files.
+        Some(i) if i < 0 => Ok(None),
+        _ => match v.as_u64().map(u32::try_from) {
+            Some(Ok(id)) => Ok(Some(id)),
+            _ => Err(meta.err(format!("metadata {key:?} is {v}, which is not a token id (an integer below 2^32)"))),
+        },
+    }
 }
 
 /// Build the model description from GGUF metadata. `rope_freqs` is the
@@ -177,7 +187,7 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     };
     let mut eos_token_ids = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-        if let Some(id) = token_id(meta, key)
+        if let Some(id) = token_id(meta, key)?
             && !eos_token_ids.contains(&id)
         {
             eos_token_ids.push(id);
@@ -219,9 +229,9 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         moe,
         embedding_scale: family.is_gemma().then(|| (hidden_size as f32).sqrt()),
         max_position_embeddings: count(meta, &k("context_length"))?.unwrap_or(4096),
-        bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id"),
+        bos_token_id: token_id(meta, "tokenizer.ggml.bos_token_id")?,
         eos_token_ids,
-        pad_token_id: token_id(meta, "tokenizer.ggml.padding_token_id"),
+        pad_token_id: crate::spec::usable_pad(token_id(meta, "tokenizer.ggml.padding_token_id")?, vocab_size),
         layers: Default::default(),
     };
     let spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };

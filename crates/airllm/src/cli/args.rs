@@ -125,6 +125,11 @@ pub struct ModelArgs {
     /// CPU threads for the CPU executor [default: all cores].
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// When to check the shards' checksums: always (every load), first (each shard once;
+    /// a cache keyed by inode, size and times remembers it across runs), or never
+    /// (headers and lengths only).
+    #[arg(long, default_value = "first")]
+    pub verify: airllm_format::VerifyMode,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ impl ModelArgs {
             backend: self.backend,
             read_mode: self.read_mode,
             threads: self.threads,
+            verify: self.verify,
             progress,
             ..Options::default()
         };

@@ -13,7 +13,7 @@ pub struct ShardArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Codec for 2-D weight matrices: none, 8bit (q8_0), 4bit, or q8_0/q4_0/q4_1/nf4.
-    /// Norms, biases and embeddings keep their source dtype.
+    /// Norms and biases are stored as f32; embeddings keep their source dtype.
     #[arg(long, default_value = "none")]
     pub compression: airllm_quant::Compression,
     /// Delete each source file once everything in it is written and verified.
