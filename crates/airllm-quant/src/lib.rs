@@ -173,9 +173,15 @@ mod codec;
 mod compression;
 mod error;
 mod floats;
+pub mod kquant;
 pub mod nf4;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
 pub mod q8_0;
 
 pub use codec::Codec;
