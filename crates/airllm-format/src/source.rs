@@ -94,4 +94,12 @@ pub trait TensorSource: Sync {
     fn describe(&self) -> String;
     /// Tokenizer files to copy next to the manifest (name in the shard dir, contents).
     fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// When [`read`](TensorSource::read) does not hand out the stored bytes but
+    /// decodes a quantized type and encodes it again (GGUF Q2_K, Q3_K), that
+    /// type's name (lower case, e.g. `q3_k`); recorded in the manifest. `None`
+    /// (the default) for tensors read as stored.
+    fn re_encoded_from(&self, tensor: &SourceTensor) -> Option<String> {
+        let _ = tensor;
+        None
+    }
 }
