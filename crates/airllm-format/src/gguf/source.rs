@@ -223,6 +223,12 @@ impl GgufSource {
         &self.meta
     }
 
+    /// How many bytes of the file `tensor` (one of [`TensorSource::tensors`])
+    /// occupies, as stored (before any conversion).
+    pub fn stored_len(&self, tensor: &SourceTensor) -> Option<usize> {
+        self.locs.get(tensor.index).map(|l| l.len)
+    }
+
     /// The stored bytes of a GGUF tensor by its GGUF name (no conversion, no permutation).
     pub fn raw_bytes(&self, name: &str) -> Option<&[u8]> {
         let t = self.meta.tensor(name)?;
