@@ -9,6 +9,11 @@
 //! for each type `T`, `T.raw` holds 3 rows of stored blocks and `T.dequant`
 //! gguf-py's f32 values. Every byte but the scales is random, so every code,
 //! scale and packing bit is exercised.
+//!
+//! `tests/data/kquant_real.safetensors` (made by `make_kquant_real_fixture.py`)
+//! holds rows of real files: SmolLM2-135M re-quantized from its Q4_1 GGUF by
+//! llama.cpp's `llama-quantize` to Q4_K_M and Q5_K_M, each row with its
+//! Q4_1 source and gguf-py's values.
 
 use std::path::Path;
 
@@ -46,6 +51,35 @@ fn decode_matches_gguf_py_bit_for_bit() -> Result<()> {
                 got[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| f64::from(a.abs() * b.abs())).sum();
             let dot = codec.dot_row(&raw.data()[r * rb..(r + 1) * rb], &x);
             ensure!((f64::from(dot) - want).abs() <= 1e-5 * mag + 1e-30, "{codec} row {r}: dot {dot} vs {want}");
+        }
+    }
+    Ok(())
+}
+
+/// Real blocks: decoding them is bit-identical to gguf-py, and encoding
+/// their source (the Q4_1 rows llama-quantize started from, decoded) gives
+/// llama-quantize's bytes back, block for block.
+#[test]
+fn real_llama_cpp_blocks_decode_like_gguf_py_and_encode_like_llama_quantize() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kquant_real.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    for (name, codec) in CODECS {
+        let raw = st.tensor(&format!("{name}.raw"))?;
+        let src = st.tensor(&format!("{name}.source"))?;
+        let deq = st.tensor(&format!("{name}.dequant"))?;
+        let (rows, cols) = (deq.shape()[0], deq.shape()[1]);
+        ensure!(raw.shape() == [rows, codec.row_bytes(cols)], "{name}: raw shape {:?}", raw.shape());
+        let want: Vec<f32> = deq.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let got = codec.decode_matrix(raw.data(), rows, cols)?;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{codec}: row {} col {}: {g} vs gguf-py {w}", i / cols, i % cols);
+        }
+        let x = Codec::Q4_1.decode_matrix(src.data(), rows, cols)?;
+        let ours = codec.encode_matrix(Floats::F32(&x), rows, cols)?;
+        let bb = codec.block_bytes();
+        for (b, (o, t)) in ours.chunks(bb).zip(raw.data().chunks(bb)).enumerate() {
+            assert_eq!(o, t, "{codec}: block {b} differs from llama-quantize's");
         }
     }
     Ok(())

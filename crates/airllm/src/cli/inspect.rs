@@ -97,7 +97,12 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         Some(b) => format!(" (the source stores them in {} = {b} bytes)", human_bytes(b)),
         None => String::new(),
     };
-    println!("tensors     {}, {} = {} bytes{src_bytes}", stats.tensors, human_bytes(stats.tensor_bytes), stats.tensor_bytes);
+    println!(
+        "tensors     {}, {} = {} bytes{src_bytes}",
+        stats.tensors,
+        human_bytes(stats.tensor_bytes),
+        stats.tensor_bytes
+    );
     match &stats.re_encoded {
         Some(re) => {
             println!("re-encoded  {} tensors", re.len());
