@@ -40,6 +40,22 @@ fn hsum(v: vec4<f32>) -> f32 {
     return v.x + v.y + v.z + v.w;
 }
 
+// sum_j byte_j(q[i]) * x_i[j] over the 16 bytes of `q` (four words) against
+// 16 activations (written out: dynamic indexing would spill on some drivers).
+fn dot16b(q: vec4<u32>, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> f32 {
+    return dot(byte4f(q.x), a) + dot(byte4f(q.y), b) + dot(byte4f(q.z), c) + dot(byte4f(q.w), d);
+}
+
+// The same for the 16 nibbles at bit `sh` of each byte of `q`.
+fn dot16n(q: vec4<u32>, sh: u32, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> f32 {
+    return dot(nib4f(q.x, sh), a) + dot(nib4f(q.y, sh), b) + dot(nib4f(q.z, sh), c) + dot(nib4f(q.w, sh), d);
+}
+
+// Sum of 16 activations.
+fn sum16(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> f32 {
+    return hsum(a + b + c + d);
+}
+
 // Byte k (0..12) of a K-quant scales field held as three words.
 fn sbyte(s: vec3<u32>, k: u32) -> u32 {
     return (s[k >> 2u] >> ((k & 3u) * 8u)) & 255u;
@@ -75,27 +91,24 @@ fn w_chunk(rb: u32, c: u32) -> W8 {
 const UNIT: u32 = 32u;
 struct WU {
     d: f32,
-    c: array<vec4<u32>, 2>,
+    // codes as bytes: values 0..15, values 16..31
+    lo: vec4<u32>,
+    hi: vec4<u32>,
 }
 
-// codes as bytes: words 0..3 values 0..15, words 4..7 values 16..31
 fn wu_load(rb: u32, u: u32) -> WU {
     let o = rb + u * 22u;
     let qh = rd32(o + 2u);
     let qs = rd32x4(o + 6u);
     let m = vec4<u32>(0x0f0f0f0fu);
-    let s = vec4<u32>(0u, 4u, 8u, 12u);
     let lo = (qs & m) | vec4<u32>(spread4(qh), spread4(qh >> 4u), spread4(qh >> 8u), spread4(qh >> 12u));
     let hi = ((qs >> vec4<u32>(4u)) & m)
         | vec4<u32>(spread4(qh >> 16u), spread4(qh >> 20u), spread4(qh >> 24u), spread4(qh >> 28u));
-    return WU(f16_at(o), array<vec4<u32>, 2>(lo, hi));
+    return WU(f16_at(o), lo, hi);
 }
 
 fn wu_dot(v: WU, xb: array<vec4<f32>, 8>, xs: f32, k0: u32, k: u32) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 4u; i++) {
-        s += dot(byte4f(v.c[0][i]), xb[i]) + dot(byte4f(v.c[1][i]), xb[i + 4u]);
-    }
+    let s = dot16b(v.lo, xb[0], xb[1], xb[2], xb[3]) + dot16b(v.hi, xb[4], xb[5], xb[6], xb[7]);
     return v.d * (s - 16.0 * xs);
 }
 #endif
@@ -118,7 +131,8 @@ fn w_chunk(rb: u32, c: u32) -> W8 {
 const UNIT: u32 = 32u;
 struct WU {
     dm: vec2<f32>,
-    c: array<vec4<u32>, 2>,
+    lo: vec4<u32>,
+    hi: vec4<u32>,
 }
 
 fn wu_load(rb: u32, u: u32) -> WU {
@@ -130,14 +144,11 @@ fn wu_load(rb: u32, u: u32) -> WU {
     let lo = (qs & m) | vec4<u32>(spread4(qh), spread4(qh >> 4u), spread4(qh >> 8u), spread4(qh >> 12u));
     let hi = ((qs >> vec4<u32>(4u)) & m)
         | vec4<u32>(spread4(qh >> 16u), spread4(qh >> 20u), spread4(qh >> 24u), spread4(qh >> 28u));
-    return WU(dm, array<vec4<u32>, 2>(lo, hi));
+    return WU(dm, lo, hi);
 }
 
 fn wu_dot(v: WU, xb: array<vec4<f32>, 8>, xs: f32, k0: u32, k: u32) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 4u; i++) {
-        s += dot(byte4f(v.c[0][i]), xb[i]) + dot(byte4f(v.c[1][i]), xb[i + 4u]);
-    }
+    let s = dot16b(v.lo, xb[0], xb[1], xb[2], xb[3]) + dot16b(v.hi, xb[4], xb[5], xb[6], xb[7]);
     return v.dm.x * s + v.dm.y * xs;
 }
 #endif
@@ -164,7 +175,9 @@ const UNIT: u32 = 64u;
 struct WU {
     // (d * sc, dmin * m) of the two sub-blocks
     dm: vec4<f32>,
-    q: array<vec4<u32>, 2>,
+    // bytes 0..15 and 16..31 of the run
+    qa: vec4<u32>,
+    qb: vec4<u32>,
 }
 
 fn wu_load(rb: u32, u: u32) -> WU {
@@ -174,24 +187,17 @@ fn wu_load(rb: u32, u: u32) -> WU {
     let dd = unpack2x16float(hdr.x);
     let a = scale_min_k4(2u * p, hdr.yzw);
     let b = scale_min_k4(2u * p + 1u, hdr.yzw);
-    let q0 = rd32x4(o + 16u + 32u * p);
-    let q1 = rd32x4(o + 32u + 32u * p);
-    return WU(vec4<f32>(dd.x * a.x, dd.y * a.y, dd.x * b.x, dd.y * b.y), array<vec4<u32>, 2>(q0, q1));
+    let qa = rd32x4(o + 16u + 32u * p);
+    let qb = rd32x4(o + 32u + 32u * p);
+    return WU(vec4<f32>(dd.x * a.x, dd.y * a.y, dd.x * b.x, dd.y * b.y), qa, qb);
 }
 
 // byte l of the run holds value l (low nibble) and value l + 32 (high)
 fn wu_dot(v: WU, xb: array<vec4<f32>, 16>, xs: f32, k0: u32, k: u32) -> f32 {
-    var s1 = 0.0;
-    var s2 = 0.0;
-    var x1 = 0.0;
-    var x2 = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        let q = v.q[i >> 2u][i & 3u];
-        s1 += dot(nib4f(q, 0u), xb[i]);
-        s2 += dot(nib4f(q, 4u), xb[i + 8u]);
-        x1 += hsum(xb[i]);
-        x2 += hsum(xb[i + 8u]);
-    }
+    let s1 = dot16n(v.qa, 0u, xb[0], xb[1], xb[2], xb[3]) + dot16n(v.qb, 0u, xb[4], xb[5], xb[6], xb[7]);
+    let s2 = dot16n(v.qa, 4u, xb[8], xb[9], xb[10], xb[11]) + dot16n(v.qb, 4u, xb[12], xb[13], xb[14], xb[15]);
+    let x1 = sum16(xb[0], xb[1], xb[2], xb[3]) + sum16(xb[4], xb[5], xb[6], xb[7]);
+    let x2 = xs - x1;
     return v.dm.x * s1 - v.dm.y * x1 + v.dm.z * s2 - v.dm.w * x2;
 }
 #endif
@@ -221,8 +227,11 @@ fn w_chunk(rb: u32, c: u32) -> W8 {
 const UNIT: u32 = 64u;
 struct WU {
     dm: vec4<f32>,
-    // codes as bytes: words 0..7 values 0..31, words 8..15 values 32..63
-    c: array<vec4<u32>, 4>,
+    // codes as bytes: c0, c1 values 0..31, c2, c3 values 32..63
+    c0: vec4<u32>,
+    c1: vec4<u32>,
+    c2: vec4<u32>,
+    c3: vec4<u32>,
 }
 
 fn wu_load(rb: u32, u: u32) -> WU {
@@ -234,27 +243,27 @@ fn wu_load(rb: u32, u: u32) -> WU {
     let b = scale_min_k4(2u * p + 1u, hdr.yzw);
     let m = vec4<u32>(0x0f0f0f0fu);
     let one = vec4<u32>(0x01010101u);
-    var c: array<vec4<u32>, 4>;
-    for (var i = 0u; i < 2u; i++) {
-        let q = rd32x4(o + 48u + 32u * p + 16u * i);
-        let h = rd32x4(o + 16u + 16u * i);
-        c[i] = (q & m) | (((h >> vec4<u32>(2u * p)) & one) << vec4<u32>(4u));
-        c[i + 2u] = ((q >> vec4<u32>(4u)) & m) | (((h >> vec4<u32>(2u * p + 1u)) & one) << vec4<u32>(4u));
-    }
-    return WU(vec4<f32>(dd.x * a.x, dd.y * a.y, dd.x * b.x, dd.y * b.y), c);
+    let q0 = rd32x4(o + 48u + 32u * p);
+    let q1 = rd32x4(o + 64u + 32u * p);
+    let h0 = rd32x4(o + 16u);
+    let h1 = rd32x4(o + 32u);
+    let sl = vec4<u32>(2u * p);
+    let sh = vec4<u32>(2u * p + 1u);
+    let four = vec4<u32>(4u);
+    return WU(
+        vec4<f32>(dd.x * a.x, dd.y * a.y, dd.x * b.x, dd.y * b.y),
+        (q0 & m) | (((h0 >> sl) & one) << four),
+        (q1 & m) | (((h1 >> sl) & one) << four),
+        ((q0 >> four) & m) | (((h0 >> sh) & one) << four),
+        ((q1 >> four) & m) | (((h1 >> sh) & one) << four),
+    );
 }
 
 fn wu_dot(v: WU, xb: array<vec4<f32>, 16>, xs: f32, k0: u32, k: u32) -> f32 {
-    var s1 = 0.0;
-    var s2 = 0.0;
-    var x1 = 0.0;
-    var x2 = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        s1 += dot(byte4f(v.c[i >> 2u][i & 3u]), xb[i]);
-        s2 += dot(byte4f(v.c[2u + (i >> 2u)][i & 3u]), xb[i + 8u]);
-        x1 += hsum(xb[i]);
-        x2 += hsum(xb[i + 8u]);
-    }
+    let s1 = dot16b(v.c0, xb[0], xb[1], xb[2], xb[3]) + dot16b(v.c1, xb[4], xb[5], xb[6], xb[7]);
+    let s2 = dot16b(v.c2, xb[8], xb[9], xb[10], xb[11]) + dot16b(v.c3, xb[12], xb[13], xb[14], xb[15]);
+    let x1 = sum16(xb[0], xb[1], xb[2], xb[3]) + sum16(xb[4], xb[5], xb[6], xb[7]);
+    let x2 = xs - x1;
     return v.dm.x * s1 - v.dm.y * x1 + v.dm.z * s2 - v.dm.w * x2;
 }
 #endif
@@ -288,8 +297,11 @@ const UNIT: u32 = 64u;
 struct WU {
     // d * scale of the four sub-blocks of 16
     s: vec4<f32>,
-    // codes (0..63) as bytes: words 0..7 values 0..31, words 8..15 values 32..63
-    c: array<vec4<u32>, 4>,
+    // codes (0..63) as bytes, one sub-block of 16 each
+    c0: vec4<u32>,
+    c1: vec4<u32>,
+    c2: vec4<u32>,
+    c3: vec4<u32>,
 }
 
 fn wu_load(rb: u32, u: u32) -> WU {
@@ -298,32 +310,32 @@ fn wu_load(rb: u32, u: u32) -> WU {
     let h = u & 1u;
     let m = vec4<u32>(0x0f0f0f0fu);
     let three = vec4<u32>(0x03030303u);
-    var c: array<vec4<u32>, 4>;
-    for (var i = 0u; i < 2u; i++) {
-        let qa = rd32x4(o + 64u * n + 16u * i);
-        let qb = rd32x4(o + 64u * n + 32u + 16u * i);
-        let qh = rd32x4(o + 128u + 32u * n + 16u * i);
-        c[i] = ((qa >> vec4<u32>(4u * h)) & m) | (((qh >> vec4<u32>(4u * h)) & three) << vec4<u32>(4u));
-        c[i + 2u] = ((qb >> vec4<u32>(4u * h)) & m) | (((qh >> vec4<u32>(4u * h + 2u)) & three) << vec4<u32>(4u));
-    }
+    let four = vec4<u32>(4u);
+    let sl = vec4<u32>(4u * h);
+    let sh = vec4<u32>(4u * h + 2u);
+    let qa0 = rd32x4(o + 64u * n);
+    let qa1 = rd32x4(o + 64u * n + 16u);
+    let qb0 = rd32x4(o + 64u * n + 32u);
+    let qb1 = rd32x4(o + 64u * n + 48u);
+    let qh0 = rd32x4(o + 128u + 32u * n);
+    let qh1 = rd32x4(o + 144u + 32u * n);
     let d = f16_at(o + 208u);
     let sw = bitcast<i32>(rd32(o + 192u + 8u * n + 4u * h));
     let sc = vec4<f32>(vec4<i32>(sw << 24u, sw << 16u, sw << 8u, sw) >> vec4<u32>(24u)) * d;
-    return WU(sc, c);
+    return WU(
+        sc,
+        ((qa0 >> sl) & m) | (((qh0 >> sl) & three) << four),
+        ((qa1 >> sl) & m) | (((qh1 >> sl) & three) << four),
+        ((qb0 >> sl) & m) | (((qh0 >> sh) & three) << four),
+        ((qb1 >> sl) & m) | (((qh1 >> sh) & three) << four),
+    );
 }
 
 fn wu_dot(v: WU, xb: array<vec4<f32>, 16>, xs: f32, k0: u32, k: u32) -> f32 {
-    var total = 0.0;
-    for (var s = 0u; s < 4u; s++) {
-        var acc = 0.0;
-        var xsum = 0.0;
-        for (var i = 0u; i < 4u; i++) {
-            let wi = 4u * s + i;
-            acc += dot(byte4f(v.c[wi >> 2u][wi & 3u]), xb[wi]);
-            xsum += hsum(xb[wi]);
-        }
-        total += v.s[s] * (acc - 32.0 * xsum);
-    }
-    return total;
+    let a = dot16b(v.c0, xb[0], xb[1], xb[2], xb[3]) - 32.0 * sum16(xb[0], xb[1], xb[2], xb[3]);
+    let b = dot16b(v.c1, xb[4], xb[5], xb[6], xb[7]) - 32.0 * sum16(xb[4], xb[5], xb[6], xb[7]);
+    let c = dot16b(v.c2, xb[8], xb[9], xb[10], xb[11]) - 32.0 * sum16(xb[8], xb[9], xb[10], xb[11]);
+    let e = dot16b(v.c3, xb[12], xb[13], xb[14], xb[15]) - 32.0 * sum16(xb[12], xb[13], xb[14], xb[15]);
+    return dot(v.s, vec4<f32>(a, b, c, e));
 }
 #endif

@@ -212,7 +212,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> Symmetric {
     }
     let step0 = amax / nmax as f32;
     let worst = (0..n).fold(0.0f32, |m, i| m.max((scale * (i32::from(l[i]) - nmax) as f32 - x[i]).abs()));
-    if !(worst <= step0) {
+    if worst.is_nan() || worst > step0 {
         for i in 0..n {
             l[i] = (code(iscale0, x[i]) + nmax) as u8;
         }

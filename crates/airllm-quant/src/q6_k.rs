@@ -110,8 +110,8 @@ impl BlockCodec for BlockQ6K {
             if d == 0.0 {
                 continue;
             }
-            for i in 16 * j..16 * j + 16 {
-                l[i] = (nearest_int(x[i] / d).clamp(-NMAX, NMAX - 1) + NMAX) as u8;
+            for (li, &v) in l[16 * j..16 * j + 16].iter_mut().zip(&x[16 * j..16 * j + 16]) {
+                *li = (nearest_int(v / d).clamp(-NMAX, NMAX - 1) + NMAX) as u8;
             }
         }
         for n in 0..2 {
@@ -143,8 +143,8 @@ impl BlockCodec for BlockQ6K {
         let mut sum = 0.0f32;
         for j in 0..16 {
             let mut s = 0.0f32;
-            for i in 16 * j..16 * j + 16 {
-                s += f32::from(code(b, i) as i8 - 32) * x[i];
+            for (i, &v) in x.iter().enumerate().skip(16 * j).take(16) {
+                s += f32::from(code(b, i) as i8 - 32) * v;
             }
             sum += d * f32::from(b[SC + j] as i8) * s;
         }

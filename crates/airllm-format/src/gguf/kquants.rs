@@ -192,8 +192,8 @@ mod tests {
         // d = 1, dmin = 0.5; sub-block j: scale j % 16 (low nibble), min 1 (high
         // nibble); every 2-bit code 3: value = j % 16 * 3 - 0.5.
         let mut b = vec![0u8; 84];
-        for j in 0..16 {
-            b[j] = (j as u8) | (1 << 4);
+        for (j, x) in b[..16].iter_mut().enumerate() {
+            *x = (j as u8) | (1 << 4);
         }
         b[16..80].fill(0xFF);
         b[80..82].copy_from_slice(&f16::ONE.to_le_bytes());

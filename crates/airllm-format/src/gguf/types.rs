@@ -207,10 +207,7 @@ impl GgmlType {
             GgmlType::BF16 => Some(StorageFormat::Dense(DType::Bf16)),
             GgmlType::Q2_K => Some(StorageFormat::Quant(Codec::Q4_1)),
             GgmlType::Q3_K => Some(StorageFormat::Quant(Codec::Q8_0)),
-            t => match t.codec() {
-                Some(c) => Some(StorageFormat::Quant(c)),
-                None => None,
-            },
+            t => t.codec().map(StorageFormat::Quant),
         }
     }
 
