@@ -25,17 +25,16 @@ pub const QK_K: usize = 256;
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round half to even via the 1.5 * 2^23 trick (exact
-/// for |v| <= 4194303); larger magnitudes and NaN saturate (callers clamp).
+/// for |v| <= 4194303); larger magnitudes, infinities included, saturate to
+/// +-4194303 (callers clamp to their code range). Branch-free, so the
+/// searches' loops vectorise. Never called with NaN: every caller's operands
+/// are finite or a finite value over a non-zero one.
 #[inline(always)]
 pub(crate) fn nearest_int(v: f32) -> i32 {
-    if v.abs() <= 4_194_303.0 {
-        let t = v + 12_582_912.0;
-        (t.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-    } else if v > 0.0 {
-        i32::MAX
-    } else {
-        i32::MIN
-    }
+    debug_assert!(!v.is_nan());
+    let v = v.clamp(-4_194_303.0, 4_194_303.0);
+    let t = v + 12_582_912.0;
+    (t.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// One affine sub-block grid, `value = scale * code - min`, before its scale
@@ -65,6 +64,8 @@ pub(crate) fn make_qkx2_quants(
     laux: &mut [u8],
 ) -> Affine {
     let n = x.len();
+    // equal lengths up front, so the loops below carry no bounds checks
+    let (w, l, laux) = (&w[..n], &mut l[..n], &mut laux[..n]);
     let top = i32::from(nmax);
     let nmaxf = f32::from(nmax);
     let mut min = x[0];
@@ -86,14 +87,14 @@ pub(crate) fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        l[..n].fill(0);
+        l.fill(0);
         return Affine { scale: 0.0, min: -min, cap: 0.0 };
     }
     let (min0, range0) = (min, max - min);
     let iscale0 = nmaxf / range0;
     if !iscale0.is_finite() {
         // A range too small for f32 to invert: a constant grid at `min`.
-        l[..n].fill(0);
+        l.fill(0);
         return Affine { scale: 0.0, min: -min, cap: range0 };
     }
     let scale0 = 1.0 / iscale0;
@@ -131,7 +132,7 @@ pub(crate) fn make_qkx2_quants(
                 cur_error += w[i] * (diff * diff);
             }
             if cur_error < best_error {
-                l[..n].copy_from_slice(&laux[..n]);
+                l.copy_from_slice(laux);
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -165,6 +166,7 @@ pub(crate) struct Symmetric {
 /// `l`, `l` in `-nmax..nmax`.
 pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> Symmetric {
     let n = x.len();
+    let l = &mut l[..n];
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -175,7 +177,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> Symmetric {
         }
     }
     if amax < GROUP_MAX_EPS {
-        l[..n].fill(0);
+        l.fill(0);
         return Symmetric { scale: 0.0, cap: amax };
     }
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
@@ -350,9 +352,9 @@ mod tests {
         for (v, want) in [(0.5f32, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-3.51, -4), (7.0, 7)] {
             assert_eq!(nearest_int(v), want, "{v}");
         }
-        assert_eq!(nearest_int(f32::INFINITY), i32::MAX);
-        assert_eq!(nearest_int(f32::NEG_INFINITY), i32::MIN);
-        assert_eq!(nearest_int(f32::NAN), i32::MIN);
+        assert_eq!(nearest_int(f32::INFINITY), 4_194_303);
+        assert_eq!(nearest_int(f32::NEG_INFINITY), -4_194_303);
+        assert_eq!(nearest_int(1e30), 4_194_303);
         assert_eq!(nearest_int(4_194_303.0), 4_194_303);
     }
 

@@ -211,6 +211,16 @@
 //! | `q4_1` | 476 M/s | 1.9 GB/s | 0.94 G/s | 5.0 G/s | 20 GB/s | 10.1 G/s |
 //! | `nf4`  | 638 M/s | 2.6 GB/s | 630 M/s | 4.3 G/s | 17 GB/s | 4.4 G/s |
 //!
+//! The codecs added for GGUF files, same bench, one thread, measured while
+//! the machine ran other builds (load 6-10 on its 2 cores: take them as
+//! rough): `q5_0` encode 215 M/s, decode 460 M/s; `q5_1` 150 M/s, 430 M/s;
+//! `q4_k` 3-7 M/s, 1.3 G/s; `q5_k` 5 M/s, 0.8 G/s; `q6_k` 6-12 M/s,
+//! 0.23 G/s. The K-quant encoders run ggml's scale searches (21 or 16 trial
+//! grids per sub-block, in ggml's sequential order to reproduce its bytes),
+//! so encoding to them is slow: minutes for an 8B model on a few cores. GGUF
+//! files never need it (their K-quant tensors are used as stored); only
+//! `--compression q4_k` etc. on dense checkpoints does.
+//!
 //! So one core encodes faster than the disks measured (0.93 GB/s O_DIRECT)
 //! and sharding stays disk-bound. The matrix functions split rows over
 //! rayon's pool (call them inside `ThreadPool::install` to bound threads).
