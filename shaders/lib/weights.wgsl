@@ -8,8 +8,10 @@
 // array<u32> and elements are extracted one by one.
 //
 // Quantized formats (ggml byte layouts) bind array<u32>. Their blocks are 18,
-// 20 or 34 bytes long, so block starts are only 2-byte aligned: `rd16` and
-// `rd32` read 16/32 bits at any even byte offset with shifts.
+// 20, 22, 24, 34, 144, 176 or 210 bytes long, so block starts are only 2-byte
+// aligned: `rd16` and `rd32` read 16/32 bits at any even byte offset with
+// shifts. q8_0, q4_0, q4_1 and nf4 are here; q5_0, q5_1 and the K-quants
+// (q4_k, q5_k, q6_k) in lib/weights_k.wgsl, included at the end.
 //
 // `w_chunk(rb, c)` returns elements [8c, 8c + 8) of the row starting at byte
 // `rb` (for quantized formats, of the zero-padded row), dequantized to f32.
@@ -183,7 +185,8 @@ fn w_chunk(rb: u32, c: u32) -> W8 {
 // ---- units: what one GEMV invocation reads per step ----
 //
 // A unit is UNIT consecutive values of one row: 8 for dense formats, one
-// whole block for quantized ones (32 values; 64 for nf4). `wu_load(rb, u)`
+// whole block for quantized ones (32 values; 64 for nf4), 64 values of a
+// K-quant super-block. `wu_load(rb, u)`
 // reads unit `u` of the row at byte `rb` once (the block's words with
 // branch-free handling of its two possible alignments, so the loads are
 // the same for every invocation), and `wu_dot(wu, xb, xs, k0, k)` returns
@@ -357,3 +360,5 @@ fn mask_chunk(v: W8, k0: u32, k: u32) -> W8 {
         select(vec4<f32>(0.0), v.b, ib < vec4<u32>(k)),
     );
 }
+
+#include weights_k

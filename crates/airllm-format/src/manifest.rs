@@ -8,6 +8,7 @@
 //!   "source_identity": { "kind": "safetensors", "path": "/models/llama", "config_hash": "...",
 //!                        "files": [ { "name": "config.json", "size": 750, "mtime_s": ..., ... } ] },
 //!   "compression": "none" | "8bit" | "4bit" | codec name,
+//!   "re_encoded": 0,
 //!   "checksum_algorithm": "xxh3-64",
 //!   "spec": { ...ModelSpec... },
 //!   "tokenizer_files": ["tokenizer.json", ...],
@@ -21,6 +22,14 @@
 //!   ]
 //! }
 //! ```
+//!
+//! **Re-encoded tensors.** A tensor whose source stores it quantized but whose
+//! shard bytes are not those bytes (decoded and encoded again: `--compression`
+//! naming another codec, or a GGUF type without a codec such as Q3_K) carries
+//! `"re_encoded_from": "<source type>"`, and the top-level `re_encoded` counts
+//! them. Both are absent from manifests written before they existed (read as
+//! "not recorded", never as zero). Dense weights encoded by `--compression`
+//! are not re-encoded: they had no quantized bytes to keep.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -68,6 +77,10 @@ pub struct TensorEntry {
     /// full tensor this part holds (`shape` is the part's own shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_start: Option<usize>,
+    /// The quantized type the source stores this tensor in, when the shard
+    /// holds it decoded and encoded again (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re_encoded_from: Option<String>,
 }
 
 /// One shard file.
@@ -113,6 +126,11 @@ pub struct Manifest {
     pub created_by: String,
     /// The `--compression` setting used.
     pub compression: String,
+    /// How many tensors were decoded from a quantized source type and encoded
+    /// again (those with [`TensorEntry::re_encoded_from`]); `None` in
+    /// manifests from builds that did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re_encoded: Option<usize>,
     /// Always [`CHECKSUM_ALGORITHM`].
     pub checksum_algorithm: String,
     /// The model description.
@@ -185,6 +203,15 @@ impl Manifest {
                     self.spec.num_layers
                 ),
             ));
+        }
+        if let Some(n) = self.re_encoded {
+            let listed = self.re_encoded_tensors().count();
+            if n != listed {
+                return Err(Self::bad(
+                    path,
+                    format!("re_encoded says {n} tensors, {listed} carry re_encoded_from; re-run `airllm shard`"),
+                ));
+            }
         }
         let mut files = BTreeSet::new();
         for s in &self.shards {
@@ -351,6 +378,16 @@ impl Manifest {
         };
         let i = self.shard_index(unit)?;
         self.shards[i].tensor(role).map(|t| (i, t))
+    }
+
+    /// The tensors carrying [`TensorEntry::re_encoded_from`], with their shards.
+    pub fn re_encoded_tensors(&self) -> impl Iterator<Item = (&ShardEntry, &TensorEntry)> {
+        self.shards.iter().flat_map(|s| s.tensors.iter().filter(|t| t.re_encoded_from.is_some()).map(move |t| (s, t)))
+    }
+
+    /// Bytes of all tensors (without headers and alignment padding).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes).sum()
     }
 
     /// Total bytes of all shard files.

@@ -99,4 +99,13 @@ pub trait TensorSource: Sync {
     fn identity(&self) -> Result<Option<crate::source_identity::SourceIdentity>> {
         Ok(None)
     }
+
+    /// When [`read`](TensorSource::read) does not hand out the stored bytes but
+    /// decodes a quantized type and encodes it again (GGUF Q2_K, Q3_K), that
+    /// type's name (lower case, e.g. `q3_k`); recorded in the manifest. `None`
+    /// (the default) for tensors read as stored.
+    fn re_encoded_from(&self, tensor: &SourceTensor) -> Option<String> {
+        let _ = tensor;
+        None
+    }
 }

@@ -121,17 +121,43 @@ struct PlannedShard<'a> {
 }
 
 /// The storage format a tensor gets in the shards. Vectors (norm weights, biases)
-/// are always f32.
+/// are always f32. With a codec asked for, 2-D weight matrices get it (a K-quant
+/// falls back for rows that are not whole super-blocks, see [`Codec::for_row`]),
+/// whatever their source stores; everything else, and everything with compression
+/// `none`, keeps the source's format, so quantized sources (GGUF) stream as stored.
 pub fn output_format(src: &SourceTensor, compression: Compression) -> StorageFormat {
     if src.shape.len() <= 1 {
         return StorageFormat::Dense(DType::F32);
     }
-    match (compression.codec(), src.format) {
-        // Quantized sources (GGUF) stream as they are: the codecs are byte-identical.
-        (_, StorageFormat::Quant(c)) => StorageFormat::Quant(c),
-        (Some(c), _) if src.role.is_compressible_matrix() && src.shape.len() == 2 => StorageFormat::Quant(c),
-        (_, f) => f,
+    match compression.codec() {
+        Some(c) if src.role.is_compressible_matrix() && src.shape.len() == 2 => {
+            StorageFormat::Quant(c.for_row(src.shape[1]))
+        }
+        _ => src.format,
     }
+}
+
+/// The quantized type a tensor's shard bytes are re-encoded from, if they
+/// are (see [`TensorEntry::re_encoded_from`]).
+fn re_encoded_from(source: &dyn TensorSource, src: &SourceTensor, out: StorageFormat) -> Option<String> {
+    match (source.re_encoded_from(src), src.format) {
+        (Some(t), _) => Some(t),
+        (None, StorageFormat::Quant(c)) if out != src.format => Some(c.name().to_owned()),
+        _ => None,
+    }
+}
+
+/// The tensors [`write_shards`] would re-encode with `compression`: (tensor
+/// name, source type, shard format). Nothing is read or written.
+pub fn planned_re_encoded(source: &dyn TensorSource, compression: Compression) -> Vec<(String, String, StorageFormat)> {
+    source
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let out = output_format(t, compression);
+            re_encoded_from(source, t, out).map(|from| (t.name.clone(), from, out))
+        })
+        .collect()
 }
 
 fn align(x: u64, a: u64) -> u64 {
@@ -171,6 +197,7 @@ fn plan<'a>(
                     offset: off,
                     bytes,
                     row_start: None,
+                    re_encoded_from: re_encoded_from(source, src, format),
                 },
                 rows: None,
             });
@@ -262,6 +289,7 @@ fn split_lm_head<'a>(
     let source_files = head.source_files.clone();
     let format = t.entry.format;
     let name = t.entry.name.clone();
+    let from = t.entry.re_encoded_from.clone();
     let mut parts = Vec::new();
     let mut start = 0;
     let mut k = 0u32;
@@ -279,6 +307,7 @@ fn split_lm_head<'a>(
                 offset: off,
                 bytes,
                 row_start: Some(start),
+                re_encoded_from: from.clone(),
             },
             rows: Some((start, end)),
         };
@@ -499,6 +528,7 @@ pub fn write_shards(source: &dyn TensorSource, out: &Path, opts: &ShardOptions) 
         i.deleted.clone_from(&journal.deleted);
         i
     });
+    manifest.re_encoded = Some(manifest.re_encoded_tensors().count());
     manifest.validate(&out.join(MANIFEST_FILE))?;
     write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
     // Shard files of an earlier run that the new manifest does not list (another model
@@ -525,6 +555,7 @@ fn empty_manifest(source: &dyn TensorSource, opts: &ShardOptions) -> Manifest {
         source: source.describe(),
         created_by: format!("airllm-format {}", env!("CARGO_PKG_VERSION")),
         compression: opts.compression.to_string(),
+        re_encoded: None,
         checksum_algorithm: CHECKSUM_ALGORITHM.into(),
         spec: source.spec().clone(),
         tokenizer_files: Vec::new(),

@@ -343,6 +343,11 @@ fn format_defines(format: WeightFormat, wide: bool, d: &mut Vec<Define>) {
         WeightFormat::Quant(Codec::Q4_0) => "FMT_Q4_0",
         WeightFormat::Quant(Codec::Q4_1) => "FMT_Q4_1",
         WeightFormat::Quant(Codec::Nf4) => "FMT_NF4",
+        WeightFormat::Quant(Codec::Q5_0) => "FMT_Q5_0",
+        WeightFormat::Quant(Codec::Q5_1) => "FMT_Q5_1",
+        WeightFormat::Quant(Codec::Q4K) => "FMT_Q4_K",
+        WeightFormat::Quant(Codec::Q5K) => "FMT_Q5_K",
+        WeightFormat::Quant(Codec::Q6K) => "FMT_Q6_K",
     }));
     if format.is_dense() {
         d.push(Define::Flag("DENSE"));

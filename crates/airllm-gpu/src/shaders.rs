@@ -116,6 +116,7 @@ const LIBS: &[(&str, &str)] = &[
     ("common", include_str!("../../../shaders/lib/common.wgsl")),
     ("reduce", include_str!("../../../shaders/lib/reduce.wgsl")),
     ("weights", include_str!("../../../shaders/lib/weights.wgsl")),
+    ("weights_k", include_str!("../../../shaders/lib/weights_k.wgsl")),
     ("activations", include_str!("../../../shaders/lib/activations.wgsl")),
     ("xvec", include_str!("../../../shaders/lib/xvec.wgsl")),
     ("math", include_str!("../../../shaders/lib/math.wgsl")),

@@ -10,13 +10,19 @@ use rayon::prelude::*;
 use crate::nf4::BlockNf4;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_1::BlockQ4_1;
+use crate::q4_k::BlockQ4K;
+use crate::q5_0::BlockQ5_0;
+use crate::q5_1::BlockQ5_1;
+use crate::q5_k::BlockQ5K;
+use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::{Floats, QuantError};
 
 /// A block-wise weight codec. Each row of a matrix is cut into blocks of
 /// [`block_size`](Codec::block_size) values; each block is stored as
 /// [`block_bytes`](Codec::block_bytes) bytes (an f16 scale, sometimes an f16
-/// offset, then packed integer codes). See the crate docs for the byte layouts.
+/// offset, then packed integer codes; the K-quants' 256-value super-blocks
+/// hold per-sub-block scales too). See the crate docs for the byte layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
@@ -32,6 +38,24 @@ pub enum Codec {
     /// 4-bit NormalFloat (QLoRA code book), 64 per block, f16 absmax (4.25 bits per weight).
     #[serde(rename = "nf4")]
     Nf4,
+    /// 5-bit symmetric, 32 per block, byte-identical to GGUF `Q5_0` (5.5 bits per weight).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// 5-bit with scale and minimum, 32 per block, byte-identical to GGUF `Q5_1` (6 bits per weight).
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    /// 4-bit K-quant: 256 per super-block, 8 sub-blocks of 32 with 6-bit scales and
+    /// minimums, byte-identical to GGUF `Q4_K` (4.5 bits per weight).
+    #[serde(rename = "q4_k")]
+    Q4K,
+    /// 5-bit K-quant: as `q4_k` with a fifth bit per code, byte-identical to GGUF
+    /// `Q5_K` (5.5 bits per weight).
+    #[serde(rename = "q5_k")]
+    Q5K,
+    /// 6-bit symmetric K-quant: 256 per super-block, 16 sub-blocks of 16 with i8
+    /// scales, byte-identical to GGUF `Q6_K` (6.5625 bits per weight).
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 /// Calls a generic function with the codec's block type.
@@ -42,19 +66,35 @@ macro_rules! dispatch {
             Codec::Q4_0 => $f::<BlockQ4_0>($($arg),*),
             Codec::Q4_1 => $f::<BlockQ4_1>($($arg),*),
             Codec::Nf4 => $f::<BlockNf4>($($arg),*),
+            Codec::Q5_0 => $f::<BlockQ5_0>($($arg),*),
+            Codec::Q5_1 => $f::<BlockQ5_1>($($arg),*),
+            Codec::Q4K => $f::<BlockQ4K>($($arg),*),
+            Codec::Q5K => $f::<BlockQ5K>($($arg),*),
+            Codec::Q6K => $f::<BlockQ6K>($($arg),*),
         }
     };
 }
 
-/// Largest block of any codec; sizes the stack buffers of the row drivers.
-const MAX_BLOCK: usize = 64;
+/// Largest block of any codec (the K-quants' super-block); sizes the stack
+/// buffers of the row drivers.
+const MAX_BLOCK: usize = crate::kquant::QK_K;
 /// Rows handed to one rayon task hold at least this many values, so that
 /// matrices of many short rows do not drown in task overhead.
 const MIN_TASK_VALUES: usize = 16 * 1024;
 
 impl Codec {
     /// Every codec, in a fixed order.
-    pub const ALL: [Codec; 4] = [Codec::Q8_0, Codec::Q4_0, Codec::Q4_1, Codec::Nf4];
+    pub const ALL: [Codec; 9] = [
+        Codec::Q8_0,
+        Codec::Q4_0,
+        Codec::Q4_1,
+        Codec::Nf4,
+        Codec::Q5_0,
+        Codec::Q5_1,
+        Codec::Q4K,
+        Codec::Q5K,
+        Codec::Q6K,
+    ];
 
     /// The lower-case name used on the command line, in manifests and by serde.
     pub fn name(self) -> &'static str {
@@ -63,7 +103,17 @@ impl Codec {
             Codec::Q4_0 => "q4_0",
             Codec::Q4_1 => "q4_1",
             Codec::Nf4 => "nf4",
+            Codec::Q5_0 => "q5_0",
+            Codec::Q5_1 => "q5_1",
+            Codec::Q4K => "q4_k",
+            Codec::Q5K => "q5_k",
+            Codec::Q6K => "q6_k",
         }
+    }
+
+    /// Every codec name, comma-separated, in [`Codec::ALL`] order (for messages).
+    pub fn names() -> String {
+        Codec::ALL.map(Codec::name).join(", ")
     }
 
     /// Values per block.
@@ -73,6 +123,11 @@ impl Codec {
             Codec::Q4_0 => BlockQ4_0::BLOCK,
             Codec::Q4_1 => BlockQ4_1::BLOCK,
             Codec::Nf4 => BlockNf4::BLOCK,
+            Codec::Q5_0 => BlockQ5_0::BLOCK,
+            Codec::Q5_1 => BlockQ5_1::BLOCK,
+            Codec::Q4K => BlockQ4K::BLOCK,
+            Codec::Q5K => BlockQ5K::BLOCK,
+            Codec::Q6K => BlockQ6K::BLOCK,
         }
     }
 
@@ -83,10 +138,16 @@ impl Codec {
             Codec::Q4_0 => BlockQ4_0::BYTES,
             Codec::Q4_1 => BlockQ4_1::BYTES,
             Codec::Nf4 => BlockNf4::BYTES,
+            Codec::Q5_0 => BlockQ5_0::BYTES,
+            Codec::Q5_1 => BlockQ5_1::BYTES,
+            Codec::Q4K => BlockQ4K::BYTES,
+            Codec::Q5K => BlockQ5K::BYTES,
+            Codec::Q6K => BlockQ6K::BYTES,
         }
     }
 
-    /// Storage cost: `block_bytes * 8 / block_size` (8.5, 4.5, 5.0, 4.25).
+    /// Storage cost: `block_bytes * 8 / block_size` (8.5, 4.5, 5.0, 4.25, 5.5,
+    /// 6.0, 4.5, 5.5, 6.5625).
     pub fn bits_per_weight(self) -> f32 {
         (self.block_bytes() * 8) as f32 / self.block_size() as f32
     }
@@ -100,6 +161,34 @@ impl Codec {
             Codec::Q4_0 => BlockQ4_0::LIMIT,
             Codec::Q4_1 => BlockQ4_1::LIMIT,
             Codec::Nf4 => BlockNf4::LIMIT,
+            Codec::Q5_0 => BlockQ5_0::LIMIT,
+            Codec::Q5_1 => BlockQ5_1::LIMIT,
+            Codec::Q4K => BlockQ4K::LIMIT,
+            Codec::Q5K => BlockQ5K::LIMIT,
+            Codec::Q6K => BlockQ6K::LIMIT,
+        }
+    }
+
+    /// Whether this is a K-quant (`q4_k`, `q5_k`, `q6_k`: 256-value super-blocks).
+    pub const fn is_k_quant(self) -> bool {
+        matches!(self, Codec::Q4K | Codec::Q5K | Codec::Q6K)
+    }
+
+    /// The codec the shard writer stores rows of `cols` values in when asked
+    /// for this one: itself, except that a K-quant falls back when `cols` is
+    /// not a whole number of 256-value super-blocks (padding a 576-wide row
+    /// to 768 would cost a third more bytes). The fallbacks are llama.cpp's
+    /// (`llama-quantize` does the same for such tensors): `q4_k` -> `q5_0`,
+    /// `q5_k` -> `q5_1`, `q6_k` -> `q8_0`, each 32-value blocks with at least
+    /// the bits per weight asked for.
+    pub const fn for_row(self, cols: usize) -> Codec {
+        if !self.is_k_quant() || cols.is_multiple_of(crate::kquant::QK_K) {
+            return self;
+        }
+        match self {
+            Codec::Q4K => Codec::Q5_0,
+            Codec::Q5K => Codec::Q5_1,
+            _ => Codec::Q8_0,
         }
     }
 
@@ -210,9 +299,10 @@ impl Codec {
     }
 
     /// Reference dot product of one encoded row with `x` (`cols = x.len()`),
-    /// accumulated in f32 the way the GPU kernels do it: per block, the sum of
-    /// `code * x` in element order, times the block scale (plus
-    /// `m * sum(x)` for q4_1), blocks summed in order. Used as the CPU
+    /// accumulated in f32 the way the GPU kernels do it: per block (K-quants:
+    /// per sub-block), the sum of `code * x` in element order, times the
+    /// scale (plus `m * sum(x)` for the codecs with a minimum), blocks summed
+    /// in order. Used as the CPU
     /// reference of the GEMV kernels.
     ///
     /// # Panics
@@ -251,7 +341,8 @@ impl fmt::Display for Codec {
 impl FromStr for Codec {
     type Err = QuantError;
 
-    /// Accepts the names `q8_0`, `q4_0`, `q4_1`, `nf4`, in any case.
+    /// Accepts the names of [`Codec::ALL`] (`q8_0`, `q4_0`, `q4_1`, `nf4`,
+    /// `q5_0`, `q5_1`, `q4_k`, `q5_k`, `q6_k`), in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
         Codec::ALL
@@ -463,12 +554,29 @@ mod tests {
             assert_eq!(c.to_string(), c.name());
             assert_eq!(c.row_bytes(c.block_size() + 1), 2 * c.block_bytes());
         }
-        let e = "q5_k".parse::<Codec>().expect_err("unknown name");
-        assert!(e.to_string().contains("q8_0, q4_0, q4_1, nf4"), "{e}");
+        let e = "q3_k".parse::<Codec>().expect_err("unknown name");
+        assert!(e.to_string().contains("q8_0, q4_0, q4_1, nf4, q5_0, q5_1, q4_k, q5_k, q6_k"), "{e}");
         assert_eq!(
-            [Codec::Q8_0, Codec::Q4_0, Codec::Q4_1, Codec::Nf4].map(|c| (c.block_size(), c.block_bytes())),
-            [(32, 34), (32, 18), (32, 20), (64, 34)]
+            Codec::ALL.map(|c| (c.block_size(), c.block_bytes())),
+            [(32, 34), (32, 18), (32, 20), (64, 34), (32, 22), (32, 24), (256, 144), (256, 176), (256, 210)]
         );
+        assert_eq!(Codec::ALL.map(Codec::bits_per_weight), [8.5, 4.5, 5.0, 4.25, 5.5, 6.0, 4.5, 5.5, 6.5625]);
+    }
+
+    #[test]
+    fn k_quants_fall_back_for_partial_super_blocks() {
+        for c in Codec::ALL {
+            assert_eq!(c.for_row(1536), c, "{c}");
+            assert_eq!(c.for_row(0), c, "{c}");
+        }
+        assert_eq!(Codec::Q4K.for_row(576), Codec::Q5_0);
+        assert_eq!(Codec::Q5K.for_row(576), Codec::Q5_1);
+        assert_eq!(Codec::Q6K.for_row(100), Codec::Q8_0);
+        assert_eq!(Codec::Q4_1.for_row(100), Codec::Q4_1);
+        for c in Codec::ALL {
+            // a fallback never stores fewer bits than asked for
+            assert!(c.for_row(576).bits_per_weight() >= c.bits_per_weight(), "{c}");
+        }
     }
 
     #[test]

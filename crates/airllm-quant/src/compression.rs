@@ -91,6 +91,8 @@ mod tests {
             Compression::Codec(Codec::Q4_0),
             Compression::Codec(Codec::Q4_1),
             Compression::Codec(Codec::Nf4),
+            Compression::Codec(Codec::Q4K),
+            Compression::Codec(Codec::Q6K),
         ];
         for c in all {
             assert_eq!(c.to_string().parse::<Compression>().ok(), Some(c));
@@ -101,6 +103,6 @@ mod tests {
         assert_eq!(Compression::None.codec(), None);
         let e = "2bit".parse::<Compression>().expect_err("unknown");
         assert!(matches!(&e, QuantError::UnknownCompression { name } if name == "2bit"));
-        assert!(e.to_string().contains("none, 8bit, 4bit, q8_0, q4_0, q4_1, nf4"), "{e}");
+        assert!(e.to_string().contains("none, 8bit, 4bit, q8_0, q4_0, q4_1, nf4, q5_0, q5_1, q4_k, q5_k, q6_k"), "{e}");
     }
 }

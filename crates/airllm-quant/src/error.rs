@@ -60,14 +60,14 @@ pub enum QuantError {
         limit: f32,
     },
     /// A codec name that [`Codec::from_str`](std::str::FromStr::from_str) does not know.
-    #[error("unknown codec `{name}`; valid codecs: q8_0, q4_0, q4_1, nf4")]
+    #[error("unknown codec `{name}`; valid codecs: {valid}", valid = Codec::names())]
     UnknownCodec {
         /// The name given.
         name: String,
     },
     /// A compression option that
     /// [`Compression::from_str`](std::str::FromStr::from_str) does not know.
-    #[error("unknown compression `{name}`; valid options: none, 8bit, 4bit, q8_0, q4_0, q4_1, nf4")]
+    #[error("unknown compression `{name}`; valid options: none, 8bit, 4bit, {valid}", valid = Codec::names())]
     UnknownCompression {
         /// The option given.
         name: String,

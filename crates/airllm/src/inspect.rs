@@ -2,6 +2,7 @@
 
 use airllm_format::{ModelLocation, ModelSpec, TensorSource, Unit};
 use airllm_quant::Compression;
+use serde::Serialize;
 
 use crate::engine::EngineConfig;
 use crate::error::{EngineError, Result};
@@ -25,6 +26,65 @@ pub fn planned_shard_sizes(loc: &ModelLocation, compression: Compression) -> Res
             let m = airllm_format::Manifest::load(d)?;
             let v = m.shards.iter().map(|s| (s.unit, s.file.clone(), s.bytes, s.tensors.len())).collect();
             Ok((m.spec, v))
+        }
+    }
+}
+
+/// What the shards hold (or would hold) of the source's tensors.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorStats {
+    /// Tensors in the shards (a split lm_head counts once per part).
+    pub tensors: usize,
+    /// Their bytes (no headers or alignment padding).
+    pub tensor_bytes: u64,
+    /// Bytes those tensors occupy in the source file(s), when known (GGUF
+    /// files and checkpoints; not recorded in shard directories).
+    pub source_bytes: Option<u64>,
+    /// Tensors decoded from a quantized source type and encoded again: (name,
+    /// source type, shard format). `None` when a manifest predates the record.
+    pub re_encoded: Option<Vec<(String, String, String)>>,
+}
+
+/// [`TensorStats`] of a checkpoint or GGUF file as it would be sharded with
+/// `compression`, or of a shard directory as it was.
+pub fn tensor_stats(loc: &ModelLocation, compression: Compression) -> Result<TensorStats> {
+    fn planned(src: &dyn TensorSource, compression: Compression, stored: &dyn Fn(usize) -> u64) -> TensorStats {
+        let ts = src.tensors();
+        let re = airllm_format::writer::planned_re_encoded(src, compression);
+        TensorStats {
+            tensors: ts.len(),
+            tensor_bytes: ts
+                .iter()
+                .map(|t| airllm_format::writer::output_format(t, compression).byte_len(&t.shape) as u64)
+                .sum(),
+            source_bytes: Some((0..ts.len()).map(stored).sum()),
+            re_encoded: Some(re.into_iter().map(|(n, from, to)| (n, from, to.to_string())).collect()),
+        }
+    }
+    match loc {
+        ModelLocation::HfDir(d) => {
+            let ck = airllm_format::Checkpoint::open(d)?;
+            let ts = ck.tensors();
+            Ok(planned(&ck, compression, &|i| ts[i].byte_len() as u64))
+        }
+        ModelLocation::Gguf(p) => {
+            let src = airllm_format::gguf::GgufSource::open(p)?;
+            let ts = src.tensors();
+            Ok(planned(&src, compression, &|i| src.stored_len(&ts[i]).unwrap_or(0) as u64))
+        }
+        ModelLocation::ShardDir(d) => {
+            let m = airllm_format::Manifest::load(d)?;
+            let re = m.re_encoded.map(|_| {
+                m.re_encoded_tensors()
+                    .map(|(_, t)| (t.name.clone(), t.re_encoded_from.clone().unwrap_or_default(), t.format.to_string()))
+                    .collect()
+            });
+            Ok(TensorStats {
+                tensors: m.shards.iter().map(|s| s.tensors.len()).sum(),
+                tensor_bytes: m.tensor_bytes(),
+                source_bytes: None,
+                re_encoded: re,
+            })
         }
     }
 }

@@ -30,21 +30,23 @@
 //!   `tokenizer.ggml.*` metadata (see [`tokenizer`]).
 //! - [`GgufBuilder`]: a small writer, for tests and synthetic models.
 //!
-//! # Tensor types and what converting them costs
+//! # Tensor types: streamed as stored, except Q2_K and Q3_K
 //!
-//! F32, F16, BF16, Q4_0, Q4_1 and Q8_0 are copied byte for byte (the
-//! `airllm-quant` codecs are byte-identical to ggml's). K-quants and Q5_0/Q5_1
-//! have no codec here; they are converted when the shards are written:
+//! F32, F16 and BF16 are copied byte for byte, and so are Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, Q4_K, Q5_K and Q6_K: each is an `airllm-quant` codec with the
+//! same byte layout ([`GgmlType::codec`]), which the GPU kernels dequantize
+//! in-kernel. A Q4_K_M, Q5_K_M or Q6_K file (which hold these types only)
+//! therefore shards with zero re-encoded tensors, and every pass streams
+//! exactly the file's tensor bytes. `--compression` still re-encodes the
+//! matrices into the codec it names (decoded to f32 first).
+//!
+//! Q2_K and Q3_K have no codec; they are converted when the shards are
+//! written, and counted as re-encoded in the manifest:
 //!
 //! | GGUF type | bits/weight | GGUF error | becomes | bits/weight | added error | total error |
 //! | --- | --- | --- | --- | --- | --- | --- |
 //! | Q2_K | 2.63 | 3.5e-1 | Q4_1 (re-encoded) | 5.0 | 7.0e-2 | +2.0% |
-//! | Q3_K | 3.44 | 2.1e-1 | Q8_0 | 8.5 | 5.6e-3 | +0.04% |
-//! | Q4_K | 4.5 | 8.7e-2 | Q4_1 (transcoded) | 5.0 | 7.3e-4 | +0.004% |
-//! | Q5_K | 5.5 | 4.2e-2 | Q8_0 | 8.5 | 6.6e-3 | +1.2% |
-//! | Q6_K | 6.56 | 2.2e-2 | Q8_0 | 8.5 | 6.5e-3 | +4.2% |
-//! | Q5_0 | 5.5 | 5.3e-2 | Q8_0 | 8.5 | 5.2e-3 | +0.5% |
-//! | Q5_1 | 6.0 | 4.2e-2 | Q8_0 | 8.5 | 6.6e-3 | +1.2% |
+//! | Q3_K | 3.44 | 2.1e-1 | Q8_0 (re-encoded) | 8.5 | 5.6e-3 | +0.04% |
 //!
 //! "GGUF error" is the RMS of (GGUF-decoded - original) over the RMS of the
 //! original weights; "added error" the RMS of (converted - GGUF-decoded) over
@@ -52,18 +54,10 @@
 //! against the original weights gets (the two add in quadrature). Measured on
 //! synthetic Gaussian weights with outliers, 64 x 4096, quantized by simple
 //! min/max K-quant encoders (`kquant_reencode_error` in
-//! `tests/gguf_kquants.rs` prints the table; llama.cpp's searching quantizers
-//! err somewhat less, so on real files the added share is somewhat larger).
-//! The alternatives measured: re-encoding decoded values as Q4_1 adds 7e-2 to
-//! 9e-2 for every type but Q4_K (twice Q5_K's own error, four times Q6_K's), so only Q2_K,
-//! whose own error dwarfs that, takes it (5 instead of 8.5 bits per weight:
-//! the engine streams these bytes every token). Q8_0 adds about 6e-3
-//! everywhere. Q4_K is not decoded at all: each 32-value sub-block already is
-//! `d * q - m` with 4-bit codes, so it becomes a Q4_1 block with the same codes
-//! and only the f16 rounding of its scale and minimum (2^-11 relative) is lost;
-//! that beats both re-encoding as Q4_1 (1.5e-3) and Q8_0 (6.7e-3) at 5 bits
-//! per weight. Other types (IQ*, TQ*, MXFP4, ...) are refused with an error
-//! naming the tensor and its type.
+//! `tests/gguf_kquants.rs` prints the table). Q4_1 for Q2_K: its own error
+//! dwarfs the 7e-2 that re-encoding adds, at 5 instead of 8.5 bits per weight
+//! (the engine streams these bytes every pass). Other types (IQ*, TQ*,
+//! MXFP4, ...) are refused with an error naming the tensor and its type.
 
 mod build;
 pub mod kquants;

@@ -25,7 +25,7 @@ use crate::spec::ModelSpec;
 enum ReadKind {
     /// The stored bytes as they are.
     Copy,
-    /// Dequantize (or transcode) from a ggml type into a codec.
+    /// Dequantize a ggml type without a codec (Q2_K, Q3_K) and re-encode it.
     Convert(GgmlType, Codec),
     /// A 1-D q/k bias of `elem` bytes per value whose elements llama.cpp permuted
     /// (the writer's row permutation works on matrix rows, so it is undone here).
@@ -44,8 +44,10 @@ struct Loc {
 /// the spec.
 ///
 /// - Shapes are in PyTorch order (GGUF's `ne` reversed).
-/// - F32/F16/BF16 tensors are offered dense, Q4_0/Q4_1/Q8_0 as the same codec
-///   (bytes copied), K-quants and Q5_0/Q5_1 converted (see [`GgmlType::offered_as`]).
+/// - F32/F16/BF16 tensors are offered dense; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+///   Q4_K, Q5_K and Q6_K as the codec of the same layout (bytes copied);
+///   Q2_K and Q3_K converted, and reported by
+///   [`TensorSource::re_encoded_from`] (see [`GgmlType::offered_as`]).
 /// - Llama-architecture Q and K rows carry
 ///   [`RowPermutation::UnpermuteGgufQk`], so the shards hold Hugging Face row
 ///   order and the spec keeps [`RopeStyle::HalfRotation`](crate::RopeStyle).
@@ -125,9 +127,9 @@ impl GgufSource {
             })?;
             let format = t.offered_as().ok_or_else(|| {
                 meta.err(format!(
-                    "tensor {:?} has type {t}, which cannot be read; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, \
-                     Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. Pick another quantization of the model \
-                     (e.g. Q4_K_M or Q8_0)",
+                    "tensor {:?} has type {t}, which cannot be read; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, \
+                     Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (streamed as stored), Q2_K, Q3_K (re-encoded). Pick another \
+                     quantization of the model (e.g. Q4_K_M or Q8_0)",
                     info.name
                 ))
             })?;
@@ -228,6 +230,12 @@ impl GgufSource {
         &self.meta
     }
 
+    /// How many bytes of the file `tensor` (one of [`TensorSource::tensors`])
+    /// occupies, as stored (before any conversion).
+    pub fn stored_len(&self, tensor: &SourceTensor) -> Option<usize> {
+        self.locs.get(tensor.index).map(|l| l.len)
+    }
+
     /// The stored bytes of a GGUF tensor by its GGUF name (no conversion, no permutation).
     pub fn raw_bytes(&self, name: &str) -> Option<&[u8]> {
         let t = self.meta.tensor(name)?;
@@ -312,6 +320,13 @@ impl TensorSource for GgufSource {
 
     fn identity(&self) -> Result<Option<crate::source_identity::SourceIdentity>> {
         crate::source_identity::SourceIdentity::of_gguf(&self.path).map(Some)
+    }
+
+    fn re_encoded_from(&self, tensor: &SourceTensor) -> Option<String> {
+        match self.locs.get(tensor.index)?.kind {
+            ReadKind::Convert(from, _) => Some(from.name().to_ascii_lowercase()),
+            _ => None,
+        }
     }
 
     /// `tokenizer.json` and `tokenizer_config.json` exported from the metadata

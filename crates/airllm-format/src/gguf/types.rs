@@ -175,45 +175,46 @@ impl GgmlType {
         format!("{self:?}")
     }
 
+    /// The `airllm-quant` codec with this type's exact byte layout, if any.
+    pub const fn codec(self) -> Option<Codec> {
+        match self {
+            GgmlType::Q4_0 => Some(Codec::Q4_0),
+            GgmlType::Q4_1 => Some(Codec::Q4_1),
+            GgmlType::Q5_0 => Some(Codec::Q5_0),
+            GgmlType::Q5_1 => Some(Codec::Q5_1),
+            GgmlType::Q8_0 => Some(Codec::Q8_0),
+            GgmlType::Q4_K => Some(Codec::Q4K),
+            GgmlType::Q5_K => Some(Codec::Q5K),
+            GgmlType::Q6_K => Some(Codec::Q6K),
+            _ => None,
+        }
+    }
+
     /// How tensors of this type are offered to the shard writer, or `None` if
     /// they cannot be read:
     ///
     /// - F32 / F16 / BF16: dense, bytes copied.
-    /// - Q4_0 / Q4_1 / Q8_0: the same codec of `airllm-quant` (byte-identical), bytes copied.
-    /// - Q4_K: transcoded block by block to Q4_1 (each 32-value sub-block already is
-    ///   `d * q - m` with 4-bit `q`; only the f16 rounding of `d * scale` and
-    ///   `dmin * min` is lost).
-    /// - Q2_K: dequantized and re-encoded as Q4_1.
-    /// - Q3_K, Q5_0, Q5_1, Q5_K, Q6_K: dequantized and re-encoded as Q8_0.
-    ///
-    /// See the [module docs](crate::gguf) for the measured error of each.
+    /// - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: the `airllm-quant`
+    ///   codec of the same byte layout ([`GgmlType::codec`]), bytes copied: the
+    ///   shards and the kernels use them as the file stores them.
+    /// - Q2_K: dequantized and re-encoded as Q4_1; Q3_K: dequantized and
+    ///   re-encoded as Q8_0 (no codec; see the [module docs](crate::gguf) for
+    ///   the measured error).
     pub fn offered_as(self) -> Option<StorageFormat> {
         match self {
             GgmlType::F32 => Some(StorageFormat::Dense(DType::F32)),
             GgmlType::F16 => Some(StorageFormat::Dense(DType::F16)),
             GgmlType::BF16 => Some(StorageFormat::Dense(DType::Bf16)),
-            GgmlType::Q4_0 => Some(StorageFormat::Quant(Codec::Q4_0)),
-            GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q2_K => Some(StorageFormat::Quant(Codec::Q4_1)),
-            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q3_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-                Some(StorageFormat::Quant(Codec::Q8_0))
-            }
-            _ => None,
+            GgmlType::Q2_K => Some(StorageFormat::Quant(Codec::Q4_1)),
+            GgmlType::Q3_K => Some(StorageFormat::Quant(Codec::Q8_0)),
+            t => t.codec().map(StorageFormat::Quant),
         }
     }
 
-    /// True when reading converts the bytes (dequantize + re-encode, or transcode)
-    /// rather than copying them.
+    /// True when reading converts the bytes (dequantize + re-encode) rather
+    /// than copying them: Q2_K and Q3_K.
     pub fn is_transcoded(self) -> bool {
-        matches!(
-            self,
-            GgmlType::Q5_0
-                | GgmlType::Q5_1
-                | GgmlType::Q2_K
-                | GgmlType::Q3_K
-                | GgmlType::Q4_K
-                | GgmlType::Q5_K
-                | GgmlType::Q6_K
-        )
+        matches!(self, GgmlType::Q2_K | GgmlType::Q3_K)
     }
 }
 
@@ -238,9 +239,16 @@ mod tests {
 
     #[test]
     fn readable_codecs_match_ggml_block_sizes() {
-        for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let Some(StorageFormat::Quant(c)) = t.offered_as() else { panic!("{t}") };
-            assert_eq!((c.block_size(), c.block_bytes()), t.block(), "{t}");
+        for t in GgmlType::ALL {
+            if let Some(c) = t.codec() {
+                assert_eq!((c.block_size(), c.block_bytes()), t.block(), "{t}");
+                assert_eq!(t.offered_as(), Some(StorageFormat::Quant(c)), "{t}");
+                assert!(!t.is_transcoded(), "{t}");
+            }
         }
+        // Every codec a GGUF type maps to is one of them, exactly once.
+        let mapped: Vec<Codec> = GgmlType::ALL.iter().filter_map(|t| t.codec()).collect();
+        assert_eq!(mapped.len(), 8);
+        assert!(Codec::ALL.iter().filter(|c| **c != Codec::Nf4).all(|c| mapped.contains(c)));
     }
 }

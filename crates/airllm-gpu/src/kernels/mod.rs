@@ -43,7 +43,7 @@ pub enum WeightFormat {
 
 impl WeightFormat {
     /// Every format.
-    pub const ALL: [WeightFormat; 7] = [
+    pub const ALL: [WeightFormat; 12] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::Bf16,
@@ -51,6 +51,11 @@ impl WeightFormat {
         WeightFormat::Quant(Codec::Q4_0),
         WeightFormat::Quant(Codec::Q4_1),
         WeightFormat::Quant(Codec::Nf4),
+        WeightFormat::Quant(Codec::Q5_0),
+        WeightFormat::Quant(Codec::Q5_1),
+        WeightFormat::Quant(Codec::Q4K),
+        WeightFormat::Quant(Codec::Q5K),
+        WeightFormat::Quant(Codec::Q6K),
     ];
 
     /// Lower-case name (`f32`, `f16`, `bf16`, `q8_0`, ...).

@@ -68,6 +68,12 @@ fn k_for(format: WeightFormat, rng: &mut StdRng) -> Vec<u32> {
     if !format.is_dense() {
         v.push(64 * 2 + 17);
     }
+    if matches!(format, WeightFormat::Quant(c) if c.is_k_quant()) {
+        // whole 256-value super-blocks (what GGUF files hold), and a partial
+        // second one
+        v.push(256 * 3);
+        v.push(256 + 64 + 3);
+    }
     v.push(rng.random_range(1..300));
     v
 }

@@ -100,7 +100,8 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Codec for weight matrices when sharding a checkpoint on first use:
-    /// none, 8bit (q8_0), 4bit, or q8_0/q4_0/q4_1/nf4.
+    /// none (GGUF tensors stay as stored), 8bit (q8_0), 4bit (q4_1), or
+    /// q8_0/q4_0/q4_1/nf4/q5_0/q5_1/q4_k/q5_k/q6_k (re-encodes GGUF matrices).
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// Where to keep the shards of a checkpoint (default: a cache directory next to it,

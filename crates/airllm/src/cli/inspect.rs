@@ -59,9 +59,15 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     };
     let plan = airllm::inspect::plan_for(&spec, &units, &cfg, gpu.as_ref())?;
     let cap = cfg.capacity();
+    let stats = airllm::inspect::tensor_stats(&loc, a.compression).with_context(|| format!("reading {}", a.model))?;
     if a.json {
         let v = serde_json::json!({
             "source": source, "spec": spec, "parameters": spec.parameter_count(),
+            "tensors": stats.tensors, "tensor_bytes": stats.tensor_bytes, "source_tensor_bytes": stats.source_bytes,
+            "re_encoded": stats.re_encoded.as_ref().map(Vec::len),
+            "re_encoded_tensors": stats.re_encoded.as_ref().map(|v| v.iter().map(|(n, from, to)| {
+                serde_json::json!({"name": n, "from": from, "to": to})
+            }).collect::<Vec<_>>()),
             "shards": units.iter().map(|(_, f, b, n)| serde_json::json!({"file": f, "bytes": b, "tensors": n})).collect::<Vec<_>>(),
             "total_bytes": units.iter().map(|u| u.2).sum::<u64>(),
             "adapter": adapter,
@@ -105,6 +111,30 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         spec.tie_word_embeddings
     );
     let total: u64 = units.iter().map(|u| u.2).sum();
+    let src_bytes = match stats.source_bytes {
+        Some(b) if b == stats.tensor_bytes => format!(" (the source's tensor bytes, {b} exactly)"),
+        Some(b) => format!(" (the source stores them in {} = {b} bytes)", human_bytes(b)),
+        None => String::new(),
+    };
+    println!(
+        "tensors     {}, {} = {} bytes{src_bytes}",
+        stats.tensors,
+        human_bytes(stats.tensor_bytes),
+        stats.tensor_bytes
+    );
+    match &stats.re_encoded {
+        Some(re) => {
+            println!("re-encoded  {} tensors", re.len());
+            for (i, (name, from, to)) in re.iter().enumerate() {
+                if i < 6 || re.len() <= 8 {
+                    println!("  {name:<32} {from} -> {to}");
+                } else if i == 6 {
+                    println!("  ... ({} more)", re.len() - 6);
+                }
+            }
+        }
+        None => println!("re-encoded  not recorded (sharded by an older build; re-run `airllm shard` to record it)"),
+    }
     println!("shards      {} files, {}", units.len(), human_bytes(total));
     let show_all = units.len() <= 12;
     for (i, (_, f, b, n)) in units.iter().enumerate() {

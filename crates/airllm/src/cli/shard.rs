@@ -12,8 +12,12 @@ pub struct ShardArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Codec for 2-D weight matrices: none, 8bit (q8_0), 4bit, or q8_0/q4_0/q4_1/nf4.
-    /// Norms and biases are stored as f32; embeddings keep their source dtype.
+    /// Codec for 2-D weight matrices: none, 8bit (q8_0), 4bit (q4_1), or
+    /// q8_0/q4_0/q4_1/nf4/q5_0/q5_1/q4_k/q5_k/q6_k. With none, GGUF tensors are
+    /// stored as the file holds them; a codec re-encodes GGUF matrices too
+    /// (K-quants fall back to q5_0/q5_1/q8_0 for rows that are not whole
+    /// 256-value super-blocks, as llama.cpp does). Norms and biases
+    /// are stored as f32; embeddings keep their source dtype.
     #[arg(long, default_value = "none")]
     pub compression: airllm_quant::Compression,
     /// Delete each source file once everything in it is written and verified.

@@ -18,9 +18,14 @@ pub fn bucket(t: u32) -> u8 {
     GEMV_TOKEN_BUCKETS.into_iter().find(|&b| u32::from(b) >= t).unwrap_or(8)
 }
 
-/// Values per unit (one invocation's step along a row) of `format`.
+/// Values per unit (one invocation's step along a row) of `format`: 8
+/// dense, one block quantized, and 64 of a K-quant's 256-value super-block
+/// (the sub-blocks that share one run of code bytes; a whole super-block
+/// would hold 256 activations per token in registers). Must match `UNIT` in
+/// `shaders/lib/weights*.wgsl`.
 pub fn unit_values(format: WeightFormat) -> u64 {
     match format {
+        WeightFormat::Quant(c) if c.is_k_quant() => 64,
         WeightFormat::Quant(c) => c.block_size() as u64,
         _ => 8,
     }
