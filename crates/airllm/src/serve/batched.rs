@@ -247,6 +247,9 @@ fn engine_loop(s: &Shared, model: &mut AutoModel) {
             for j in &jobs {
                 q.held.insert(j.id);
             }
+            // They wait in the scheduler now; `publish` settles the count after the pass,
+            // so `submit`'s queue bound never undercounts.
+            q.sched_waiting += jobs.len();
             (jobs, std::mem::take(&mut q.cancel), q.shutting_down)
         };
         if shutting_down {
