@@ -506,10 +506,10 @@ fn token_text(tok: &TextTokenizer, id: u32) -> (String, Vec<u8>) {
         let bytes = name.clone().into_bytes();
         return (name, bytes);
     }
-    if text.contains('\u{FFFD}') {
-        if let Some(b) = entry.as_deref().and_then(|e| byte_fallback(e).or_else(|| byte_level(e))) {
-            return (String::from_utf8_lossy(&b).into_owned(), b);
-        }
+    if text.contains('\u{FFFD}')
+        && let Some(b) = entry.as_deref().and_then(|e| byte_fallback(e).or_else(|| byte_level(e)))
+    {
+        return (String::from_utf8_lossy(&b).into_owned(), b);
     }
     let bytes = text.clone().into_bytes();
     (text, bytes)
@@ -656,10 +656,10 @@ impl Drop for BatchedBackend {
         // The engine thread stops at the next pass boundary; wait for it so the model
         // (and its GPU objects) are gone when the backend is.
         self.shutdown();
-        if let Some(h) = self.thread.take() {
-            if h.join().is_err() {
-                tracing::error!("the engine thread panicked");
-            }
+        if let Some(h) = self.thread.take()
+            && h.join().is_err()
+        {
+            tracing::error!("the engine thread panicked");
         }
     }
 }
