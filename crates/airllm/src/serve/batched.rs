@@ -155,6 +155,8 @@ impl BatchedBackend {
                     context: e.max_context().min(pool_tokens),
                     vocab: e.spec().vocab_size,
                 };
+                // The pool's size is known now: /metrics shows it before the first request.
+                s.lock().kv_total = e.total_blocks();
                 let _ = tx.send(Ok(loaded));
                 let _gone = EngineGone(&s);
                 engine_loop(&s, &mut model);
@@ -656,7 +658,9 @@ impl Drop for BatchedBackend {
         // The engine thread stops at the next pass boundary; wait for it so the model
         // (and its GPU objects) are gone when the backend is.
         self.shutdown();
+        // (Not from the engine thread itself: a sink that held the last reference.)
         if let Some(h) = self.thread.take()
+            && h.thread().id() != std::thread::current().id()
             && h.join().is_err()
         {
             tracing::error!("the engine thread panicked");
