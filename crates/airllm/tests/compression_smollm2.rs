@@ -102,11 +102,9 @@ fn smollm2_compression_quality() {
         let dir = tmp.path().join(codec);
         let opts = ShardOptions { compression: codec.parse().unwrap(), progress: false, ..Default::default() };
         airllm_format::write_shards(&src, &dir, &opts).unwrap();
-        let mut m = AutoModel::from_pretrained(
-            dir.to_str().unwrap(),
-            Options { max_context: Some(64), device: airllm::Device::Gpu, ..Options::default() },
-        )
-        .unwrap();
+        let mut m =
+            AutoModel::from_pretrained(dir.to_str().unwrap(), Options { max_context: Some(64), device: airllm::Device::Gpu, ..Options::default() })
+                .unwrap();
         logits.push(
             prompts.iter().map(|p| m.forward_logits(std::slice::from_ref(p)).unwrap().remove(0)).collect::<Vec<_>>(),
         );

@@ -222,8 +222,7 @@ fn drain(model: &mut AutoModel, prompts: &[Vec<u32>], o: &GenerateOptions) -> (V
 fn full_kv_pool_makes_requests_wait() {
     let g = Golden::load("llama");
     let tmp = tempfile::tempdir().unwrap();
-    let opts =
-        Options { max_context: Some(64), kv_tokens: Some(32), device: airllm::Device::Gpu, ..Options::default() };
+    let opts = Options { max_context: Some(64), kv_tokens: Some(32), device: airllm::Device::Gpu, ..Options::default() };
     let Some(mut model) = load("llama", tmp.path(), opts) else { return };
     assert_eq!(model.engine().total_blocks(), 2);
     let o = GenerateOptions { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
@@ -272,24 +271,8 @@ fn peak_vram_stays_within_budget_for_any_batch() {
     let budget = full - layer / 2; // one layer's worth must stream
     for n in [1usize, 4, 16] {
         let mut cmd = std::process::Command::new(bin);
-        cmd.args([
-            "generate",
-            "--model",
-            fixture("llama").to_str().unwrap(),
-            "--json",
-            "--max-new-tokens",
-            "6",
-            "--device",
-            "gpu",
-        ])
-        .args([
-            "--max-context",
-            "64",
-            "--max-vram",
-            &budget.to_string(),
-            "--shards-dir",
-            shards.to_str().unwrap(),
-        ]);
+        cmd.args(["generate", "--model", fixture("llama").to_str().unwrap(), "--json", "--max-new-tokens", "6", "--device", "gpu"])
+            .args(["--max-context", "64", "--max-vram", &budget.to_string(), "--shards-dir", shards.to_str().unwrap()]);
         for i in 0..n {
             cmd.args(["--prompt", &format!("The cat {i} sat")]);
         }

@@ -410,8 +410,10 @@ impl Engine {
         if let Some(ctx) = &ctx {
             // Each GPU unit lives in one buffer (resident, or a ring slot and a staging buffer).
             let max_buffer = ctx.caps().max_buffer;
-            let too_big =
-                listed.iter().zip(&plan.placement).find(|((_, _, b), p)| **p != Placement::Cpu && *b > max_buffer);
+            let too_big = listed
+                .iter()
+                .zip(&plan.placement)
+                .find(|((_, _, b), p)| **p != Placement::Cpu && *b > max_buffer);
             if let Some(((_, shard, bytes), _)) = too_big {
                 return Err(EngineError::invalid(
                     dir.entry(*shard).file.clone(),
@@ -448,9 +450,7 @@ impl Engine {
             read_opts.threads = t.max(1);
         }
         let on = |p: Placement, l: usize| {
-            units
-                .iter()
-                .any(|u| u.unit == Unit::Layer(l as u32) && (u.placement == Placement::Cpu) == (p == Placement::Cpu))
+            units.iter().any(|u| u.unit == Unit::Layer(l as u32) && (u.placement == Placement::Cpu) == (p == Placement::Cpu))
         };
         let gpu = match ctx {
             None => None,
@@ -803,13 +803,10 @@ impl Engine {
             if placement == Placement::Cpu {
                 let t = Instant::now();
                 let cpu = self.cpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no CPU executor"))?;
-                let cu =
-                    self.units[ui].cpu.as_ref().ok_or_else(|| EngineError::invalid("engine", "CPU unit not mapped"))?;
+                let cu = self.units[ui].cpu.as_ref().ok_or_else(|| EngineError::invalid("engine", "CPU unit not mapped"))?;
                 let kv = match unit {
                     Unit::Layer(l) => Some((
-                        cpu.kv[l as usize]
-                            .as_mut()
-                            .ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
+                        cpu.kv[l as usize].as_mut().ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
                         self.kv_layout,
                     )),
                     _ => None,
@@ -938,8 +935,7 @@ impl Engine {
             for &(start, cols, side) in parts {
                 if side == Side::Gpu {
                     for r in 0..n {
-                        out[r * v + start..r * v + start + cols]
-                            .copy_from_slice(&gl[r * v + start..r * v + start + cols]);
+                        out[r * v + start..r * v + start + cols].copy_from_slice(&gl[r * v + start..r * v + start + cols]);
                     }
                 }
             }

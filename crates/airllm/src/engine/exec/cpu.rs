@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 
 use airllm_format::shard_file::MappedShard;
-use airllm_format::{
-    Activation, AttentionSpec, DType, ModelSpec, MoeSpec, NormKind, Role, RopeSpec, ShardEntry, StorageFormat,
-};
+use airllm_format::{Activation, AttentionSpec, DType, ModelSpec, MoeSpec, NormKind, RopeSpec, Role, ShardEntry, StorageFormat};
 use airllm_gpu::KvLayout;
 use airllm_gpu::kernels::paged::StepLayout;
 use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Scratch, WeightFormat};
@@ -273,16 +271,7 @@ impl Exec for CpuExec<'_> {
             return Err(EngineError::invalid("graph", "kv_append: k and v must share a buffer"));
         }
         let src = self.act.get(k.buf);
-        cpu_ops::kv_append(
-            layout,
-            self.step,
-            src,
-            k.stride as usize,
-            k.off as usize,
-            v.off as usize,
-            &mut kv.k,
-            &mut kv.v,
-        );
+        cpu_ops::kv_append(layout, self.step, src, k.stride as usize, k.off as usize, v.off as usize, &mut kv.k, &mut kv.v);
         Ok(())
     }
 
