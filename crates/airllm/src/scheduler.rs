@@ -181,6 +181,11 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// Ids of the running requests (admitted: in the passes, holding KV blocks).
+    pub fn running_ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.running.iter().map(|r| r.id)
+    }
+
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()

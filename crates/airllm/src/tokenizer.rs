@@ -26,6 +26,7 @@ impl ChatMessage {
 }
 
 /// A tokenizer with its special tokens and chat template.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
@@ -116,6 +117,12 @@ impl TextTokenizer {
     /// Decode ids to text (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    /// The vocabulary entry of `id` as the tokenizer stores it (`Ġhello` in a byte-level
+    /// BPE, `<0xE2>` for a byte-fallback token, `<|im_end|>` for a special token).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// End-of-sequence ids.

@@ -64,11 +64,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use airllm::serve::{Backend, MockBackend, MockConfig, SerialBackend, Server, ServerConfig, shutdown_signal};
+    use airllm::serve::{Backend, BatchedBackend, MockBackend, MockConfig, Server, ServerConfig, shutdown_signal};
     use anyhow::Context;
 
     let name = a.served_model_name.clone().unwrap_or_else(|| default_model_name(&a.model.model));
-    let max_sequences = a.model.engine.max_sequences.unwrap_or(16);
+    let max_sequences = a.model.engine.max_sequences.unwrap_or(airllm::Options::default().max_sequences);
     if max_sequences == 0 {
         anyhow::bail!("--max-sequences must be at least 1");
     }
@@ -87,9 +87,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             pass_delay: Duration::from_secs_f64(a.mock_pass_ms.max(0.0) / 1e3),
         }))
     } else {
+        // The engine reads --max-sequences (and --max-context, --kv-tokens, ...) from the
+        // shared engine options; the backend batches up to that many per pass.
         let args = a.model.clone();
         Arc::new(
-            SerialBackend::spawn(name.clone(), a.max_waiting, move || args.load(true))
+            BatchedBackend::spawn(name.clone(), a.max_waiting, move || args.load(true))
                 .with_context(|| format!("loading {}", a.model.model))?,
         )
     };

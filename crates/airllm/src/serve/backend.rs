@@ -67,8 +67,8 @@ pub struct TopLogprob {
     pub token: String,
     /// The token's bytes (the UTF-8 of `token`, or the raw bytes of a byte-fallback token).
     pub bytes: Vec<u8>,
-    /// Natural-log probability under the distribution the token was sampled from
-    /// (after temperature; before top-p truncation).
+    /// Natural-log probability under the model's own distribution (the softmax of its
+    /// logits: temperature 1, before any sampling setting), as vLLM reports by default.
     pub logprob: f32,
 }
 

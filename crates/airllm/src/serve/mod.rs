@@ -4,9 +4,10 @@
 //!
 //! The server speaks HTTP and the OpenAI schema; everything below — queueing,
 //! admission, KV memory, passes, sampling, stop strings — belongs to a [`Backend`]
-//! (see [`backend`] for the contract). Two come with the crate: [`SerialBackend`] over
-//! today's [`AutoModel`](crate::AutoModel), one request at a time, and [`MockBackend`],
-//! deterministic and instant, for tests and for measuring the server's own overhead.
+//! (see [`backend`] for the contract). Two come with the crate: [`BatchedBackend`] over an
+//! [`AutoModel`](crate::AutoModel), continuous batching on the engine's scheduler (every
+//! running request shares each pass over the weights), and [`MockBackend`], deterministic
+//! and instant, for tests and for measuring the server's own overhead.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,23 +25,23 @@
 //!
 //! Modules: [`backend`] (the trait, its types, [`StopFilter`]), [`openai`] (request and
 //! response bodies, validation), [`http`] (routes, auth, shutdown), [`stream`] (events to
-//! JSON or SSE, cancellation on disconnect), [`metrics`], [`mock`], [`serial`].
+//! JSON or SSE, cancellation on disconnect), [`metrics`], [`mock`], [`batched`].
 //!
 //! Non-goals: TLS (put a reverse proxy in front), several models per server, `n` > 1,
 //! tools and structured output.
 
 pub mod backend;
+pub mod batched;
 pub mod http;
 pub mod metrics;
 pub mod mock;
 pub mod openai;
-pub mod serial;
 pub mod stream;
 
 pub use backend::{
     Backend, BackendError, BackendMetrics, GenEvent, GenRequest, RequestId, StopFilter, SubmitError, TokenLogprob,
     TopLogprob,
 };
+pub use batched::BatchedBackend;
 pub use http::{Server, ServerConfig, shutdown_signal};
 pub use mock::{MockBackend, MockConfig};
-pub use serial::SerialBackend;

@@ -255,10 +255,10 @@ pub struct Sampling {
 
 /// Check the fields both endpoints share.
 pub fn check_common(c: &CommonFields) -> Result<Sampling, ApiError> {
-    if let Some(n) = c.n {
-        if n != 1 {
-            return Err(ApiError::invalid("n", format!("n = {n} is not supported: this server returns one choice")));
-        }
+    if let Some(n) = c.n
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", format!("n = {n} is not supported: this server returns one choice")));
     }
     for (name, v) in [("frequency_penalty", c.frequency_penalty), ("presence_penalty", c.presence_penalty)] {
         if v.is_some_and(|v| v != 0.0) {
