@@ -51,6 +51,18 @@ pub enum GpuError {
         report: String,
     },
 
+    /// naga could not validate or translate a variant for one backend's
+    /// language (offline; see [`crate::translate`]).
+    #[error("shader {label} does not translate to {target}:\n{report}")]
+    ShaderTranslate {
+        /// Pipeline label.
+        label: String,
+        /// Target language (`spirv`, `msl`, `hlsl`, `glsl`).
+        target: &'static str,
+        /// naga's (or spirv-val's) report.
+        report: String,
+    },
+
     /// Creating a shader module or compute pipeline failed on the device.
     #[error("compiling pipeline {label} failed")]
     Pipeline {

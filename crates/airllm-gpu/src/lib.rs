@@ -67,6 +67,7 @@ pub mod shaders;
 pub mod staging;
 pub mod testing;
 pub mod timing;
+pub mod translate;
 
 pub use caps::{AdapterReport, Caps, list_adapters};
 pub use device::{GpuBackend, GpuContext, GpuOptions};
