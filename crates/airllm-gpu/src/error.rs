@@ -135,6 +135,19 @@ pub enum GpuError {
         source: std::io::Error,
     },
 
+    /// Host-memory staging (Vulkan import or host-visible allocation) could
+    /// not be set up.
+    #[error(
+        "host-memory staging: {op} failed: {reason}. GpuOptions::staging = mapped (the default) \
+         avoids it"
+    )]
+    HostStaging {
+        /// What was being done.
+        op: &'static str,
+        /// Why it failed, with the Vulkan result.
+        reason: String,
+    },
+
     /// Waiting for submitted work failed (device lost, timeout).
     #[error("waiting for the GPU failed")]
     Poll(#[source] wgpu::PollError),

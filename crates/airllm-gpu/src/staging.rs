@@ -29,6 +29,13 @@ unsafe impl Send for MappedPtr {}
 unsafe impl Sync for MappedPtr {}
 
 impl MappedPtr {
+    /// # Safety
+    /// `ptr` must address `len` bytes that stay writable for as long as the
+    /// owner says (until its unmap or release).
+    pub(crate) unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
+        MappedPtr { ptr, len }
+    }
+
     /// Start of the mapped range.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
