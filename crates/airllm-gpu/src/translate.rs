@@ -285,7 +285,11 @@ fn write(
             for r in tinfo.entry_point_names {
                 r.map_err(|e| format!("entry point: {e}"))?;
             }
-            Ok(Translation { target, version: format!("MSL {}.{}", lang_version.0, lang_version.1), output: Output::Text(text) })
+            Ok(Translation {
+                target,
+                version: format!("MSL {}.{}", lang_version.0, lang_version.1),
+                output: Output::Text(text),
+            })
         }
         Target::Hlsl => {
             use naga::back::hlsl;
@@ -378,9 +382,7 @@ pub struct TranslationReport {
 /// successful translation (e.g. to run `spirv-val` on the SPIR-V). Returns
 /// the tallies with every failure; `Err` only when a variant's WGSL cannot be
 /// composed or parsed at all.
-pub fn translate_all_shaders(
-    mut each: impl FnMut(&PipelineKey, &Translation),
-) -> Result<TranslationReport> {
+pub fn translate_all_shaders(mut each: impl FnMut(&PipelineKey, &Translation)) -> Result<TranslationReport> {
     let keys = PipelineKey::all_variants();
     let mut report = TranslationReport {
         variants: keys.len(),

@@ -10,9 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use airllm_gpu::PipelineKey;
-use airllm_gpu::translate::{
-    Outcome, Output, SpirvValUnavailable, Target, spirv_target_env, spirv_val, translate_key,
-};
+use airllm_gpu::translate::{Outcome, Output, SpirvValUnavailable, Target, spirv_target_env, spirv_val, translate_key};
 
 /// Splits the variants over the cores (the CI machines have two).
 fn par_each(keys: &[PipelineKey], f: impl Fn(&PipelineKey) + Sync) {

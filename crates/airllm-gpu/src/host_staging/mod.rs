@@ -170,15 +170,7 @@ impl Staging {
             }
         };
         let kind = if kind == StagingKind::Auto { StagingKind::Mapped } else { kind };
-        Ok(Staging {
-            buffer,
-            memory,
-            kind,
-            label: label.to_string(),
-            writing: true,
-            encoded: false,
-            pending: None,
-        })
+        Ok(Staging { buffer, memory, kind, label: label.to_string(), writing: true, encoded: false, pending: None })
     }
 
     /// The memory behind it (never `Auto`).

@@ -53,8 +53,10 @@ pub(crate) fn request_device_with_host_import(
         // SAFETY: features and limits are the adapter's own (already
         // intersected with what it offers, as wgpu's request_device checks);
         // the callback only adds an extension the adapter reports.
-        unsafe { hal.open_with_callback(desc.required_features, &desc.required_limits, &desc.memory_hints, Some(add_ext)) }
-            .map_err(|e| err("opening the device with VK_EXT_external_memory_host", format!("{name:?}: {e}")))?
+        unsafe {
+            hal.open_with_callback(desc.required_features, &desc.required_limits, &desc.memory_hints, Some(add_ext))
+        }
+        .map_err(|e| err("opening the device with VK_EXT_external_memory_host", format!("{name:?}: {e}")))?
     };
     // SAFETY: `open` was created from this adapter's hal adapter with `desc`'s
     // features and limits.
