@@ -17,8 +17,11 @@
 //!
 //! Weights reach VRAM through [`StagingBuffer`] (mapped memory filled by
 //! threads, then `copy_buffer_to_buffer` into a [`SlotPool`] slot), never
-//! `write_buffer`. [`read_buffer_f32`] reads results back; [`timing`] gives
-//! per-kernel GPU times.
+//! `write_buffer`; [`Staging`] does the same over any [`StagingKind`],
+//! including host RAM imported into Vulkan ([`host_staging`]).
+//! [`read_buffer_f32`] reads results back; [`timing`] gives per-kernel GPU
+//! times; [`translate`] proves every kernel variant translates for Vulkan,
+//! Metal, DX12 and GL.
 //!
 //! ```
 //! use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
