@@ -4,7 +4,10 @@
 //! environment names, as the CLI reads it: `AIRLLM_BACKEND=gl cargo test
 //! -p airllm-gpu --test kernels` runs the kernel suite on wgpu's GL backend,
 //! `AIRLLM_ADAPTER=llvmpipe` picks by name. (The library proper reads no
-//! environment; this module serves tests and benches only.)
+//! environment; this module serves tests and benches only.) On GL add
+//! `-- --test-threads 1`: wgpu's GL backend serializes every call on one
+//! context and panics when a thread waits more than 6 s for it, which
+//! parallel tests on a software GL driver (llvmpipe) reach.
 
 use std::sync::Arc;
 
