@@ -15,14 +15,17 @@ use crate::device::{GpuBackend, GpuContext, GpuOptions, shared_context};
 use crate::error::Result;
 
 /// The options of the shared test context: [`GpuOptions::default`] with
-/// `AIRLLM_BACKEND` (vulkan, metal, dx12, gl) and `AIRLLM_ADAPTER` (name
-/// substring) applied when set, and whether either was.
+/// `AIRLLM_BACKEND` (vulkan, metal, dx12, gl), `AIRLLM_ADAPTER` (name
+/// substring) and `AIRLLM_STAGING` (a [`StagingKind`](crate::StagingKind):
+/// `host-imported` runs the suite on a device opened through wgpu-hal with
+/// the host-memory extension) applied when set, and whether any was.
 pub fn test_options() -> Result<(GpuOptions, bool)> {
     let var = |name: &str| std::env::var(name).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let backend = var("AIRLLM_BACKEND").map(|s| s.parse::<GpuBackend>()).transpose()?;
     let adapter = var("AIRLLM_ADAPTER");
-    let chosen = backend.is_some() || adapter.is_some();
-    Ok((GpuOptions { backend, adapter, ..Default::default() }, chosen))
+    let staging = var("AIRLLM_STAGING").map(|s| s.parse::<crate::StagingKind>()).transpose()?.unwrap_or_default();
+    let chosen = backend.is_some() || adapter.is_some() || staging != crate::StagingKind::Mapped;
+    Ok((GpuOptions { backend, adapter, staging, ..Default::default() }, chosen))
 }
 
 /// The process-wide shared GPU context, or `None` with the reason printed

@@ -131,7 +131,7 @@ fn kinds_parse_and_auto_resolves() {
 
 #[test]
 fn default_options_keep_mapped_staging() {
-    let Some(ctx) = crate::testing::gpu_or_skip() else { return };
+    let Some(ctx) = context(StagingKind::default()) else { return };
     assert_eq!(ctx.caps().staging, StagingKind::Mapped);
     // a host kind the device was not opened for is refused, not faked
     if !ctx.caps().host_import {
