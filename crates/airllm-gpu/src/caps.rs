@@ -41,6 +41,13 @@ pub struct Caps {
     pub max_workgroup_storage: u32,
     /// Device-local memory in bytes, when the backend reports it (Vulkan).
     pub vram_bytes: Option<u64>,
+    /// The memory staging buffers use ([`GpuOptions::staging`](crate::GpuOptions)
+    /// resolved for this device; never `Auto`).
+    pub staging: crate::StagingKind,
+    /// The device was opened with `VK_EXT_external_memory_host`.
+    pub host_import: bool,
+    /// Alignment of imported host pointers and sizes (bytes; 0 without `host_import`).
+    pub host_import_align: u64,
 }
 
 impl Caps {
@@ -101,7 +108,8 @@ pub struct AdapterReport {
     pub device_type: wgpu::DeviceType,
     /// Driver name and info.
     pub driver: String,
-    /// Features of interest it offers: `shader-f16`, `subgroup`, `timestamp-query`.
+    /// Features of interest it offers: `shader-f16`, `subgroup`, `timestamp-query`,
+    /// `external-memory-host` (Vulkan host-memory import, for staging).
     pub features: Vec<&'static str>,
     /// Subgroup size range (when subgroups are offered).
     pub subgroup_sizes: (u32, u32),
@@ -165,6 +173,10 @@ pub fn list_adapters() -> Vec<AdapterReport> {
             }
             if feats.contains(wgpu::Features::TIMESTAMP_QUERY) {
                 features.push("timestamp-query");
+            }
+            if crate::host_staging::adapter_supports_host_import(a) {
+                // host-memory staging (GpuOptions::staging = host-imported)
+                features.push("external-memory-host");
             }
             AdapterReport {
                 name: info.name.clone(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::caps::{Caps, backend_rank, new_instance, type_rank};
 use crate::error::{GpuError, Result};
+use crate::host_staging::StagingKind;
 use crate::pipeline::PipelineCache;
 use crate::pool::UniformPool;
 use crate::timing::Profiler;
@@ -85,6 +86,12 @@ pub struct GpuOptions {
     /// Cap the largest buffer the engine plans with (bytes), e.g. to test the
     /// error for units that do not fit one buffer.
     pub max_buffer_override: Option<u64>,
+    /// The memory behind staging buffers ([`Staging`](crate::Staging)):
+    /// `Mapped` (default, portable), `HostImported` / `HostVisible` (host RAM
+    /// through Vulkan; an error where the device cannot give it), or `Auto`.
+    /// `HostImported` and `Auto` on a discrete Vulkan GPU open the device
+    /// through wgpu-hal with `VK_EXT_external_memory_host` added.
+    pub staging: crate::StagingKind,
 }
 
 /// The features the kernels use when the adapter has them.
@@ -99,6 +106,33 @@ fn wanted_features(opts: &GpuOptions) -> wgpu::Features {
         f |= wgpu::Features::SHADER_F16;
     }
     f
+}
+
+/// The staging kind a device on `adapter` gets for `wanted`, and whether the
+/// device must be opened with `VK_EXT_external_memory_host`.
+fn resolve_staging(adapter: &wgpu::Adapter, wanted: StagingKind) -> Result<(StagingKind, bool)> {
+    let info = adapter.get_info();
+    let vulkan = info.backend == wgpu::Backend::Vulkan;
+    let import = crate::host_staging::adapter_supports_host_import(adapter);
+    let refuse = |reason: String| GpuError::HostStaging { op: "choosing the staging memory", reason };
+    match wanted {
+        StagingKind::Mapped => Ok((StagingKind::Mapped, false)),
+        StagingKind::HostImported if import => Ok((StagingKind::HostImported, true)),
+        StagingKind::HostImported => Err(refuse(format!(
+            "{:?} ({:?}) does not offer VK_EXT_external_memory_host on Vulkan 1.1+",
+            info.name, info.backend
+        ))),
+        StagingKind::HostVisible if vulkan => Ok((StagingKind::HostVisible, false)),
+        StagingKind::HostVisible => {
+            Err(refuse(format!("host-visible staging needs Vulkan; {:?} runs on {:?}", info.name, info.backend)))
+        }
+        // Only a discrete card keeps mapped staging behind the BAR; elsewhere
+        // mapped memory already is host RAM.
+        StagingKind::Auto if import && info.device_type == wgpu::DeviceType::DiscreteGpu => {
+            Ok((StagingKind::HostImported, true))
+        }
+        StagingKind::Auto => Ok((StagingKind::Mapped, false)),
+    }
 }
 
 fn backends_for(opts: &GpuOptions) -> wgpu::Backends {
@@ -178,10 +212,17 @@ impl GpuContext {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        let (device, queue) = adapter
-            .request_device(&desc)
-            .await
-            .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
+        let (staging, host_import) = resolve_staging(&adapter, opts.staging)?;
+        let (device, queue) = if host_import {
+            crate::host_staging::request_device_with_host_import(&adapter, &desc)?
+        } else {
+            adapter
+                .request_device(&desc)
+                .await
+                .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?
+        };
+        let host_import_align =
+            if host_import { crate::host_staging::import_alignment(&adapter).unwrap_or(4096) } else { 0 };
         let limits = device.limits();
         let features = device.features();
         let mut max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
@@ -205,6 +246,9 @@ impl GpuContext {
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             vram_bytes: crate::memory::device_memory_bytes(&adapter),
+            staging,
+            host_import,
+            host_import_align,
         };
         tracing::info!(
             adapter = %caps.adapter_name,
@@ -212,6 +256,7 @@ impl GpuContext {
             subgroup = caps.subgroup,
             f16 = caps.f16,
             max_binding = caps.max_binding,
+            staging = %caps.staging,
             "GPU device ready"
         );
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -242,6 +287,14 @@ impl GpuContext {
         caps.f16 &= self.caps.f16;
         caps.timestamps &= self.caps.timestamps;
         caps.max_binding = caps.max_binding.clamp(1024, self.caps.max_binding);
+        caps.host_import &= self.caps.host_import;
+        caps.host_import_align = self.caps.host_import_align;
+        caps.staging = match caps.staging {
+            StagingKind::HostImported if !caps.host_import => self.caps.staging,
+            StagingKind::HostVisible if caps.backend != wgpu::Backend::Vulkan => self.caps.staging,
+            StagingKind::Auto => self.caps.staging,
+            k => k,
+        };
         GpuContext {
             adapter: self.adapter.clone(),
             device: self.device.clone(),
@@ -327,16 +380,31 @@ impl GpuContext {
     }
 }
 
-/// A shared context for tests and benches: created once per process, `None`
-/// (with the reason printed) when no adapter exists.
+/// A shared context for tests and benches: created once per process with
+/// [`test_options`](crate::testing::test_options), `None` (with the reason
+/// printed) when no adapter exists. When the environment asked for a backend
+/// or adapter that cannot be opened, it panics instead: a suite asked to run
+/// on GL must not pass by running nothing.
 pub(crate) fn shared_context() -> Option<Arc<GpuContext>> {
     use std::sync::OnceLock;
     static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
-    CTX.get_or_init(|| match GpuContext::new(&GpuOptions::default()) {
-        Ok(ctx) => Some(Arc::new(ctx)),
-        Err(e) => {
-            eprintln!("skipping GPU work: {e}");
-            None
+    CTX.get_or_init(|| {
+        let (opts, chosen) = match crate::testing::test_options() {
+            Ok(o) => o,
+            Err(e) => panic!("{e}"),
+        };
+        match GpuContext::new(&opts) {
+            Ok(ctx) => {
+                if chosen {
+                    eprintln!("GPU tests on {} ({:?})", ctx.caps().adapter_name, ctx.caps().backend);
+                }
+                Some(Arc::new(ctx))
+            }
+            Err(e) if chosen => panic!("the adapter chosen by AIRLLM_BACKEND / AIRLLM_ADAPTER cannot be opened: {e}"),
+            Err(e) => {
+                eprintln!("skipping GPU work: {e}");
+                None
+            }
         }
     })
     .clone()

@@ -51,6 +51,18 @@ pub enum GpuError {
         report: String,
     },
 
+    /// naga could not validate or translate a variant for one backend's
+    /// language (offline; see [`crate::translate`]).
+    #[error("shader {label} does not translate to {target}:\n{report}")]
+    ShaderTranslate {
+        /// Pipeline label.
+        label: String,
+        /// Target language (`spirv`, `msl`, `hlsl`, `glsl`).
+        target: &'static str,
+        /// naga's (or spirv-val's) report.
+        report: String,
+    },
+
     /// Creating a shader module or compute pipeline failed on the device.
     #[error("compiling pipeline {label} failed")]
     Pipeline {
@@ -121,6 +133,19 @@ pub enum GpuError {
         /// The reason.
         #[source]
         source: std::io::Error,
+    },
+
+    /// Host-memory staging (Vulkan import or host-visible allocation) could
+    /// not be set up.
+    #[error(
+        "host-memory staging: {op} failed: {reason}. GpuOptions::staging = mapped (the default) \
+         avoids it"
+    )]
+    HostStaging {
+        /// What was being done.
+        op: &'static str,
+        /// Why it failed, with the Vulkan result.
+        reason: String,
     },
 
     /// Waiting for submitted work failed (device lost, timeout).

@@ -17,8 +17,11 @@
 //!
 //! Streamed weights reach VRAM through the [`Ring`] (an `airllm-io` reader
 //! fills mapped staging buffers, then `copy_buffer_to_buffer` into a ring
-//! slot), never `write_buffer`. [`read_buffer_f32`] reads results back;
-//! [`timing`] gives per-kernel GPU times.
+//! slot), never `write_buffer`; [`Staging`] does the same over any
+//! [`StagingKind`], including host RAM imported into Vulkan ([`host_staging`]).
+//! [`read_buffer_f32`] reads results back; [`timing`] gives per-kernel GPU
+//! times; [`translate`] proves every kernel variant translates for Vulkan,
+//! Metal, DX12 and GL.
 //!
 //! ```
 //! use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
@@ -57,6 +60,7 @@ pub use wgpu;
 pub mod caps;
 pub mod device;
 pub mod error;
+pub mod host_staging;
 pub mod kernels;
 pub mod memory;
 pub mod pipeline;
@@ -67,10 +71,12 @@ pub mod ring;
 pub mod shaders;
 pub mod testing;
 pub mod timing;
+pub mod translate;
 
 pub use caps::{AdapterReport, Caps, list_adapters};
 pub use device::{GpuBackend, GpuContext, GpuOptions};
 pub use error::GpuError;
+pub use host_staging::{MappedPtr, Staging, StagingKind};
 pub use kernels::WeightFormat;
 pub use pipeline::{Activation, GemmTile, PipelineCache, PipelineKey};
 pub use pool::{BufView, KvCache, KvLayout};
