@@ -21,6 +21,9 @@ enum Command {
     Shard(commands::shard::Args),
     /// Write a random-weight checkpoint with the exact shapes of a real model (for benchmarks).
     Synth(commands::synth::Args),
+    /// Write a random-weight GGUF with a real model's layer shapes and another GGUF's
+    /// vocabulary (for benchmarks beside llama.cpp on the same file).
+    SynthGguf(commands::synth_gguf::Args),
     /// Preprocess every shader variant, validate it with naga and translate it
     /// for every backend (SPIR-V + spirv-val, MSL, HLSL, GLSL ES; no GPU needed).
     Shaders(commands::shaders::Args),
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Shard(a) => commands::shard::run(a),
         Command::Synth(a) => commands::synth::run(a),
+        Command::SynthGguf(a) => commands::synth_gguf::run(a),
         Command::Shaders(a) => commands::shaders::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Fuzz(a) => commands::fuzz::run(a),

@@ -212,9 +212,19 @@ fn head_hash(path: &Path, n: u64) -> Result<u64> {
 }
 
 /// Where the shards of `source` (a checkpoint directory or GGUF file) go by default:
-/// `<name>.airllm-shards-<compression>` beside it when that directory is writable,
-/// else `<user cache>/airllm/shards/<name>-<hash of the canonical path>.airllm-shards-<compression>`.
+/// for a model inside a Hugging Face cache snapshot, `<airllm cache>/shards/<org>--<name>--<revision>`
+/// (tools that read the hub cache take every entry of `snapshots/` for a revision, so
+/// nothing may be added beside it); otherwise `<name>.airllm-shards-<compression>` beside
+/// it when that directory is writable, else
+/// `<user cache>/airllm/shards/<name>-<hash of the canonical path>.airllm-shards-<compression>`.
 pub fn default_shards_dir(source: &Path, compression: Compression) -> PathBuf {
+    if let (Some((repo, rev, rel)), Some(cache)) = (crate::hub::hf_snapshot_of(source), crate::hub::airllm_cache_dir()) {
+        let mut name = format!("{}--{}", repo.replace('/', "--"), &rev[..rev.len().min(12)]);
+        if let Some(stem) = rel.file_stem() {
+            name = format!("{name}--{}", stem.to_string_lossy());
+        }
+        return cache.join("shards").join(format!("{name}.airllm-shards-{compression}"));
+    }
     let name = source
         .file_stem()
         .or_else(|| source.file_name())

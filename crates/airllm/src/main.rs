@@ -104,3 +104,15 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate option names across flattened
+    /// argument groups, bad defaults) run only in debug builds when parsing;
+    /// this runs them in the release test build too.
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -140,21 +140,10 @@ pub fn open_device(opts: &Options) -> Result<Option<GpuContext>> {
     }
 }
 
-/// The default shard directory of a checkpoint: for a model inside a Hugging Face
-/// cache snapshot, airllm's cache; otherwise [`airllm_format::default_shards_dir`]
-/// (beside it when writable, else under the user cache, named by its canonical path).
+/// The default shard directory of a checkpoint (see [`airllm_format::default_shards_dir`]:
+/// airllm's cache for models in a Hugging Face cache snapshot, else beside the
+/// checkpoint when writable, else under the user cache, named by its canonical path).
 pub fn default_shards_dir(model: &Path, opts: &Options) -> PathBuf {
-    // [issue 19] A model inside a Hugging Face cache snapshot keeps its shards in
-    // airllm's cache: tools that read the hub cache take every entry of `snapshots/` for a revision.
-    if let (Some((repo, rev, rel)), Some(cache)) =
-        (airllm_format::hub::hf_snapshot_of(model), airllm_format::hub::airllm_cache_dir())
-    {
-        let mut name = format!("{}--{}", repo.replace('/', "--"), &rev[..rev.len().min(12)]);
-        if let Some(stem) = rel.file_stem() {
-            name = format!("{name}--{}", stem.to_string_lossy());
-        }
-        return cache.join("shards").join(format!("{name}.airllm-shards-{}", opts.compression));
-    }
     airllm_format::default_shards_dir(model, opts.compression)
 }
 

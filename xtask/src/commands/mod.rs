@@ -3,3 +3,4 @@ pub mod fuzz;
 pub mod shaders;
 pub mod shard;
 pub mod synth;
+pub mod synth_gguf;

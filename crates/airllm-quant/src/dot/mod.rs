@@ -32,9 +32,11 @@
 //!
 //! **How.** Quantized weights are multiplied against activations quantized
 //! per block of 32 ([`act`]): per block an exact integer dot product of the
-//! codes, scaled once in f32, as ggml does. The activation codes have one of
-//! two widths, chosen per call by [`Matmul::precision`]:
-//! - [`Precision::Precise`] (the default): 16-bit codes; the block dot is
+//! codes, scaled once in f32, as ggml does. The activation codes are chosen
+//! per call by [`Matmul::precision`]:
+//! - [`Precision::Exact`] (the default): two 16-bit codes per value (a high
+//!   and a low term), two i16 x i16 block dots; matches an f32 matmul;
+//! - [`Precision::Precise`]: one 16-bit code; the block dot is
 //!   i16 x i16 (`pmaddwd` on AVX2, `vpdpwssd` with AVX-512 VNNI, `smlal` on
 //!   aarch64), the weight codes widened to i16 once per block and reused for
 //!   every token of the tile;

@@ -28,9 +28,10 @@ pub struct BenchArgs {
     /// Passes over the shards for --io-only.
     #[arg(long, default_value_t = 2)]
     pub passes: usize,
-    /// Reader threads for --io-only (default: one per core, at most 16).
+    /// Reader threads for --io-only (default: one per core, at most 16). `-t/--threads`
+    /// is the CPU executor's thread count.
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub io_threads: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -167,7 +168,7 @@ fn io_only(a: &BenchArgs) -> anyhow::Result<()> {
     if let Some(m) = a.model.read_mode {
         opts.mode = m;
     }
-    if let Some(t) = a.threads {
+    if let Some(t) = a.io_threads {
         opts.threads = t.max(1);
     }
     let report = airllm_io::bench::run_io_bench(&shards, &opts, a.passes.max(1))?;
