@@ -31,11 +31,11 @@
 
 use std::time::Instant;
 
+use crate::Prompt;
 use crate::error::Result;
 use crate::model::{AutoModel, FinishReason, Generation, Timings, TokenEvent};
 use crate::options::GenerateOptions;
 use crate::scheduler::{Event, Request, Retained, Scheduler};
-use crate::Prompt;
 
 /// A conversation on a model, its KV cache kept between turns.
 pub struct ChatSession<'m> {
