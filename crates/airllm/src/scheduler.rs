@@ -532,7 +532,7 @@ impl Scheduler {
             r.next = Some(id);
         }
         // Remove finished requests (highest index first so indices stay valid).
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (ri, reason) in finished {
             self.finish(engine, tok, ri, reason, sink);
         }

@@ -219,7 +219,10 @@ fn cancelled_turn_leaves_a_usable_cache() {
 
 /// Runs `reqs` through one scheduler; returns each request's ids and retained
 /// sequence (in submission order) and the preemptions.
-fn drain(model: &mut AutoModel, reqs: Vec<Request>) -> (Vec<(Vec<u32>, Option<Retained>)>, usize) {
+/// A finished request's generated ids and retained sequence.
+type Done = (Vec<u32>, Option<Retained>);
+
+fn drain(model: &mut AutoModel, reqs: Vec<Request>) -> (Vec<Done>, usize) {
     let mut sched = Scheduler::new(16);
     let ids: Vec<u64> = reqs.into_iter().map(|r| sched.submit(model.engine(), r).unwrap()).collect();
     let mut done = std::collections::HashMap::new();
