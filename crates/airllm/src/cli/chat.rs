@@ -39,6 +39,10 @@ pub struct ChatArgs {
     /// Do not read or write the line-editing history file.
     #[arg(long)]
     pub no_history: bool,
+    /// Re-read the whole conversation every turn instead of keeping its KV cache
+    /// between turns (slower; for comparison).
+    #[arg(long)]
+    pub no_cache_reuse: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -274,6 +278,9 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
         let mut stream = StopStream::new(&opts.stop_strings);
         let mut first = true;
+        if a.no_cache_reuse {
+            session.reset();
+        }
         cancel.store(false, Ordering::Relaxed);
         idle.store(false, Ordering::Relaxed);
         let result = session.generate(&Prompt::Ids(ids), &opts, |ev| {
