@@ -24,7 +24,8 @@
 //!
 //! Modules: [`model`] (the [`AutoModel`] API), [`engine`] (placement, streaming,
 //! forward passes), [`planner`] (which units stay resident), [`tokenizer`],
-//! [`sampler`]. The `airllm` binary wraps them in a CLI.
+//! [`sampler`], [`session`] (chat turns that keep their KV cache). The `airllm`
+//! binary wraps them in a CLI.
 //!
 //! Tooling modules: [`hub`] (downloads from the Hugging Face Hub into its standard
 //! cache, feature `hub`), [`perplexity`] (quality evaluation), [`constrain`]
@@ -51,10 +52,12 @@ pub mod sampler;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod session;
 pub mod sizing;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};
 pub use model::{AutoModel, FinishReason, Generation, Prompt, Timings, TokenEvent};
 pub use options::{Device, GenerateOptions, KvDtype, Options};
+pub use session::ChatSession;
 pub use tokenizer::{ChatMessage, TextTokenizer};

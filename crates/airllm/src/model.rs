@@ -335,7 +335,7 @@ impl AutoModel {
         let mut index = std::collections::HashMap::new();
         for (i, p) in ids.iter().enumerate() {
             let o = GenerateOptions { seed: opts.seed.wrapping_add(i as u64), ..opts.clone() };
-            let id = sched.submit(&self.engine, Request { prompt: p.clone(), opts: o, hook_seq: i })?;
+            let id = sched.submit(&self.engine, Request::new(p.clone(), o, i))?;
             index.insert(id, i);
         }
         let mut gens: Vec<Option<Generation>> = vec![None; ids.len()];

@@ -15,6 +15,20 @@
 //! preempted (its blocks freed; it re-reads prompt + generated text later,
 //! which gives the same tokens: recompute preemption, as vLLM does). A
 //! request that cannot fit the pool even alone is refused at submission.
+//!
+//! Prefix reuse (chat turns): a request may bring a [`Retained`] sequence, one
+//! an earlier request kept ([`Request::keep`]), with the exact ids its cache
+//! holds. At admission the scheduler keeps the longest common prefix of those
+//! ids and the new prompt (cutting the sequence there; at least the prompt's
+//! last token is always read, for its logits) and reads only the rest; with no
+//! common prefix, or a handle that does not match the engine's sequence, the
+//! retained sequence is freed and the prompt is read from scratch. The KV of
+//! positions `0..n` depends only on tokens `0..n`, so a cut prefix is exact.
+//! A kept request's `Finished` event hands its sequence back, with exactly the
+//! ids fed into its cache (the last sampled token is usually not among them:
+//! it is fed only by the next step). Until a retained sequence is given to a
+//! request again, or freed with [`Engine::remove_sequence`], its blocks stay
+//! taken.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -73,7 +87,24 @@ pub enum Event {
         text: String,
         /// Prompt tokens.
         prompt_tokens: usize,
+        /// Of those, how many were taken from a retained sequence's cache (not re-read).
+        reused_tokens: usize,
+        /// The request's sequence, kept when [`Request::keep`] asked for it (also
+        /// when cancelled); the caller must pass it to a later request or free it.
+        retained: Option<Retained>,
     },
+}
+
+/// A sequence kept after its request finished, and the ids its cache holds.
+///
+/// Give it to one later request ([`Request::reuse`]) or free it with
+/// [`Engine::remove_sequence`]; until then its KV blocks stay taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retained {
+    /// The engine sequence.
+    pub seq: SeqId,
+    /// Exactly the token ids fed into its cache, in order (`engine.sequence_len(seq)` of them).
+    pub ids: Vec<u32>,
 }
 
 /// A generation request.
@@ -86,6 +117,20 @@ pub struct Request {
     /// The index this request's sequence has for `opts.logits_hook` (a batch's
     /// requests share one hook that keeps state per index).
     pub hook_seq: usize,
+    /// A retained sequence whose cached prefix this prompt may start with: the
+    /// common prefix is not re-read (see the module docs). If [`Scheduler::submit`]
+    /// refuses the request, the sequence is still the caller's to free.
+    pub reuse: Option<Retained>,
+    /// Keep the sequence when the request ends and hand it back in
+    /// [`Event::Finished::retained`] instead of freeing it.
+    pub keep: bool,
+}
+
+impl Request {
+    /// A request for `prompt` with no prefix reuse.
+    pub fn new(prompt: Vec<u32>, opts: GenerateOptions, hook_seq: usize) -> Request {
+        Request { prompt, opts, hook_seq, reuse: None, keep: false }
+    }
 }
 
 struct Running {
@@ -109,6 +154,12 @@ struct Running {
     hook_seq: usize,
     /// Admission order (for choosing whom to preempt).
     admitted: u64,
+    /// Exactly the ids fed into the sequence's cache (what a kept sequence holds).
+    cached: Vec<u32>,
+    /// Prompt tokens taken from a retained sequence at admission.
+    reused: usize,
+    /// Hand the sequence back when the request ends.
+    keep: bool,
 }
 
 struct Waiting {
@@ -228,25 +279,39 @@ impl Scheduler {
             let w = self.waiting.remove(i);
             if let Some(w) = w {
                 let (ids, text) = w.resumed.map(|r| (r.generated, r.text)).unwrap_or_default();
+                // A waiting request's retained sequence is unchanged but possibly cut
+                // to its verified prefix: handed back when asked to keep it, else freed.
+                let retained = match w.req.reuse {
+                    Some(ret) if w.req.keep && engine.sequence_len(ret.seq) == Some(ret.ids.len()) => Some(ret),
+                    Some(ret) => {
+                        self.drop_retained(engine, ret.seq);
+                        None
+                    }
+                    None => None,
+                };
                 sink(Event::Finished {
                     id,
                     reason: FinishReason::Cancelled,
                     ids,
                     text,
                     prompt_tokens: w.req.prompt.len(),
+                    reused_tokens: 0,
+                    retained,
                 });
             }
             return true;
         }
         if let Some(i) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.swap_remove(i);
-            engine.remove_sequence(r.seq);
+            let retained = self.release(engine, r.seq, r.keep, r.cached);
             sink(Event::Finished {
                 id,
                 reason: FinishReason::Cancelled,
                 ids: r.generated,
                 text: r.text,
                 prompt_tokens: r.prompt_len,
+                reused_tokens: r.reused,
+                retained,
             });
             return true;
         }
@@ -314,22 +379,39 @@ impl Scheduler {
             })
             .sum();
         // 2. Admit waiting requests while their whole context fits the pool.
-        while let Some(w) = self.waiting.front() {
+        while !self.waiting.is_empty() {
             if self.running.len() >= cap.sequences || rows >= cap.rows {
                 break;
             }
+            // A retained sequence is checked (and cut to the common prefix) before
+            // its blocks are counted; the check is idempotent if admission waits.
+            let reuse = self.waiting[0].req.reuse.take();
+            let reuse = reuse.and_then(|ret| self.verify_reuse(engine, ret, &self.waiting[0].req.prompt));
+            let w = &mut self.waiting[0];
+            w.req.reuse = reuse;
             let ctx_len = w.resumed.as_ref().map(|r| r.context.len()).unwrap_or(w.req.prompt.len());
-            let need = engine.blocks_needed(None, ctx_len + 1);
+            let need = match &w.req.reuse {
+                Some(ret) => engine.blocks_needed(Some(ret.seq), ctx_len - ret.ids.len() + 1),
+                None => engine.blocks_needed(None, ctx_len + 1),
+            };
             if need + reserved > engine.free_blocks() {
                 break;
             }
-            let Some(w) = self.waiting.pop_front() else { break };
-            let seq = engine.add_sequence();
+            let Some(mut w) = self.waiting.pop_front() else { break };
+            let (seq, cached) = match w.req.reuse.take() {
+                Some(ret) => (ret.seq, ret.ids),
+                None => (engine.add_sequence(), Vec::new()),
+            };
+            let fed = cached.len();
             self.admissions += 1;
             let r = match w.resumed {
                 Some(mut r) => {
+                    // Preempted: its retained prefix (if any) went with it; re-read all.
+                    debug_assert_eq!(fed, 0);
                     r.seq = seq;
-                    r.fed = 0;
+                    r.fed = fed;
+                    r.cached = cached;
+                    r.reused = fed;
                     r.admitted = self.admissions;
                     *r
                 }
@@ -338,7 +420,10 @@ impl Scheduler {
                     seq,
                     prompt_len: w.req.prompt.len(),
                     context: w.req.prompt,
-                    fed: 0,
+                    fed,
+                    cached,
+                    reused: fed,
+                    keep: w.req.keep,
                     generated: Vec::new(),
                     next: None,
                     sampler: Sampler::new(SamplerConfig {
@@ -390,6 +475,7 @@ impl Scheduler {
         let mut finished = Vec::new();
         for ((ri, toks, _), lg) in plan.iter().zip(logits) {
             let r = &mut self.running[*ri];
+            r.cached.extend_from_slice(toks);
             if r.next.take().is_some() {
                 // The decoded token is now in the cache.
             } else {
@@ -446,7 +532,7 @@ impl Scheduler {
             r.next = Some(id);
         }
         // Remove finished requests (highest index first so indices stay valid).
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (ri, reason) in finished {
             self.finish(engine, tok, ri, reason, sink);
         }
@@ -464,7 +550,7 @@ impl Scheduler {
         sink: &mut dyn FnMut(Event),
     ) {
         let mut r = self.running.swap_remove(ri);
-        engine.remove_sequence(r.seq);
+        let retained = self.release(engine, r.seq, r.keep, std::mem::take(&mut r.cached));
         if reason != FinishReason::Stop {
             // The full decode: the stream decoder may still hold an incomplete
             // character at the end.
@@ -475,13 +561,81 @@ impl Scheduler {
             r.emitted = r.text.len();
             sink(Event::Text { id: r.id, text: rest });
         }
-        sink(Event::Finished { id: r.id, reason, ids: r.generated, text: r.text, prompt_tokens: r.prompt_len });
+        sink(Event::Finished {
+            id: r.id,
+            reason,
+            ids: r.generated,
+            text: r.text,
+            prompt_tokens: r.prompt_len,
+            reused_tokens: r.reused,
+            retained,
+        });
+    }
+
+    /// Frees a finished request's sequence, or hands it back when it is to be kept.
+    fn release(&self, engine: &mut Engine, seq: SeqId, keep: bool, cached: Vec<u32>) -> Option<Retained> {
+        if keep && engine.sequence_len(seq) == Some(cached.len()) {
+            return Some(Retained { seq, ids: cached });
+        }
+        engine.remove_sequence(seq);
+        None
+    }
+
+    /// Frees a retained sequence unless a running request owns it (a handle given twice).
+    fn drop_retained(&self, engine: &mut Engine, seq: SeqId) {
+        if !self.running.iter().any(|r| r.seq == seq) {
+            engine.remove_sequence(seq);
+        }
+    }
+
+    /// The part of `ret` that `prompt` may reuse: the sequence cut to the longest
+    /// common prefix of its ids and the prompt (leaving at least the prompt's last
+    /// token to read), or None, the sequence freed, when nothing matches or the
+    /// handle does not describe the engine's sequence.
+    fn verify_reuse(&self, engine: &mut Engine, mut ret: Retained, prompt: &[u32]) -> Option<Retained> {
+        if self.running.iter().any(|r| r.seq == ret.seq) {
+            tracing::warn!("{} is in use by a running request; reading the prompt from scratch", ret.seq);
+            return None;
+        }
+        if engine.sequence_len(ret.seq) != Some(ret.ids.len()) {
+            tracing::warn!("a retained {} does not hold the ids it names; reading from scratch", ret.seq);
+            engine.remove_sequence(ret.seq);
+            return None;
+        }
+        let common = ret.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len().saturating_sub(1));
+        if keep == 0 {
+            engine.remove_sequence(ret.seq);
+            return None;
+        }
+        if keep < ret.ids.len() {
+            if engine.truncate(ret.seq, keep).is_err() {
+                engine.remove_sequence(ret.seq);
+                return None;
+            }
+            ret.ids.truncate(keep);
+        }
+        Some(ret)
+    }
+
+    /// Ends every request without events and frees all their sequences, retained
+    /// ones included (after an engine error, so no KV block is leaked).
+    pub fn clear(&mut self, engine: &mut Engine) {
+        for r in self.running.drain(..) {
+            engine.remove_sequence(r.seq);
+        }
+        for w in self.waiting.drain(..) {
+            if let Some(ret) = w.req.reuse {
+                engine.remove_sequence(ret.seq);
+            }
+        }
     }
 
     /// Frees running request `ri`'s cache and queues it to resume later.
     fn preempt(&mut self, engine: &mut Engine, ri: usize) {
         let mut r = self.running.swap_remove(ri);
         engine.remove_sequence(r.seq);
+        r.cached.clear();
         // Resume by re-reading everything it has seen, the last sampled token
         // included: the logits of that re-read give the token after it, exactly
         // what its decode step would have given.
@@ -491,7 +645,7 @@ impl Scheduler {
         r.fed = 0;
         r.next = None;
         let id = r.id;
-        let req = Request { prompt: r.context[..r.prompt_len].to_vec(), opts: r.opts.clone(), hook_seq: r.hook_seq };
+        let req = Request::new(r.context[..r.prompt_len].to_vec(), r.opts.clone(), r.hook_seq);
         self.waiting.push_front(Waiting { id, req, resumed: Some(Box::new(r)) });
     }
 }

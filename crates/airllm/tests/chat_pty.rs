@@ -1,6 +1,7 @@
 //! `airllm chat` driven through a pseudo-terminal, as a person would: Ctrl-C while a
 //! reply streams stops the reply and keeps the session and its history; unknown
-//! commands are errors that list the commands; /save writes the conversation.
+//! commands are errors that list the commands; /save writes the conversation; a later
+//! turn reads only what follows the cached conversation.
 
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
@@ -147,10 +148,27 @@ fn ctrl_c_stops_the_reply_and_keeps_the_session() {
     // A too-long message is refused and the session goes on.
     pty.send(&format!("{}\r", "word ".repeat(300)));
     let at = pty.expect(at, "was not sent", long);
+    // The second turn reads only what follows the cached first turn (its prompt and
+    // the part of the interrupted reply that was fed).
+    pty.send("and more\r");
+    let at = pty.expect(at, "and more", long);
+    std::thread::sleep(Duration::from_millis(300));
+    pty.send("\x03");
+    let at = pty.expect(at, "[interrupted]", long);
+    let start = pty.expect(at, "; prompt ", long);
+    let at = pty.expect(start, " of them cached", long);
+    let nums: Vec<usize> = pty.seen[start..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (prompt, cached) = (nums[0], nums[1]);
+    assert!(cached > 0 && cached < prompt, "the second turn reused the first's cache: {cached} of {prompt}");
+    let at = pty.expect(at, "> ", long);
     // History kept: the first turn and the partial reply are in the saved conversation.
     let saved = tmp.path().join("conv.json");
     pty.send(&format!("/save {}\r", saved.display()));
-    let at = pty.expect(at, "(saved 2 messages", long);
+    let at = pty.expect(at, "(saved 4 messages", long);
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
     let msgs = v["messages"].as_array().unwrap();
     assert_eq!(msgs[0]["role"], "user");

@@ -193,7 +193,7 @@ fn drain(model: &mut AutoModel, prompts: &[Vec<u32>], o: &GenerateOptions) -> (V
     let mut sched = Scheduler::new(16);
     let ids: Vec<u64> = prompts
         .iter()
-        .map(|p| sched.submit(model.engine(), Request { prompt: p.clone(), opts: o.clone(), hook_seq: 0 }).unwrap())
+        .map(|p| sched.submit(model.engine(), Request::new(p.clone(), o.clone(), 0)).unwrap())
         .collect();
     let mut done = std::collections::HashMap::new();
     let (mut max_running, mut preempted) = (0, 0);
@@ -243,7 +243,7 @@ fn full_kv_pool_makes_requests_wait() {
     // 40 prompt tokens need 3 blocks: refused at once, with what to do.
     let mut sched = airllm::scheduler::Scheduler::new(16);
     let e = sched
-        .submit(model.engine(), airllm::scheduler::Request { prompt: vec![5; 40], opts: o.clone(), hook_seq: 0 })
+        .submit(model.engine(), airllm::scheduler::Request::new(vec![5; 40], o.clone(), 0))
         .unwrap_err()
         .to_string();
     assert!(e.contains("KV cache is full") && e.contains("--kv-tokens"), "{e}");

@@ -4,6 +4,13 @@
 //! directory). Ctrl-C while a reply streams stops that reply (the SIGINT handler
 //! raises `GenerateOptions::cancel`, checked once per step) and the session goes
 //! on; Ctrl-C at the prompt clears the line; Ctrl-D or /exit quits.
+//!
+//! The conversation's KV cache is kept between turns ([`airllm::ChatSession`]):
+//! each turn re-renders the whole conversation, and only the tokens after the
+//! prefix the cache shares with it are read. /reset, /system and dropping old
+//! turns change the rendered prefix; the next turn re-validates the cache against
+//! it (keeping only the common part, e.g. the system message), so no command has
+//! to manage it. A turn stopped by Ctrl-C keeps what was fed, checked the same way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +39,10 @@ pub struct ChatArgs {
     /// Do not read or write the line-editing history file.
     #[arg(long)]
     pub no_history: bool,
+    /// Re-read the whole conversation every turn instead of keeping its KV cache
+    /// between turns (slower; for comparison).
+    #[arg(long)]
+    pub no_cache_reuse: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -184,6 +195,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let _ = rl.load_history(h);
     }
     let mut history: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut session = model.chat_session();
     let mut out = Out::new(Arc::new(AtomicBool::new(false)));
     eprintln!("chat with {} (/help for commands, Ctrl-D to quit)", a.model.model);
     loop {
@@ -252,20 +264,26 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             }
         };
         history.push(ChatMessage::new("user", &msg));
-        if let Err(e) = fit_history(&model, &mut history, opts.max_new_tokens) {
-            history.pop();
-            eprintln!("error: {e}");
-            continue;
-        }
+        let ids = match fit_history(session.model(), &mut history, opts.max_new_tokens) {
+            Ok(ids) => ids,
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
         let spinner = indicatif::ProgressBar::new_spinner();
         spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         spinner.set_message("reading the prompt ...");
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
         let mut stream = StopStream::new(&opts.stop_strings);
         let mut first = true;
+        if a.no_cache_reuse {
+            session.reset();
+        }
         cancel.store(false, Ordering::Relaxed);
         idle.store(false, Ordering::Relaxed);
-        let result = model.generate(&[Prompt::Chat(history.clone())], &opts, |ev| {
+        let result = session.generate(&Prompt::Ids(ids), &opts, |ev| {
             if first {
                 spinner.finish_and_clear();
                 first = false;
@@ -277,7 +295,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         });
         idle.store(true, Ordering::Relaxed);
         spinner.finish_and_clear();
-        let (gens, t) = match result {
+        let (g, t) = match result {
             Ok(r) => r,
             Err(e) => {
                 history.pop();
@@ -288,11 +306,17 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let rest = stream.finish();
         out.write(&rest);
         out.line("");
-        let g = &gens[0];
         if g.finish == FinishReason::Cancelled {
             eprintln!("[interrupted]");
         }
-        eprintln!("[{} tokens, {:.3} s/token]", g.new_ids.len(), t.per_token());
+        eprintln!(
+            "[{} tokens, {:.3} s/token; prompt {} tokens, {} of them cached, read in {:.2} s]",
+            g.new_ids.len(),
+            t.per_token(),
+            g.prompt_ids.len(),
+            session.last_reused(),
+            t.prefill.as_secs_f64()
+        );
         history.push(ChatMessage::new("assistant", g.text.trim()));
     }
     if let Some(h) = &hist {

@@ -275,7 +275,7 @@ impl EngineState {
             let prompt_tokens = req.prompt_ids.len();
             let logprobs = req.top_logprobs.is_some();
             let opts = generate_options(&req);
-            let request = Request { prompt: req.prompt_ids, opts, hook_seq: 0 };
+            let request = Request::new(req.prompt_ids, opts, 0);
             match self.sched.submit(model.engine(), request) {
                 Ok(sid) => {
                     s.n.prompt.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
@@ -388,7 +388,7 @@ impl EngineState {
                         l.tail.push_str(&text);
                     }
                 }
-                Event::Finished { id: sid, reason, ids, text, prompt_tokens } => {
+                Event::Finished { id: sid, reason, ids, text, prompt_tokens, .. } => {
                     let Some(mut l) = self.live.remove(&sid) else { continue };
                     self.by_id.remove(&l.id);
                     self.ended.push(l.id);
