@@ -218,7 +218,8 @@ fn head_hash(path: &Path, n: u64) -> Result<u64> {
 /// it when that directory is writable, else
 /// `<user cache>/airllm/shards/<name>-<hash of the canonical path>.airllm-shards-<compression>`.
 pub fn default_shards_dir(source: &Path, compression: Compression) -> PathBuf {
-    if let (Some((repo, rev, rel)), Some(cache)) = (crate::hub::hf_snapshot_of(source), crate::hub::airllm_cache_dir()) {
+    if let (Some((repo, rev, rel)), Some(cache)) = (crate::hub::hf_snapshot_of(source), crate::hub::airllm_cache_dir())
+    {
         let mut name = format!("{}--{}", repo.replace('/', "--"), &rev[..rev.len().min(12)]);
         if let Some(stem) = rel.file_stem() {
             name = format!("{name}--{}", stem.to_string_lossy());

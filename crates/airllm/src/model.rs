@@ -360,7 +360,15 @@ impl AutoModel {
                     first[seq] = true;
                     gens[seq] = Some(Generation { prompt_ids: ids[seq].clone(), new_ids, text, finish: reason });
                 }
-            })?;
+            });
+            let report = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    // Free every sequence's KV blocks: the model stays usable after an error.
+                    sched.clear(&mut self.engine);
+                    return Err(e);
+                }
+            };
             generated += report.sampled;
             if all_started && report.ran {
                 decode_steps += 1;

@@ -135,6 +135,10 @@ pub struct Options {
     pub cpu_layers: Option<usize>,
     /// CPU threads (None: all cores).
     pub threads: Option<usize>,
+    /// Activation precision of the CPU executor's quantized matmuls: `Exact`
+    /// (default; matches an f32 matmul), `Precise` (one 16-bit code per value) or
+    /// `Fast` (8-bit codes, as ggml does; fastest, logits move by up to ~1).
+    pub cpu_precision: airllm_quant::dot::Precision,
     /// When to check shard checksums on load (headers are always checked): `First`
     /// hashes each shard once, remembered across runs by a verification cache.
     pub verify: airllm_format::VerifyMode,
@@ -162,6 +166,7 @@ impl Default for Options {
             device: Device::Auto,
             cpu_layers: None,
             threads: None,
+            cpu_precision: airllm_quant::dot::Precision::Exact,
             verify: airllm_format::VerifyMode::First,
         }
     }
@@ -181,6 +186,7 @@ impl Options {
             read_mode: self.read_mode,
             kv_dtype: self.kv_dtype,
             cpu_layers: self.cpu_layers,
+            cpu_precision: self.cpu_precision,
             ..crate::engine::EngineConfig::default()
         }
     }

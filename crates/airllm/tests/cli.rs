@@ -71,7 +71,12 @@ fn errors_are_clear_and_exit_nonzero() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("/no/such/model") && e.contains("no such file"), "{e}");
 
-    let o = airllm().args(["inspect"]).arg(fixture("llama")).args(["--max-vram", "10KiB", "--device", "gpu"]).output().unwrap();
+    let o = airllm()
+        .args(["inspect"])
+        .arg(fixture("llama"))
+        .args(["--max-vram", "10KiB", "--device", "gpu"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("--max-vram") && e.contains("minimum"), "{e}");

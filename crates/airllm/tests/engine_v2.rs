@@ -191,10 +191,8 @@ fn families_list_is_complete() {
 fn drain(model: &mut AutoModel, prompts: &[Vec<u32>], o: &GenerateOptions) -> (Vec<Vec<u32>>, usize, usize) {
     use airllm::scheduler::{Event, Request, Scheduler};
     let mut sched = Scheduler::new(16);
-    let ids: Vec<u64> = prompts
-        .iter()
-        .map(|p| sched.submit(model.engine(), Request::new(p.clone(), o.clone(), 0)).unwrap())
-        .collect();
+    let ids: Vec<u64> =
+        prompts.iter().map(|p| sched.submit(model.engine(), Request::new(p.clone(), o.clone(), 0)).unwrap()).collect();
     let mut done = std::collections::HashMap::new();
     let (mut max_running, mut preempted) = (0, 0);
     while !sched.is_idle() {
@@ -222,7 +220,8 @@ fn drain(model: &mut AutoModel, prompts: &[Vec<u32>], o: &GenerateOptions) -> (V
 fn full_kv_pool_makes_requests_wait() {
     let g = Golden::load("llama");
     let tmp = tempfile::tempdir().unwrap();
-    let opts = Options { max_context: Some(64), kv_tokens: Some(32), device: airllm::Device::Gpu, ..Options::default() };
+    let opts =
+        Options { max_context: Some(64), kv_tokens: Some(32), device: airllm::Device::Gpu, ..Options::default() };
     let Some(mut model) = load("llama", tmp.path(), opts) else { return };
     assert_eq!(model.engine().total_blocks(), 2);
     let o = GenerateOptions { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
@@ -271,8 +270,24 @@ fn peak_vram_stays_within_budget_for_any_batch() {
     let budget = full - layer / 2; // one layer's worth must stream
     for n in [1usize, 4, 16] {
         let mut cmd = std::process::Command::new(bin);
-        cmd.args(["generate", "--model", fixture("llama").to_str().unwrap(), "--json", "--max-new-tokens", "6", "--device", "gpu"])
-            .args(["--max-context", "64", "--max-vram", &budget.to_string(), "--shards-dir", shards.to_str().unwrap()]);
+        cmd.args([
+            "generate",
+            "--model",
+            fixture("llama").to_str().unwrap(),
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "gpu",
+        ])
+        .args([
+            "--max-context",
+            "64",
+            "--max-vram",
+            &budget.to_string(),
+            "--shards-dir",
+            shards.to_str().unwrap(),
+        ]);
         for i in 0..n {
             cmd.args(["--prompt", &format!("The cat {i} sat")]);
         }

@@ -150,6 +150,7 @@ fn unit_larger_than_the_largest_buffer_is_named() {
     )
     .unwrap();
     let dir = airllm_format::ShardDir::open(tmp.path()).unwrap();
-    let e = airllm::engine::Engine::new(Some(ctx), dir, airllm::engine::EngineConfig::default()).unwrap_err().to_string();
+    let e =
+        airllm::engine::Engine::new(Some(ctx), dir, airllm::engine::EngineConfig::default()).unwrap_err().to_string();
     assert!(e.contains("layer.00.shard") && e.contains("largest buffer") && e.contains("--compression"), "{e}");
 }

@@ -74,8 +74,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Shapes::Tiny => (256, 512, 4, 2),
     };
     let head_dim = hidden / heads;
-    let bytes = std::fs::read(&a.vocab_from).with_context(|| format!("reading --vocab-from {}", a.vocab_from.display()))?;
-    let src = GgufMetadata::parse(&bytes, &a.vocab_from).with_context(|| format!("parsing {}", a.vocab_from.display()))?;
+    let bytes =
+        std::fs::read(&a.vocab_from).with_context(|| format!("reading --vocab-from {}", a.vocab_from.display()))?;
+    let src =
+        GgufMetadata::parse(&bytes, &a.vocab_from).with_context(|| format!("parsing {}", a.vocab_from.display()))?;
     let vocab = src
         .get_array("tokenizer.ggml.tokens")
         .map(<[GgufValue]>::len)

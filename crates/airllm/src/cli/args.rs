@@ -70,6 +70,19 @@ pub struct EngineArgs {
     /// planned as usual); overrides the planner's measured cost model.
     #[arg(long)]
     pub cpu_layers: Option<usize>,
+    /// CPU executor matmul precision: exact (activations as two 16-bit codes per
+    /// value; matches an f32 matmul and transformers), precise (one 16-bit code;
+    /// logits within ~1e-2), or fast (8-bit codes as llama.cpp uses; fastest, logits
+    /// move by up to ~1 and greedy text can drift from transformers').
+    #[arg(long, default_value = "exact", value_parser = parse_precision)]
+    pub cpu_precision: airllm_quant::dot::Precision,
+}
+
+fn parse_precision(s: &str) -> Result<airllm_quant::dot::Precision, String> {
+    airllm_quant::dot::Precision::ALL
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("unknown precision {s:?}; use exact, precise or fast"))
 }
 
 impl EngineArgs {
@@ -85,6 +98,7 @@ impl EngineArgs {
         o.kv_dtype = self.kv_cache;
         o.device = self.device;
         o.cpu_layers = self.cpu_layers.or(o.cpu_layers);
+        o.cpu_precision = self.cpu_precision;
     }
 }
 

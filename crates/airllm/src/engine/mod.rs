@@ -78,6 +78,8 @@ pub struct EngineConfig {
     /// Let the planner move streamed units to the CPU when it reads them faster
     /// (measured once per machine, see [`calibrate`]).
     pub cost_model: bool,
+    /// Activation precision of the CPU executor's quantized matmuls.
+    pub cpu_precision: airllm_quant::dot::Precision,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +100,7 @@ impl Default for EngineConfig {
             read_threads: None,
             cpu_layers: o.cpu_layers,
             cost_model: false,
+            cpu_precision: o.cpu_precision,
         }
     }
 }
@@ -410,10 +413,8 @@ impl Engine {
         if let Some(ctx) = &ctx {
             // Each GPU unit lives in one buffer (resident, or a ring slot and a staging buffer).
             let max_buffer = ctx.caps().max_buffer;
-            let too_big = listed
-                .iter()
-                .zip(&plan.placement)
-                .find(|((_, _, b), p)| **p != Placement::Cpu && *b > max_buffer);
+            let too_big =
+                listed.iter().zip(&plan.placement).find(|((_, _, b), p)| **p != Placement::Cpu && *b > max_buffer);
             if let Some(((_, shard, bytes), _)) = too_big {
                 return Err(EngineError::invalid(
                     dir.entry(*shard).file.clone(),
@@ -450,7 +451,9 @@ impl Engine {
             read_opts.threads = t.max(1);
         }
         let on = |p: Placement, l: usize| {
-            units.iter().any(|u| u.unit == Unit::Layer(l as u32) && (u.placement == Placement::Cpu) == (p == Placement::Cpu))
+            units
+                .iter()
+                .any(|u| u.unit == Unit::Layer(l as u32) && (u.placement == Placement::Cpu) == (p == Placement::Cpu))
         };
         let gpu = match ctx {
             None => None,
@@ -803,10 +806,13 @@ impl Engine {
             if placement == Placement::Cpu {
                 let t = Instant::now();
                 let cpu = self.cpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no CPU executor"))?;
-                let cu = self.units[ui].cpu.as_ref().ok_or_else(|| EngineError::invalid("engine", "CPU unit not mapped"))?;
+                let cu =
+                    self.units[ui].cpu.as_ref().ok_or_else(|| EngineError::invalid("engine", "CPU unit not mapped"))?;
                 let kv = match unit {
                     Unit::Layer(l) => Some((
-                        cpu.kv[l as usize].as_mut().ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
+                        cpu.kv[l as usize]
+                            .as_mut()
+                            .ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
                         self.kv_layout,
                     )),
                     _ => None,
@@ -823,6 +829,7 @@ impl Engine {
                     rows,
                     pool: cpu.pool,
                     scratch: &mut cpu.scratch,
+                    precision: self.cfg.cpu_precision,
                 };
                 run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
                 self.stats.cpu += t.elapsed();
@@ -935,7 +942,8 @@ impl Engine {
             for &(start, cols, side) in parts {
                 if side == Side::Gpu {
                     for r in 0..n {
-                        out[r * v + start..r * v + start + cols].copy_from_slice(&gl[r * v + start..r * v + start + cols]);
+                        out[r * v + start..r * v + start + cols]
+                            .copy_from_slice(&gl[r * v + start..r * v + start + cols]);
                     }
                 }
             }

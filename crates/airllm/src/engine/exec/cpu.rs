@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use airllm_format::shard_file::MappedShard;
-use airllm_format::{Activation, AttentionSpec, DType, ModelSpec, MoeSpec, NormKind, RopeSpec, Role, ShardEntry, StorageFormat};
+use airllm_format::{
+    Activation, AttentionSpec, DType, ModelSpec, MoeSpec, NormKind, Role, RopeSpec, ShardEntry, StorageFormat,
+};
 use airllm_gpu::KvLayout;
 use airllm_gpu::kernels::paged::StepLayout;
 use airllm_quant::dot::{Kernels, Matmul, MatmulShape, Scratch, WeightFormat};
@@ -160,6 +162,8 @@ pub struct CpuExec<'a> {
     pub pool: &'a ThreadPool,
     /// Matmul scratch (quantized activations), reused across ops.
     pub scratch: &'a mut Scratch,
+    /// Activation precision of the quantized matmuls.
+    pub precision: airllm_quant::dot::Precision,
 }
 
 /// The f32 vector of `role` in a CPU unit.
@@ -203,7 +207,7 @@ impl Exec for CpuExec<'_> {
             accumulate,
         };
         let mut ybuf = self.act.take(y.buf);
-        let precision = airllm_quant::dot::Precision::Exact;
+        let precision = self.precision;
         let m = Matmul { shape, format: weight_format(t.format), weight, x: self.act.get(x.buf), bias, precision };
         let r = Kernels::best().matmul(&m, &mut ybuf, self.scratch, self.pool);
         self.act.put(y.buf, ybuf);
@@ -272,7 +276,16 @@ impl Exec for CpuExec<'_> {
             return Err(EngineError::invalid("graph", "kv_append: k and v must share a buffer"));
         }
         let src = self.act.get(k.buf);
-        cpu_ops::kv_append(layout, self.step, src, k.stride as usize, k.off as usize, v.off as usize, &mut kv.k, &mut kv.v);
+        cpu_ops::kv_append(
+            layout,
+            self.step,
+            src,
+            k.stride as usize,
+            k.off as usize,
+            v.off as usize,
+            &mut kv.k,
+            &mut kv.v,
+        );
         Ok(())
     }
 

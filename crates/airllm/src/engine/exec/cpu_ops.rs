@@ -364,7 +364,8 @@ mod tests {
             let pos: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 2).collect();
             let inv = grope::default_inv_freq(10000.0, rot as u32);
             let mut want = x.clone();
-            let gs = if style == RopeStyle::HalfRotation { grope::RopeStyle::Half } else { grope::RopeStyle::Interleaved };
+            let gs =
+                if style == RopeStyle::HalfRotation { grope::RopeStyle::Half } else { grope::RopeStyle::Interleaved };
             grope::reference(&mut want, rows as u32, heads, hd, rot, stride as u32, off, &pos, &inv, gs, 1.0);
             let mut got = x.clone();
             rope(&mut got, rows, heads as usize, hd as usize, stride, off as usize, &pos, &inv, style);
