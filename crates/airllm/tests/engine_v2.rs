@@ -310,3 +310,34 @@ fn peak_vram_stays_within_budget_for_any_batch() {
         }
     }
 }
+
+/// A prompt longer than a pass's rows is read in chunks; the passes of its first
+/// chunks want no logits (the final norm and head are skipped there). The last
+/// logits and the greedy continuation must still be transformers'.
+#[test]
+fn long_prompt_read_in_chunks_alone() {
+    let g = Golden::load("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let p0 = g.ids("prompt0.input_ids");
+    assert!(p0.len() > 8, "the fixture prompt must span several chunks");
+    let v = 512;
+    let want_all = g.f32("prompt0.logits");
+    let want_last = &want_all[want_all.len() - v..];
+    for (mode, resident_layers, device) in [
+        ("resident", None, airllm::Device::Gpu),
+        ("streamed", Some(0), airllm::Device::Gpu),
+        ("cpu", None, airllm::Device::Cpu),
+    ] {
+        let opts =
+            Options { resident_layers, max_context: Some(128), max_batch_tokens: 4, device, ..Options::default() };
+        let Some(mut model) = load("llama", tmp.path(), opts) else { return };
+        assert_eq!(model.spec().vocab_size, v);
+        let last = model.last_logits(std::slice::from_ref(&p0)).unwrap();
+        let d = max_abs(&last[0], want_last);
+        assert!(d <= TOL, "{mode}: last logits differ by {d}");
+        let o = GenerateOptions { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
+        let (gens, _) = model.generate(&[Prompt::Ids(p0.clone())], &o, |_| {}).unwrap();
+        let greedy = g.ids("greedy.prompt0.new_ids");
+        assert_eq!(gens[0].new_ids, greedy[..8], "{mode}: greedy ids");
+    }
+}

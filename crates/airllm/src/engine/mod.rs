@@ -786,7 +786,14 @@ impl Engine {
         for ui in 0..self.units.len() {
             let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
             let want = if placement == Placement::Cpu { Side::Cpu } else { Side::Gpu };
-            if want != side {
+            // A pass in which no row wants logits (a prefill chunk of a long prompt)
+            // skips the final norm and the head; a streamed head unit still takes its
+            // ring slot, so the reader stays in step with the units.
+            let skip = n_logits == 0 && matches!(unit, Unit::FinalNorm | Unit::LmHead | Unit::LmHeadPart(_));
+            if skip && placement != Placement::Streamed {
+                continue;
+            }
+            if want != side && !skip {
                 // Move the live activation across.
                 if let Some(r) = pending.take() {
                     r.submit()?;
@@ -797,7 +804,7 @@ impl Engine {
             }
             let entry = self.dir.entry(shard);
             let row_start = entry.tensors.first().and_then(|t| t.row_start).unwrap_or(0);
-            if matches!(unit, Unit::LmHead | Unit::LmHeadPart(_)) {
+            if matches!(unit, Unit::LmHead | Unit::LmHeadPart(_)) && !skip {
                 heads_done += 1;
                 let cols = entry.tensors.first().and_then(|t| t.shape.first().copied()).unwrap_or(v);
                 head_cols.push((row_start, cols.min(v - row_start.min(v)), want));
@@ -874,7 +881,9 @@ impl Engine {
                     kv,
                     rows,
                 };
-                run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
+                if !skip {
+                    run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
+                }
                 if streamed {
                     rec.submit()?;
                     if let Some(r) = g.ring.as_mut() {
