@@ -107,6 +107,8 @@ pub struct AutoModel {
     engine: Engine,
     tokenizer: TextTokenizer,
     shards_dir: PathBuf,
+    /// Why `--device auto` chose the CPU executor, when it did.
+    device_note: Option<String>,
 }
 
 impl std::fmt::Debug for AutoModel {
@@ -119,22 +121,27 @@ impl std::fmt::Debug for AutoModel {
 /// none when no adapter exists or the only one is a software rasterizer
 /// (the CPU executor is far faster there); for `gpu`, the adapter or an error.
 pub fn open_device(opts: &Options) -> Result<Option<GpuContext>> {
+    Ok(open_device_explained(opts)?.0)
+}
+
+/// [`open_device`], and why `auto` chose the CPU executor when it did (for the
+/// startup line).
+pub fn open_device_explained(opts: &Options) -> Result<(Option<GpuContext>, Option<String>)> {
     let gpu_opts = GpuOptions { adapter: opts.adapter.clone(), backend: opts.backend, ..Default::default() };
     match opts.device {
-        Device::Cpu => Ok(None),
-        Device::Gpu => Ok(Some(GpuContext::new(&gpu_opts)?)),
+        Device::Cpu => Ok((None, None)),
+        Device::Gpu => Ok((Some(GpuContext::new(&gpu_opts)?), None)),
         Device::Auto => match GpuContext::new(&gpu_opts) {
             Ok(ctx) if ctx.caps().is_software() && opts.adapter.is_none() => {
-                tracing::info!(
-                    "{} is a software rasterizer: running on the CPU executor (--device gpu to use it)",
-                    ctx.caps().adapter_name
-                );
-                Ok(None)
+                let note = format!("{} is a software rasterizer; --device gpu uses it", ctx.caps().adapter_name);
+                tracing::info!("{note}");
+                Ok((None, Some(note)))
             }
-            Ok(ctx) => Ok(Some(ctx)),
+            Ok(ctx) => Ok((Some(ctx), None)),
             Err(e) => {
-                tracing::info!("no GPU adapter ({e}): running on the CPU executor");
-                Ok(None)
+                let note = format!("no GPU adapter ({e})");
+                tracing::info!("{note}");
+                Ok((None, Some(note)))
             }
         },
     }
@@ -168,7 +175,7 @@ impl AutoModel {
             airllm_quant::pool::init_global(t)
                 .map_err(|e| EngineError::invalid("--threads", format!("{e} (set it before any model is loaded)")))?;
         }
-        let ctx = open_device(&opts)?;
+        let (ctx, device_note) = open_device_explained(&opts)?;
         if let Some(ctx) = &ctx {
             if opts.profiling {
                 ctx.set_profiling(true);
@@ -179,7 +186,13 @@ impl AutoModel {
         cfg.cost_model = opts.device == Device::Auto;
         let engine = Engine::new(ctx, dir, cfg)?;
         tracing::info!("{} on {}", spec.family, engine.device_name());
-        Ok(AutoModel { engine, tokenizer, shards_dir })
+        Ok(AutoModel { engine, tokenizer, shards_dir, device_note })
+    }
+
+    /// Why `--device auto` chose the CPU executor (no adapter, or only a software
+    /// rasterizer), when it did.
+    pub fn device_note(&self) -> Option<&str> {
+        self.device_note.as_deref()
     }
 
     /// The model description.

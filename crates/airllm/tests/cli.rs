@@ -93,3 +93,25 @@ fn info_lists_adapters() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v.is_array());
 }
+
+/// `--device auto` with only a software rasterizer (lavapipe here) runs on the CPU
+/// executor and says why in the startup line.
+#[test]
+fn auto_device_says_why_it_chose_the_cpu() {
+    let software = match airllm_gpu::GpuContext::new(&Default::default()) {
+        Ok(ctx) => ctx.caps().is_software(),
+        Err(_) => false,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let o = airllm()
+        .args(["generate", "--model", fixture("llama").to_str().unwrap(), "--prompt-ids", "0,5,6", "-n", "1"])
+        .arg("--shards-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    if software {
+        assert!(err.contains("every unit on the CPU executor: ") && err.contains("software rasterizer"), "{err}");
+    }
+}

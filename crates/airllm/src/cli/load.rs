@@ -43,7 +43,12 @@ impl ModelArgs {
             let p = e.plan();
             let cpu = p.placement.iter().filter(|x| **x == airllm::planner::Placement::Cpu).count();
             if cpu == p.placement.len() {
-                eprintln!("{} on {} (every unit on the CPU executor)", e.spec().family, e.device_name());
+                match m.device_note() {
+                    Some(why) => {
+                        eprintln!("{} on {} (every unit on the CPU executor: {why})", e.spec().family, e.device_name())
+                    }
+                    None => eprintln!("{} on {} (every unit on the CPU executor)", e.spec().family, e.device_name()),
+                }
             } else {
                 eprintln!(
                     "{} on {} ({} of {} layers resident, {} streamed per pass{})",
