@@ -30,6 +30,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use airllm_format::{LayerSpec, ModelSpec, RopeSpec, ShardDir, Unit};
+use airllm_gpu::kernels::kv_compact::{self, KvCompact, SlotMove};
 use airllm_gpu::kernels::paged::StepViews;
 use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout, Ring, wgpu};
 use airllm_io::{ReadMode, ReaderOptions, ShardSpec};
@@ -39,7 +40,11 @@ use self::exec::Buf;
 use self::exec::cpu::{CpuActivations, CpuExec, CpuKv, CpuUnit};
 use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
 use self::kv::BlockPool;
-pub use self::step::{Logits, SeqId, StepItem};
+pub use self::step::{Logits, ROOT, SeqId, StepItem, Tree};
+
+/// Nodes a draft tree may have below its root (the kernels' tree limit, less
+/// the root).
+pub const MAX_TREE_NODES: usize = airllm_gpu::kernels::paged::MAX_TREE as usize - 1;
 use self::weights::UnitWeights;
 use crate::error::{EngineError, Result};
 use crate::options::KvDtype;
@@ -162,6 +167,8 @@ pub struct EngineStats {
     pub transfer_bytes: u64,
     /// Time computing CPU-placed units.
     pub cpu: Duration,
+    /// Early-exit passes (self-drafting through the resident layers; not in `passes`).
+    pub early_passes: u64,
 }
 
 impl EngineStats {
@@ -181,6 +188,7 @@ impl EngineStats {
             transfer: later.transfer.saturating_sub(self.transfer),
             transfer_bytes: later.transfer_bytes - self.transfer_bytes,
             cpu: later.cpu.saturating_sub(self.cpu),
+            early_passes: later.early_passes - self.early_passes,
         }
     }
 }
@@ -632,6 +640,75 @@ impl Engine {
         Ok(())
     }
 
+    /// Keeps one path of a token tree scored at slots `base..` (see
+    /// [`Tree`]) and drops the other nodes: node `path[k]`'s keys and values
+    /// move to slot `base + k` in every layer's cache, and the sequence ends
+    /// at `base + path.len()`. `path` lists node indices in increasing order,
+    /// each the parent of the next (a root-to-node path of the tree); an
+    /// empty path drops the whole tree.
+    pub fn keep_tree_path(&mut self, id: SeqId, base: usize, path: &[usize]) -> Result<()> {
+        let block = self.pool.block_size();
+        let s = self.seqs.get(&id).ok_or_else(|| EngineError::invalid("sequence", format!("no {id}")))?;
+        if base > s.len {
+            return Err(EngineError::invalid("tree", format!("{id}: tree base {base} is past its length {}", s.len)));
+        }
+        for (k, &node) in path.iter().enumerate() {
+            let prev = if k == 0 { None } else { Some(path[k - 1]) };
+            if node < k || prev.is_some_and(|p| p >= node) || base + node >= s.len {
+                return Err(EngineError::invalid(
+                    "tree",
+                    format!("{id}: path {path:?} is not increasing within the {} tree nodes", s.len - base),
+                ));
+            }
+        }
+        let locate = |slot: usize| [s.table[slot / block], (slot % block) as u32];
+        let moves: Vec<SlotMove> = path
+            .iter()
+            .enumerate()
+            .filter(|&(k, &node)| node != k)
+            .map(|(k, &node)| {
+                let (src, dst) = (locate(base + node), locate(base + k));
+                [src[0], src[1], dst[0], dst[1]]
+            })
+            .collect();
+        if !moves.is_empty() {
+            self.move_slots(&moves)?;
+        }
+        self.truncate(id, base + path.len())
+    }
+
+    /// Applies slot moves to every layer's KV cache, on the side it lives on.
+    fn move_slots(&mut self, moves: &[SlotMove]) -> Result<()> {
+        let layout = self.kv_layout;
+        if let Some(c) = &mut self.cpu {
+            for kv in c.kv.iter_mut().flatten() {
+                kv_compact::reference(&layout, moves, &mut kv.k);
+                kv_compact::reference(&layout, moves, &mut kv.v);
+            }
+        }
+        if let Some(g) = &self.gpu {
+            let Some(cache) = &g.kv else { return Ok(()) };
+            let buf = g.ctx.upload_u32("kv_moves", bytemuck::cast_slice(moves));
+            let mut rec = g.ctx.recorder("kv_compact");
+            for i in g.kv_index.iter().flatten() {
+                let (k, v) = (cache.k(*i), cache.v(*i));
+                let (Some(k_cache), Some(v_cache)) = (k, v) else { continue };
+                kv_compact::launch(
+                    &mut rec,
+                    &KvCompact {
+                        layout: cache.layout(),
+                        moves: BufView::whole(&buf),
+                        n_moves: moves.len() as u32,
+                        k_cache,
+                        v_cache,
+                    },
+                )?;
+            }
+            rec.submit()?;
+        }
+        Ok(())
+    }
+
     /// KV blocks free in the pool.
     pub fn free_blocks(&self) -> usize {
         self.pool.free_blocks()
@@ -656,6 +733,52 @@ impl Engine {
     /// logits it asked for (`[rows, vocab]` row-major). On error no sequence
     /// advances.
     pub fn step(&mut self, items: &[StepItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.step_until(items, None)
+    }
+
+    /// Decoder layers an early-exit pass may run ([`Engine::step_early_exit`]):
+    /// the leading layers that are not streamed, when the final norm and the
+    /// head are not streamed either (else 0).
+    pub fn early_exit_layers(&self) -> usize {
+        let streamed = |u: &PlanUnit| u.placement == Placement::Streamed;
+        if self
+            .units
+            .iter()
+            .any(|u| matches!(u.unit, Unit::FinalNorm | Unit::LmHead | Unit::LmHeadPart(_)) && streamed(u))
+        {
+            return 0;
+        }
+        let mut n = 0;
+        for u in &self.units {
+            match u.unit {
+                Unit::Layer(l) if l as usize == n && !streamed(u) => n += 1,
+                Unit::Layer(_) => break,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Like [`Engine::step`], but the pass runs only decoder layers
+    /// `0..layers`, then the final norm and the head (an early exit, for
+    /// self-drafting). Layers past `layers` keep no KV for these tokens, so
+    /// the caller truncates the sequences back before a full step reads them.
+    /// `layers` must be at most [`Engine::early_exit_layers`] (nothing streams).
+    pub fn step_early_exit(&mut self, items: &[StepItem<'_>], layers: usize) -> Result<Vec<Vec<f32>>> {
+        let max = self.early_exit_layers();
+        if layers == 0 || layers > max {
+            return Err(EngineError::invalid(
+                "--self-draft",
+                format!(
+                    "an early exit after {layers} layers needs that many leading non-streamed layers and a \
+                     non-streamed head; this plan has {max} (raise --resident-layers or --max-vram)"
+                ),
+            ));
+        }
+        self.step_until(items, Some(layers))
+    }
+
+    fn step_until(&mut self, items: &[StepItem<'_>], exit: Option<usize>) -> Result<Vec<Vec<f32>>> {
         let t0 = Instant::now();
         self.check_step(items)?;
         // Take the blocks the new tokens need (on failure the blocks taken stay
@@ -673,7 +796,7 @@ impl Engine {
         let lens: Vec<usize> = items.iter().map(|it| self.seqs[&it.seq].len).collect();
         let tables: Vec<&[u32]> = items.iter().map(|it| self.seqs[&it.seq].table.as_slice()).collect();
         let built = step::build(items, &lens, &tables)?;
-        let logits = self.pass(&built)?;
+        let logits = self.pass(&built, exit)?;
         for it in items {
             if let Some(s) = self.seqs.get_mut(&it.seq) {
                 s.len += it.tokens.len();
@@ -738,7 +861,7 @@ impl Engine {
     /// crosses between host and GPU only where consecutive units sit on
     /// different sides; each head part writes its logit columns on its side and
     /// the columns are gathered at the end.
-    fn pass(&mut self, s: &step::BuiltStep) -> Result<Vec<f32>> {
+    fn pass(&mut self, s: &step::BuiltStep, exit: Option<usize>) -> Result<Vec<f32>> {
         let t0 = Instant::now();
         let h = self.spec.hidden_size;
         let v = self.spec.vocab_size;
@@ -760,6 +883,9 @@ impl Engine {
             q.write_buffer(&g.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
             q.write_buffer(&g.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
             q.write_buffer(&g.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
+            if !s.layout.tree_masks.is_empty() {
+                q.write_buffer(&g.inputs.tree_masks, 0, bytemuck::cast_slice(&s.layout.tree_masks));
+            }
         }
         if first_side == Side::Cpu {
             if let Some(c) = &mut self.cpu {
@@ -792,6 +918,13 @@ impl Engine {
             let skip = n_logits == 0 && matches!(unit, Unit::FinalNorm | Unit::LmHead | Unit::LmHeadPart(_));
             if skip && placement != Placement::Streamed {
                 continue;
+            }
+            // An early exit skips the later layers (none of them streamed is
+            // touched: checked by `step_early_exit`, so the reader stays in step).
+            if let (Some(n), Unit::Layer(l)) = (exit, unit) {
+                if l as usize >= n {
+                    continue;
+                }
             }
             if want != side && !skip {
                 // Move the live activation across.
@@ -904,7 +1037,11 @@ impl Engine {
         let logits = self.gather_logits(n_logits, &head_cols)?;
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
-        self.stats.passes += 1;
+        if exit.is_some() {
+            self.stats.early_passes += 1;
+        } else {
+            self.stats.passes += 1;
+        }
         self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
