@@ -348,3 +348,59 @@ fn queue_bound_request_checks_and_shutdown() {
     b.shutdown(); // idempotent
     drop(b); // joins the engine thread
 }
+
+/// With speculation on (prompt lookup), the server's greedy requests give the
+/// same tokens as lone runs without it, for a lone request and for several
+/// sharing passes, a stop string included; the drafts were verified (more
+/// than one token per verify pass) and no KV block is left behind.
+#[test]
+fn speculation_in_the_server_keeps_greedy_tokens() {
+    use airllm::spec::lookup::PromptLookup;
+    use airllm::spec::{SpecConfig, Speculator};
+    let g = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let p0 = ids(&g["prompts"][0]["input_ids"]);
+    let p1 = ids(&g["prompts"][1]["input_ids"]);
+    let mut model = load(tmp.path(), 4);
+    let mut reqs = vec![request(p0.clone(), 24), request(p1[..20].to_vec(), 16), request(p0[..7].to_vec(), 20)];
+    let refs: Vec<Lone> = reqs.iter().map(|r| lone(&mut model, r)).collect();
+    let full = &refs[0].text;
+    let mid = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    reqs.push(GenRequest { stop: vec![full[mid..].chars().take(3).collect()], ..request(p0.clone(), 24) });
+    let stop_ref = lone(&mut model, &reqs[3]);
+    drop(model);
+    let shards = tmp.path().to_path_buf();
+    let b = BatchedBackend::spawn("tiny".into(), 16, move || {
+        let mut m = AutoModel::from_pretrained(fixture().to_str().unwrap(), options(&shards, 4))?;
+        let spec = Speculator::new(Box::new(PromptLookup::default()), SpecConfig { tree: 16, max_rows: 64 });
+        m.set_speculation(Some(spec));
+        Ok::<_, airllm::EngineError>(m)
+    })
+    .unwrap();
+    // Alone first (speculation certainly applies), then all together.
+    for batch in [&reqs[..1], &reqs[..]] {
+        let rxs: Vec<_> = batch
+            .iter()
+            .map(|r| {
+                let (s, rx) = sink(usize::MAX);
+                b.submit(r.clone(), s).unwrap();
+                rx
+            })
+            .collect();
+        for (i, rx) in rxs.iter().enumerate() {
+            let (evs, end) = collect(rx);
+            let Some(GenEvent::Finished { reason, .. }) = end else { panic!("request {i}: {end:?}") };
+            let got: Vec<u32> =
+                evs.iter().filter_map(|e| if let GenEvent::Token { id, .. } = e { Some(*id) } else { None }).collect();
+            let want = if i == 3 { &stop_ref } else { &refs[i] };
+            assert_eq!(got, want.ids, "request {i}: speculation changed the tokens");
+            assert_eq!(reason, want.finish, "request {i}");
+        }
+    }
+    let m = wait_idle(&b);
+    assert!(m.passes_total > 0);
+    assert!(
+        m.generated_tokens_total as f64 / m.passes_total as f64 > 1.0,
+        "prompt lookup must save passes on the tiny model's repetitive output: {m:?}"
+    );
+}

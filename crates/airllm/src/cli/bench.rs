@@ -13,9 +13,18 @@ use super::args::ModelArgs;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Prompt length in tokens (synthetic ids).
+    /// Prompt length in tokens (synthetic ids; ignored with --prompt / --file).
     #[arg(long, default_value_t = 128)]
     pub prompt_len: usize,
+    /// A real prompt instead of synthetic ids (what speculation needs to be measured on).
+    #[arg(long, short = 'p', conflicts_with = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// Wrap --prompt / --file in the model's chat template (as a user message).
+    #[arg(long)]
+    pub chat: bool,
     /// Tokens to generate (timed after the first).
     #[arg(long, default_value_t = 16)]
     pub new_tokens: usize,
@@ -35,6 +44,8 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
 }
 
 pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> serde_json::Value {
@@ -68,6 +79,16 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
         "cpu_s": t.engine.cpu.as_secs_f64(),
         "transfer_s": t.engine.transfer.as_secs_f64(),
         "transfer_bytes": t.engine.transfer_bytes,
+        "speculation": t.spec.map(|s| serde_json::json!({
+            "drafter": model.speculation().map(|sp| sp.drafter.name()),
+            "verify_passes": s.verified,
+            "proposed": s.proposed,
+            "accepted": s.accepted,
+            "tokens_per_pass": s.tokens_per_pass(),
+            "draft_s": s.draft.as_secs_f64(),
+            "verify_s": t.decode.saturating_sub(s.draft).as_secs_f64(),
+        })),
+        "per_pass_s": t.per_pass(),
         "units": e.placements().iter().map(|(u, b, p)| serde_json::json!({"unit": u.to_string(), "bytes": b, "executor": p.name()})).collect::<Vec<_>>(),
     })
 }
@@ -114,26 +135,54 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.io_only {
         return io_only(&a);
     }
-    let mut model = a.model.load(!a.json)?;
+    let mut model = super::spec::load_with_speculation(&a.model, &a.spec, !a.json)?;
     let vocab = model.spec().vocab_size as u64;
+    let text = match (&a.prompt, &a.file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading the prompt file {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
     let prompts: Vec<Prompt> = (0..a.batch)
-        .map(|b| {
-            Prompt::Ids((0..a.prompt_len as u64).map(|i| ((i * 7919 + b as u64 * 104729 + 3) % vocab) as u32).collect())
+        .map(|b| match &text {
+            Some(t) if a.chat => Prompt::Chat(vec![airllm::ChatMessage::new("user", t)]),
+            Some(t) => Prompt::Text(t.clone()),
+            None => Prompt::Ids(
+                (0..a.prompt_len as u64).map(|i| ((i * 7919 + b as u64 * 104729 + 3) % vocab) as u32).collect(),
+            ),
         })
         .collect();
+    let prompt_len = match prompts.first() {
+        Some(p @ (Prompt::Text(_) | Prompt::Chat(_))) => model.encode(p)?.len(),
+        _ => a.prompt_len,
+    };
     let opts = GenerateOptions { max_new_tokens: a.new_tokens.max(1), stop_at_eos: false, ..Default::default() };
     let (_, t) = model.generate(&prompts, &opts, |_| {})?;
-    let mut v = timings_json(&model, &t, a.prompt_len);
+    let mut v = timings_json(&model, &t, prompt_len);
     v["batch"] = serde_json::json!(a.batch);
     v["max_sequences"] = serde_json::json!(model.engine().capacity().sequences);
     v["tokens_per_s_total"] = serde_json::json!(if t.per_token() > 0.0 { a.batch as f64 / t.per_token() } else { 0.0 });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        if let Some(s) = &t.spec {
+            println!(
+                "speculation ({}): {:.2} tokens per verify pass ({} of {} draft tokens accepted over {} passes); \
+                 drafting {:.3} s, verifying {:.3} s",
+                model.speculation().map(|sp| sp.drafter.name()).unwrap_or("?"),
+                s.tokens_per_pass(),
+                s.accepted,
+                s.proposed,
+                s.verified,
+                s.draft.as_secs_f64(),
+                t.decode.saturating_sub(s.draft).as_secs_f64()
+            );
+        }
         println!(
             "prefill {} x {} tokens: {:.3} s\ndecode: {:.4} s/token ({:.2} tokens/s per sequence, {:.2} total, {:.2} tokens per pass), {:.2} GB/s streamed\npeak VRAM {} (budget {})",
             a.batch,
-            a.prompt_len,
+            prompt_len,
             t.prefill.as_secs_f64(),
             t.per_token(),
             v["tokens_per_s"].as_f64().unwrap_or(0.0),

@@ -30,6 +30,8 @@ use super::out::Out;
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
     /// A system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -165,7 +167,7 @@ fn fit_history(model: &AutoModel, history: &mut Vec<ChatMessage>, max_new: usize
 }
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
-    let mut model = a.model.load(true)?;
+    let mut model = super::spec::load_with_speculation(&a.model, &a.spec, true)?;
     if let Some(t) = &a.chat_template {
         super::generate::override_chat_template(&mut model, t)?;
     }

@@ -37,6 +37,8 @@ pub struct GenerateArgs {
     pub chat_template: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
     /// Print one JSON line at the end: {"generations": [{prompt_ids, new_ids, text, finish}], "seed", "timings"}.
     #[arg(long, conflicts_with = "jsonl")]
     pub json: bool,
@@ -198,7 +200,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if a.prompt_ids.is_none() && texts.is_empty() {
         anyhow::bail!("give a prompt: --prompt TEXT, --file FILE (- for stdin) or --prompt-ids");
     }
-    let mut model = a.model.load(!machine)?;
+    let mut model = super::spec::load_with_speculation(&a.model, &a.spec, !machine)?;
     let chat = a.chat || a.chat_template.is_some();
     if let Some(t) = &a.chat_template {
         override_chat_template(&mut model, t)?;
@@ -270,8 +272,12 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
         out.check()?;
         let new: usize = gens.iter().map(|g| g.new_ids.len()).sum();
+        let spec = match &timings.spec {
+            Some(s) => format!(", {:.2} tokens per verify pass", s.tokens_per_pass()),
+            None => String::new(),
+        };
         eprintln!(
-            "[{} prompt(s), {} prompt tokens (longest) in {:.3} s, {} new tokens, {:.3} s/step, finish {}]",
+            "[{} prompt(s), {} prompt tokens (longest) in {:.3} s, {} new tokens, {:.3} s/token{spec}, finish {}]",
             gens.len(),
             prompt_tokens,
             timings.prefill.as_secs_f64(),

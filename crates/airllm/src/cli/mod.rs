@@ -12,3 +12,4 @@ pub mod perplexity;
 pub mod pull;
 pub mod serve;
 pub mod shard;
+pub mod spec;

@@ -12,6 +12,8 @@ use super::args::ModelArgs;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -90,9 +92,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         // The engine reads --max-sequences (and --max-context, --kv-tokens, ...) from the
         // shared engine options; the backend batches up to that many per pass.
         let args = a.model.clone();
+        let spec = a.spec.clone();
         Arc::new(
-            BatchedBackend::spawn(name.clone(), a.max_waiting, move || args.load(true))
-                .with_context(|| format!("loading {}", a.model.model))?,
+            BatchedBackend::spawn(name.clone(), a.max_waiting, move || {
+                super::spec::load_with_speculation(&args, &spec, true)
+            })
+            .with_context(|| format!("loading {}", a.model.model))?,
         )
     };
     let cfg = ServerConfig {

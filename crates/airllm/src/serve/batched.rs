@@ -230,7 +230,13 @@ struct EngineState {
 fn engine_loop(s: &Shared, model: &mut AutoModel) {
     let mut st = EngineState {
         // The backend bounds the queue itself (inbox + scheduler), so the scheduler's is open.
-        sched: Scheduler::new(usize::MAX),
+        sched: {
+            let mut sched = Scheduler::new(usize::MAX);
+            // Speculation, when the model was loaded with a drafter: per request,
+            // while no batch fills the pass.
+            sched.set_speculation(model.set_speculation(None));
+            sched
+        },
         live: HashMap::new(),
         by_id: HashMap::new(),
         ended: Vec::new(),
