@@ -21,6 +21,7 @@ pub mod embedding;
 pub mod exec;
 pub mod graph;
 pub mod kv;
+pub mod pass_times;
 pub mod step;
 pub mod weights;
 
@@ -39,6 +40,7 @@ use self::exec::Buf;
 use self::exec::cpu::{CpuActivations, CpuExec, CpuKv, CpuUnit};
 use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
 use self::kv::BlockPool;
+pub use self::pass_times::PassTimes;
 pub use self::step::{Logits, SeqId, StepItem};
 use self::weights::UnitWeights;
 use crate::error::{EngineError, Result};
@@ -162,6 +164,10 @@ pub struct EngineStats {
     pub transfer_bytes: u64,
     /// Time computing CPU-placed units.
     pub cpu: Duration,
+    /// Host and device time of the passes that ran on the GPU, split.
+    pub gpu_passes: PassTimes,
+    /// The same for decode passes alone (one token row per item).
+    pub decode_passes: PassTimes,
 }
 
 impl EngineStats {
@@ -181,6 +187,8 @@ impl EngineStats {
             transfer: later.transfer.saturating_sub(self.transfer),
             transfer_bytes: later.transfer_bytes - self.transfer_bytes,
             cpu: later.cpu.saturating_sub(self.cpu),
+            gpu_passes: self.gpu_passes.since(&later.gpu_passes),
+            decode_passes: self.decode_passes.since(&later.decode_passes),
         }
     }
 }
@@ -235,6 +243,8 @@ struct GpuSide {
     act: GpuActivations,
     inputs: StepBuffers,
     ropes: Vec<(RopeSpec, wgpu::Buffer)>,
+    /// Where the logits come back (host memory, double-buffered).
+    readback: airllm_gpu::LogitsReadback,
 }
 
 /// The CPU side: host activations, RAM KV of CPU-placed layers, threads.
@@ -472,7 +482,10 @@ impl Engine {
                 let inputs = StepBuffers::new(&ctx, &cap);
                 let ropes =
                     spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
-                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes })
+                // Every buffer a pass binds lives as long as the engine: cache their bind groups.
+                ctx.set_bind_group_cache(true);
+                let readback = airllm_gpu::LogitsReadback::new();
+                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes, readback })
             }
         };
         let cpu = units.iter().any(|u| u.placement == Placement::Cpu).then(|| CpuSide {
@@ -772,6 +785,8 @@ impl Engine {
             if g.ring.as_ref().is_some_and(|r| !r.at_pass_start()) {
                 // An earlier pass failed half way: restart the reader at the first unit.
                 g.ring = None;
+                // Bind groups of the old ring's slots would keep them alive.
+                g.ctx.clear_bind_groups();
                 g.ring = new_ring(&g.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
             }
         }
@@ -783,6 +798,11 @@ impl Engine {
         let mut after_norm = false;
         let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
         let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
+        // Host-time split of the pass (see pass_times.rs): what is not submitting,
+        // waiting for shards, the CPU executor or transfers is recording.
+        let t_loop = Instant::now();
+        let mut submit_t = Duration::ZERO;
+        let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits());
         for ui in 0..self.units.len() {
             let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
             let want = if placement == Placement::Cpu { Side::Cpu } else { Side::Gpu };
@@ -796,7 +816,7 @@ impl Engine {
             if want != side && !skip {
                 // Move the live activation across.
                 if let Some(r) = pending.take() {
-                    r.submit()?;
+                    submit_timed(r, &mut submit_t)?;
                 }
                 let (buf, n) = if after_norm { (Buf::LastH, n_logits * h) } else { (Buf::X, rows as usize * h) };
                 self.transfer(buf, n, want)?;
@@ -846,7 +866,7 @@ impl Engine {
                 let streamed = placement == Placement::Streamed;
                 if streamed {
                     if let Some(r) = pending.take() {
-                        r.submit()?;
+                        submit_timed(r, &mut submit_t)?;
                     }
                 }
                 let mut rec = pending.take().unwrap_or_else(|| ctx.recorder(&unit.to_string()));
@@ -885,7 +905,7 @@ impl Engine {
                     run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
                 }
                 if streamed {
-                    rec.submit()?;
+                    submit_timed(rec, &mut submit_t)?;
                     if let Some(r) = g.ring.as_mut() {
                         r.submitted();
                     }
@@ -897,17 +917,77 @@ impl Engine {
                 after_norm = true;
             }
         }
-        if let Some(r) = pending.take() {
-            r.submit()?;
+        // The GPU's logit columns are copied into a readback buffer inside the
+        // pass's last command buffer and mapped right after its submit.
+        let mut ticket = None;
+        if n_logits > 0 && head_cols.iter().any(|p| p.2 == Side::Gpu) {
+            let g = self.gpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+            let c = ctx.as_deref().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+            let mut rec = pending.take().unwrap_or_else(|| c.recorder("logits"));
+            let bytes = (n_logits * v * 4) as u64;
+            let mut p = g.readback.copy(c, rec.encoder(), g.act.buffer(Buf::Logits), bytes)?;
+            let index = submit_timed(rec, &mut submit_t)?;
+            g.readback.map(&mut p, index);
+            ticket = Some(p);
         }
+        if let Some(r) = pending.take() {
+            submit_timed(r, &mut submit_t)?;
+        }
+        let side_after = (self.stats.cpu, self.stats.transfer, self.ring_waits());
+        let elsewhere =
+            (side_after.0 - side_before.0) + (side_after.1 - side_before.1) + (side_after.2 - side_before.2);
+        let record = t_loop.elapsed().saturating_sub(submit_t + elsewhere);
         let t1 = Instant::now();
-        let logits = self.gather_logits(n_logits, &head_cols)?;
+        if let (Some(p), Some(g)) = (&ticket, &self.gpu) {
+            g.readback.wait(&g.ctx, p)?;
+        }
+        let wait = t1.elapsed();
+        // Kernel timestamps (profiling only) are read after the wait, outside the host times.
+        let gpu_ns = match &ctx {
+            Some(c) if c.profiling() => c.collect_timings()?,
+            _ => 0.0,
+        };
+        let t2 = Instant::now();
+        let mut from_gpu = None;
+        if let (Some(p), Some(g)) = (ticket, self.gpu.as_mut()) {
+            let mut out = Vec::new();
+            g.readback.read(p, &mut out)?;
+            from_gpu = Some(out);
+        }
+        let logits = self.gather_logits(n_logits, &head_cols, from_gpu)?;
+        let read = t2.elapsed();
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
+        if ctx.is_some() {
+            let p = PassTimes {
+                passes: 1,
+                wall: t0.elapsed(),
+                inputs: host,
+                record,
+                submit: submit_t,
+                wait,
+                read,
+                gpu: Duration::from_nanos(gpu_ns as u64),
+            };
+            self.stats.gpu_passes.add(&p);
+            if s.tokens.len() == s.layout.seqs.len() {
+                self.stats.decode_passes.add(&p);
+            }
+        }
         self.stats.passes += 1;
         self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
+    }
+
+    /// Time the ring has waited for shards and staging so far.
+    fn ring_waits(&self) -> Duration {
+        self.gpu
+            .as_ref()
+            .and_then(|g| g.ring.as_ref())
+            .map(|r| r.stats())
+            .map(|r| r.io_wait + r.remap_wait)
+            .unwrap_or_default()
     }
 
     /// Copies the first `n` values of `buf` to side `to`.
@@ -932,13 +1012,9 @@ impl Engine {
     }
 
     /// The `[n, vocab]` logits, each head part's columns from the side that
-    /// computed them.
-    fn gather_logits(&self, n: usize, parts: &[(usize, usize, Side)]) -> Result<Vec<f32>> {
+    /// computed them (`from_gpu`: the GPU's logits buffer, read back).
+    fn gather_logits(&self, n: usize, parts: &[(usize, usize, Side)], from_gpu: Option<Vec<f32>>) -> Result<Vec<f32>> {
         let v = self.spec.vocab_size;
-        let from_gpu = match (&self.gpu, parts.iter().any(|p| p.2 == Side::Gpu)) {
-            (Some(g), true) => Some(airllm_gpu::read_buffer_f32(&g.ctx, g.act.buffer(Buf::Logits), 0, n * v)?),
-            _ => None,
-        };
         if parts.iter().all(|p| p.2 == Side::Gpu) {
             return Ok(from_gpu.unwrap_or_default());
         }
@@ -959,6 +1035,14 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Submits a recording, adding the time it took to `t`.
+fn submit_timed(r: airllm_gpu::Recorder<'_>, t: &mut Duration) -> Result<wgpu::SubmissionIndex> {
+    let t0 = Instant::now();
+    let index = r.submit()?;
+    *t += t0.elapsed();
+    Ok(index)
 }
 
 /// Runs one unit's graph on an executor.
