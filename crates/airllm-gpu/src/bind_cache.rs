@@ -101,3 +101,44 @@ impl GpuContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::BufView;
+    use crate::kernels::elementwise::{self, Mat};
+
+    /// Same dispatches, new parameters every recording: cached bind groups
+    /// must bind the new values (the uniform range is reused, its contents
+    /// change), and a whole recording is one compute pass with barriers
+    /// between dependent dispatches.
+    #[test]
+    fn cached_bind_groups_see_new_parameters() {
+        let Some(base) = crate::testing::gpu_or_skip() else { return };
+        let ctx = base.with_caps(|_| {});
+        ctx.set_bind_group_cache(true);
+        let n = 37u32;
+        let x = ctx.upload_f32("x", &vec![1.0; n as usize]);
+        let b = ctx.upload_f32("b", &vec![0.5; n as usize]);
+        let mut want = vec![1.0f32; n as usize];
+        for step in 0..4 {
+            let s = 1.0 + step as f32;
+            let mut rec = ctx.recorder("cached");
+            // x = x * s + b, then x *= 2: each dispatch reads the one before it
+            elementwise::scale(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, s).expect("scale");
+            elementwise::bias_add(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, BufView::whole(&b))
+                .expect("bias");
+            elementwise::scale(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, 2.0).expect("scale");
+            rec.submit().expect("submit");
+            for w in &mut want {
+                *w = (*w * s + 0.5) * 2.0;
+            }
+            let got = crate::read_buffer_f32(&ctx, &x, 0, n as usize).expect("read");
+            assert_eq!(got, want, "step {step}");
+        }
+        let st = ctx.bind_group_stats();
+        assert_eq!(st.created, 3, "{st:?}");
+        assert_eq!(st.hits, 9, "{st:?}");
+        ctx.set_bind_group_cache(false);
+        assert_eq!(ctx.bind_group_stats().entries, 0);
+    }
+}

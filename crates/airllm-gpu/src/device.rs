@@ -310,6 +310,11 @@ impl GpuContext {
         }
     }
 
+    /// Time spent compiling pipelines on this context so far.
+    pub fn pipeline_compile_time(&self) -> std::time::Duration {
+        self.pipelines.compile_time()
+    }
+
     /// The capabilities in use.
     pub fn caps(&self) -> &Caps {
         &self.caps

@@ -73,6 +73,7 @@ pub mod shaders;
 pub mod testing;
 pub mod timing;
 pub mod translate;
+pub mod upload;
 
 pub use bind_cache::BindCacheStats;
 pub use caps::{AdapterReport, Caps, list_adapters};
@@ -87,6 +88,7 @@ pub use recorder::{Recorded, Recorder};
 pub use ring::{Ring, RingStats};
 pub use shaders::{dump_wgsl, validate_all_shaders};
 pub use timing::{GpuProfile, KernelTime};
+pub use upload::UploadBelt;
 
 #[cfg(test)]
 mod tests {

@@ -229,3 +229,44 @@ impl LogitsReadback {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_come_back_through_alternating_buffers() {
+        let Some(ctx) = crate::testing::gpu_or_skip() else { return };
+        let mut rb = LogitsReadback::new();
+        let mut out = Vec::new();
+        for step in 0..5u32 {
+            let len = 3 + 50 * step as usize; // grows
+            let vals: Vec<f32> = (0..len).map(|i| i as f32 * 0.25 - step as f32).collect();
+            let src = ctx.upload_f32("src", &vals);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            let mut p = rb.copy(&ctx, &mut enc, &src, len as u64 * 4).expect("copy");
+            let index = ctx.queue().submit([enc.finish()]);
+            rb.map(&mut p, index);
+            rb.wait(&ctx, &p).expect("wait");
+            rb.read(p, &mut out).expect("read");
+            assert_eq!(out, vals, "step {step}");
+        }
+        // a ticket dropped unread does not wedge its buffer
+        let src = ctx.upload_f32("src", &[7.0; 8]);
+        for _ in 0..3 {
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            let mut p = rb.copy(&ctx, &mut enc, &src, 32).expect("copy");
+            let index = ctx.queue().submit([enc.finish()]);
+            rb.map(&mut p, index);
+            drop(p);
+        }
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let mut p = rb.copy(&ctx, &mut enc, &src, 32).expect("copy");
+        let index = ctx.queue().submit([enc.finish()]);
+        rb.map(&mut p, index);
+        rb.wait(&ctx, &p).expect("wait");
+        rb.read(p, &mut out).expect("read");
+        assert_eq!(out, vec![7.0; 8]);
+        assert!(rb.copy(&ctx, &mut ctx.device().create_command_encoder(&Default::default()), &src, 6).is_err());
+    }
+}

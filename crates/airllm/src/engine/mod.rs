@@ -245,6 +245,8 @@ struct GpuSide {
     ropes: Vec<(RopeSpec, wgpu::Buffer)>,
     /// Where the logits come back (host memory, double-buffered).
     readback: airllm_gpu::LogitsReadback,
+    /// The step inputs go up through these (host memory, reused).
+    belt: airllm_gpu::UploadBelt,
 }
 
 /// The CPU side: host activations, RAM KV of CPU-placed layers, threads.
@@ -484,8 +486,8 @@ impl Engine {
                     spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
                 // Every buffer a pass binds lives as long as the engine: cache their bind groups.
                 ctx.set_bind_group_cache(true);
-                let readback = airllm_gpu::LogitsReadback::new();
-                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes, readback })
+                let (readback, belt) = (airllm_gpu::LogitsReadback::new(), airllm_gpu::UploadBelt::new(2));
+                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes, readback, belt })
             }
         };
         let cpu = units.iter().any(|u| u.placement == Placement::Cpu).then(|| CpuSide {
@@ -753,6 +755,7 @@ impl Engine {
     /// the columns are gathered at the end.
     fn pass(&mut self, s: &step::BuiltStep) -> Result<Vec<f32>> {
         let t0 = Instant::now();
+        let cpu0 = pass_times::thread_cpu_time();
         let h = self.spec.hidden_size;
         let v = self.spec.vocab_size;
         let rows = s.tokens.len() as u32;
@@ -764,15 +767,23 @@ impl Engine {
             Some(Placement::Cpu) => Side::Cpu,
             _ => Side::Gpu,
         };
-        if let Some(g) = &self.gpu {
-            let q = g.ctx.queue();
+        let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
+        // The pass's first recording starts with the input copies (through the
+        // reused upload buffers); it stays open for the resident units that follow.
+        let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
+        if let (Some(g), Some(c)) = (self.gpu.as_mut(), ctx.as_deref()) {
+            let mut rec = c.recorder("pass");
+            let mut writes: Vec<(&wgpu::Buffer, &[u8])> = vec![
+                (&g.inputs.positions, bytemuck::cast_slice(&s.positions)),
+                (&g.inputs.rows, bytemuck::cast_slice(&s.layout.rows)),
+                (&g.inputs.seqs, bytemuck::cast_slice(&s.layout.seqs)),
+                (&g.inputs.block_table, bytemuck::cast_slice(&s.layout.block_table)),
+            ];
             if first_side == Side::Gpu {
-                q.write_buffer(g.act.buffer(Buf::X), 0, bytemuck::cast_slice(&x));
+                writes.push((g.act.buffer(Buf::X), bytemuck::cast_slice(&x)));
             }
-            q.write_buffer(&g.inputs.positions, 0, bytemuck::cast_slice(&s.positions));
-            q.write_buffer(&g.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
-            q.write_buffer(&g.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
-            q.write_buffer(&g.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
+            g.belt.upload(c, rec.encoder(), &writes)?;
+            pending = Some(rec);
         }
         if first_side == Side::Cpu {
             if let Some(c) = &mut self.cpu {
@@ -796,11 +807,10 @@ impl Engine {
         let mut head_cols: Vec<(usize, usize, Side)> = Vec::new();
         let mut side = first_side;
         let mut after_norm = false;
-        let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
-        let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
         // Host-time split of the pass (see pass_times.rs): what is not submitting,
         // waiting for shards, the CPU executor or transfers is recording.
         let t_loop = Instant::now();
+        let compile_before = ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default();
         let mut submit_t = Duration::ZERO;
         let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits());
         for ui in 0..self.units.len() {
@@ -933,10 +943,16 @@ impl Engine {
         if let Some(r) = pending.take() {
             submit_timed(r, &mut submit_t)?;
         }
+        if let Some(g) = self.gpu.as_mut() {
+            // Everything this pass recorded is submitted: re-map its upload buffer.
+            g.belt.submitted();
+        }
         let side_after = (self.stats.cpu, self.stats.transfer, self.ring_waits());
         let elsewhere =
             (side_after.0 - side_before.0) + (side_after.1 - side_before.1) + (side_after.2 - side_before.2);
-        let record = t_loop.elapsed().saturating_sub(submit_t + elsewhere);
+        let compile =
+            ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default().saturating_sub(compile_before);
+        let record = t_loop.elapsed().saturating_sub(submit_t + elsewhere + compile);
         let t1 = Instant::now();
         if let (Some(p), Some(g)) = (&ticket, &self.gpu) {
             g.readback.wait(&g.ctx, p)?;
@@ -968,6 +984,11 @@ impl Engine {
                 wait,
                 read,
                 gpu: Duration::from_nanos(gpu_ns as u64),
+                compile,
+                host_cpu: match (cpu0, pass_times::thread_cpu_time()) {
+                    (Some(a), Some(b)) => b.saturating_sub(a).saturating_sub(compile + elsewhere),
+                    _ => Duration::ZERO,
+                },
             };
             self.stats.gpu_passes.add(&p);
             if s.tokens.len() == s.layout.seqs.len() {

@@ -33,6 +33,26 @@ pub struct PassTimes {
     pub read: Duration,
     /// Sum of the kernels' GPU timestamps (profiling only; zero otherwise).
     pub gpu: Duration,
+    /// Compiling pipelines on first use (left out of `record`: once per kernel variant).
+    pub compile: Duration,
+    /// CPU time the engine's thread used in the pass, compiling left out: host
+    /// work without the time other processes held the cores (where the OS tells).
+    pub host_cpu: Duration,
+}
+
+/// CPU time the calling thread has used (None where the OS does not tell).
+pub fn thread_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 impl PassTimes {
@@ -51,6 +71,8 @@ impl PassTimes {
         self.wait += p.wait;
         self.read += p.read;
         self.gpu += p.gpu;
+        self.compile += p.compile;
+        self.host_cpu += p.host_cpu;
     }
 
     /// The times accumulated between `self` (earlier) and `later`.
@@ -64,6 +86,8 @@ impl PassTimes {
             wait: later.wait.saturating_sub(self.wait),
             read: later.read.saturating_sub(self.read),
             gpu: later.gpu.saturating_sub(self.gpu),
+            compile: later.compile.saturating_sub(self.compile),
+            host_cpu: later.host_cpu.saturating_sub(self.host_cpu),
         }
     }
 
@@ -84,6 +108,8 @@ impl PassTimes {
             "wait_s": self.per_pass(self.wait),
             "read_s": self.per_pass(self.read),
             "gpu_s": self.per_pass(self.gpu),
+            "compile_s": self.per_pass(self.compile),
+            "host_cpu_s": self.per_pass(self.host_cpu),
             "host_share": if self.wall.is_zero() { 0.0 } else { self.host().as_secs_f64() / self.wall.as_secs_f64() },
         })
     }
@@ -105,14 +131,18 @@ mod tests {
             wait: ms(90),
             read: ms(4),
             gpu: ms(80),
+            compile: ms(0),
+            host_cpu: ms(9),
         };
         assert_eq!(p.host(), ms(10));
         let mut q = PassTimes::default();
         q.add(&p);
         q.add(&p);
         assert_eq!(p.since(&q), p);
-        assert!((q.per_pass(q.host()) - 0.010).abs() < 1e-9);
+        assert!((q.per_pass(q.host()) - 0.005).abs() < 1e-9, "two passes of 10 ms host in all");
         let j = q.to_json();
         assert!((j["host_share"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+        assert!((j["host_cpu_s"].as_f64().unwrap() - 0.0045).abs() < 1e-9);
+        assert!(thread_cpu_time().is_some() || cfg!(not(unix)));
     }
 }
