@@ -125,9 +125,16 @@ mod tests {
             let mut rec = ctx.recorder("cached");
             // x = x * s + b, then x *= 2: each dispatch reads the one before it
             elementwise::scale(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, s).expect("scale");
-            elementwise::bias_add(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, BufView::whole(&b))
-                .expect("bias");
-            elementwise::scale(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, 2.0).expect("scale");
+            elementwise::bias_add(
+                &mut rec,
+                1,
+                n,
+                Mat { view: BufView::whole(&x), stride: n, off: 0 },
+                BufView::whole(&b),
+            )
+            .expect("bias");
+            elementwise::scale(&mut rec, 1, n, Mat { view: BufView::whole(&x), stride: n, off: 0 }, 2.0)
+                .expect("scale");
             rec.submit().expect("submit");
             for w in &mut want {
                 *w = (*w * s + 0.5) * 2.0;
