@@ -150,6 +150,7 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     pub(crate) uniforms: UniformPool,
     pub(crate) profiler: Profiler,
+    pub(crate) bind_groups: crate::bind_cache::BindGroupCache,
     /// Bound where a kernel's optional input (e.g. bias) is absent.
     pub(crate) dummy: wgpu::Buffer,
 }
@@ -273,6 +274,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             uniforms: UniformPool::default(),
             profiler: Profiler::default(),
+            bind_groups: Default::default(),
             dummy,
         })
     }
@@ -303,8 +305,14 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             uniforms: UniformPool::default(),
             profiler: Profiler::default(),
+            bind_groups: Default::default(),
             dummy: self.dummy.clone(),
         }
+    }
+
+    /// Time spent compiling pipelines on this context so far.
+    pub fn pipeline_compile_time(&self) -> std::time::Duration {
+        self.pipelines.compile_time()
     }
 
     /// The capabilities in use.

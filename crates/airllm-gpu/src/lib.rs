@@ -57,6 +57,7 @@
 
 pub use wgpu;
 
+pub mod bind_cache;
 pub mod caps;
 pub mod device;
 pub mod error;
@@ -72,7 +73,9 @@ pub mod shaders;
 pub mod testing;
 pub mod timing;
 pub mod translate;
+pub mod upload;
 
+pub use bind_cache::BindCacheStats;
 pub use caps::{AdapterReport, Caps, list_adapters};
 pub use device::{GpuBackend, GpuContext, GpuOptions};
 pub use error::GpuError;
@@ -80,11 +83,12 @@ pub use host_staging::{MappedPtr, Staging, StagingKind};
 pub use kernels::WeightFormat;
 pub use pipeline::{Activation, GemmTile, PipelineCache, PipelineKey};
 pub use pool::{BufView, KvCache, KvLayout};
-pub use readback::{read_buffer_bytes, read_buffer_f32, read_buffer_u32};
+pub use readback::{LogitsReadback, PendingRead, read_buffer_bytes, read_buffer_f32, read_buffer_u32};
 pub use recorder::{Recorded, Recorder};
 pub use ring::{Ring, RingStats};
 pub use shaders::{dump_wgsl, validate_all_shaders};
 pub use timing::{GpuProfile, KernelTime};
+pub use upload::UploadBelt;
 
 #[cfg(test)]
 mod tests {

@@ -412,6 +412,8 @@ impl fmt::Display for PipelineKey {
 #[derive(Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
+    /// Nanoseconds spent compiling, in total.
+    compile_ns: std::sync::atomic::AtomicU64,
 }
 
 /// A compiled pipeline with its bind group layout and label.
@@ -432,11 +434,19 @@ impl PipelineCache {
         if let Some(p) = map.get(key) {
             return Ok(p.clone());
         }
+        let t = std::time::Instant::now();
         let label = key.to_string();
         let source = key.wgsl()?;
         let p = Arc::new(compile(device, label, source)?);
+        self.compile_ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         map.insert(*key, p.clone());
         Ok(p)
+    }
+
+    /// Time spent compiling pipelines so far (first uses of each key), so
+    /// that per-pass host times can leave it out.
+    pub fn compile_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.compile_ns.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Number of compiled pipelines.

@@ -4,10 +4,8 @@
 //! the [`Ring`](crate::Ring)'s.
 //!
 //! Everything is sized once (or grows to a high-water mark and stays): no
-//! buffer is created per token. Bind groups are created per dispatch: they
-//! are small descriptor writes, cheaper than the hashing a cache would need
-//! at this rate (a cache keyed by buffer ids and offsets is a possible later
-//! step).
+//! buffer is created per token. Bind groups are cached per (pipeline, bound
+//! ranges) where the owner asks for it ([`bind_cache`](crate::bind_cache)).
 
 use std::sync::Mutex;
 
@@ -229,7 +227,9 @@ impl UniformPool {
 
     fn give_back(&self, chunks: &mut Vec<UniformChunk>) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        for mut c in chunks.drain(..) {
+        // In reverse, so the next recording takes them in the same order and
+        // its k-th dispatch binds the same range (what the bind group cache keys on).
+        for mut c in chunks.drain(..).rev() {
             c.data.clear();
             free.push(c);
         }

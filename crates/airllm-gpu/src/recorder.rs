@@ -5,6 +5,7 @@
 
 use std::num::NonZeroU64;
 
+use crate::bind_cache::BindKey;
 use crate::device::GpuContext;
 use crate::error::{GpuError, Result};
 use crate::pipeline::PipelineKey;
@@ -20,6 +21,12 @@ pub struct Recorder<'a> {
     ctx: &'a GpuContext,
     label: String,
     encoder: wgpu::CommandEncoder,
+    /// The compute pass consecutive dispatches share (ended by
+    /// [`Recorder::encoder`] and [`Recorder::finish`]); wgpu places the
+    /// barriers between dispatches that one of them needs. Without profiling
+    /// a whole pass over resident units is one compute pass; with profiling
+    /// each dispatch gets its own, for its timestamps.
+    pass: Option<wgpu::ComputePass<'static>>,
     uniforms: UniformLease<'a>,
     timer: Option<PassTimer>,
 }
@@ -50,7 +57,14 @@ impl<'a> Recorder<'a> {
     pub fn new(ctx: &'a GpuContext, label: &str) -> Self {
         let encoder = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         let timer = (ctx.profiling() && ctx.caps().timestamps).then(PassTimer::default);
-        Recorder { ctx, label: label.to_string(), encoder, uniforms: UniformLease::new(&ctx.uniforms), timer }
+        Recorder {
+            ctx,
+            label: label.to_string(),
+            encoder,
+            pass: None,
+            uniforms: UniformLease::new(&ctx.uniforms),
+            timer,
+        }
     }
 
     /// The context.
@@ -58,8 +72,10 @@ impl<'a> Recorder<'a> {
         self.ctx
     }
 
-    /// The command encoder, for the caller's own copies and passes.
+    /// The command encoder, for the caller's own copies and passes (ends the
+    /// open compute pass, so they land after the dispatches recorded so far).
     pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         &mut self.encoder
     }
 
@@ -87,34 +103,52 @@ impl<'a> Recorder<'a> {
         let cached = self.ctx.pipelines.get(device, key)?;
         let (ci, off, size) = self.uniforms.push(device, caps.uniform_align, params);
         let mut entries = Vec::with_capacity(binds.len() + 1);
-        entries.push(wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: self.uniforms.buffer(ci),
-                offset: off,
-                size: NonZeroU64::new(size),
-            }),
-        });
+        entries.push((0, self.uniforms.buffer(ci).clone(), off, size));
         for (binding, view) in binds {
             let bsize = bind_size(self.ctx, key, *binding, view)?;
-            entries.push(wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: view.buffer,
-                    offset: view.offset,
-                    size: NonZeroU64::new(bsize),
-                }),
-            });
+            entries.push((*binding, view.buffer.clone(), view.offset, bsize));
         }
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &cached.layout,
-            entries: &entries,
+        let bind_group = self.ctx.bind_groups.get(BindKey { pipeline: *key, entries }, |entries| {
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+                .iter()
+                .map(|(binding, buffer, offset, size)| wgpu::BindGroupEntry {
+                    binding: *binding,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: NonZeroU64::new(*size),
+                    }),
+                })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &cached.layout,
+                entries: &entries,
+            })
         });
-        let timestamp_writes = self.timer.as_mut().map(|t| t.next(device, key.profile_label()));
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(cached.label.as_str()), timestamp_writes });
+        if let Some(timer) = self.timer.as_mut() {
+            // One pass per dispatch, so its timestamps bracket this kernel alone.
+            self.pass = None;
+            let timestamp_writes = Some(timer.next(device, key.profile_label()));
+            let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(cached.label.as_str()),
+                timestamp_writes,
+            });
+            pass.set_pipeline(&cached.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+            return Ok(());
+        }
+        let label = &self.label;
+        let encoder = &mut self.encoder;
+        let pass = self.pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(label.as_str()),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime()
+        });
         pass.set_pipeline(&cached.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
@@ -124,7 +158,8 @@ impl<'a> Recorder<'a> {
     /// Uploads the parameters, submits, and returns the submission index
     /// (wait on it with [`GpuContext::wait`]). Validation errors of the
     /// recorded commands come back as [`GpuError::Submit`]. With profiling
-    /// on, this waits for the GPU and adds the kernel times to the profile.
+    /// on, the kernel times are read later ([`GpuContext::collect_timings`],
+    /// [`GpuContext::take_profile`]).
     pub fn submit(self) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx;
         ctx.submit_recorded(vec![self.finish()])
@@ -140,7 +175,8 @@ impl<'a> Recorder<'a> {
     /// Ends the recording without submitting, e.g. to submit several
     /// recordings at once with [`GpuContext::submit_recorded`].
     pub fn finish(self) -> Recorded<'a> {
-        let Recorder { ctx, label, mut encoder, uniforms, timer } = self;
+        let Recorder { ctx, label, mut encoder, pass, uniforms, timer } = self;
+        drop(pass);
         let readback = timer.map(|t| t.resolve(ctx.device(), &mut encoder));
         Recorded { label, encoder, uniforms, readback }
     }
@@ -185,9 +221,10 @@ impl GpuContext {
         }
         // the uniform chunks go back only now, after the submit
         drop(leases);
+        // Timestamps are read when the profile is collected (after the caller's
+        // own wait), so profiling does not make every submit wait for the GPU.
         for rb in readbacks {
-            let times = rb.collect(self, index.clone())?;
-            self.profiler.add(&times);
+            self.profiler.defer(rb, index.clone());
         }
         Ok(index)
     }

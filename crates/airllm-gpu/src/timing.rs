@@ -1,9 +1,10 @@
 //! GPU kernel timing. With [`GpuContext::set_profiling`] on (and the
 //! adapter's TIMESTAMP_QUERY), each kernel's compute pass writes begin/end
-//! timestamps; [`Recorder::submit`](crate::Recorder::submit) resolves them,
-//! waits, scales by `queue.get_timestamp_period()` and adds them to a
-//! per-label profile ([`GpuContext::take_profile`]). Off by default: the wait
-//! serializes CPU and GPU.
+//! timestamps; [`Recorder::submit`](crate::Recorder::submit) resolves them
+//! into a readback buffer, and [`GpuContext::collect_timings`] (or
+//! [`GpuContext::take_profile`]) later waits for them, scales by
+//! `queue.get_timestamp_period()` and adds them to a per-label profile. Off
+//! by default: each dispatch then gets its own compute pass.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -65,9 +66,15 @@ impl fmt::Display for GpuProfile {
 pub(crate) struct Profiler {
     enabled: AtomicBool,
     totals: Mutex<BTreeMap<String, (f64, u64)>>,
+    /// Timestamps of submitted recordings, not yet read.
+    pending: Mutex<Vec<(TimerReadback, wgpu::SubmissionIndex)>>,
 }
 
 impl Profiler {
+    pub(crate) fn defer(&self, rb: TimerReadback, index: wgpu::SubmissionIndex) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((rb, index));
+    }
+
     pub(crate) fn add(&self, times: &[(String, f64)]) {
         let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         for (label, ns) in times {
@@ -91,8 +98,26 @@ impl GpuContext {
         self.profiler.enabled.load(Ordering::Relaxed)
     }
 
-    /// The times collected so far, and resets them.
+    /// Reads the timestamps of every recording submitted with profiling on
+    /// (waiting for them to finish), adds them to the profile, and returns
+    /// their sum in nanoseconds.
+    pub fn collect_timings(&self) -> Result<f64> {
+        let pending = std::mem::take(&mut *self.profiler.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut total = 0.0;
+        for (rb, index) in pending {
+            let times = rb.collect(self, index)?;
+            total += times.iter().map(|(_, ns)| ns).sum::<f64>();
+            self.profiler.add(&times);
+        }
+        Ok(total)
+    }
+
+    /// The times collected so far (after reading any still pending), and
+    /// resets them.
     pub fn take_profile(&self) -> GpuProfile {
+        if let Err(e) = self.collect_timings() {
+            tracing::warn!("reading GPU timestamps failed: {e}");
+        }
         let mut t = self.profiler.totals.lock().unwrap_or_else(|p| p.into_inner());
         let mut kernels: Vec<KernelTime> = std::mem::take(&mut *t)
             .into_iter()

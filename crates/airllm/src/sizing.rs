@@ -100,7 +100,7 @@ pub fn mask_words_per_row() -> usize {
 
 /// The step-input buffers (positions, rows, sequences, block tables, tree
 /// masks) and their bytes.
-pub fn step_input_buffers(cap: &StepCapacity) -> [(&'static str, u64); 5] {
+pub fn step_input_buffers(cap: &StepCapacity) -> [(&'static str, u64); 6] {
     let blocks_per_seq = cap.max_context.div_ceil(cap.kv_block.max(1)).max(1);
     [
         ("positions", storage_size(cap.rows.max(1) as u64 * 4)),
@@ -108,6 +108,8 @@ pub fn step_input_buffers(cap: &StepCapacity) -> [(&'static str, u64); 5] {
         ("step_seqs", storage_size(cap.sequences.max(1) as u64 * 16)),
         ("block_table", storage_size((cap.sequences.max(1) * blocks_per_seq) as u64 * 4)),
         ("tree_masks", storage_size((cap.rows.max(1) * mask_words_per_row()) as u64 * 4)),
+        // KV slot moves after a tree is verified: at most one per tree node.
+        ("kv_moves", storage_size(u64::from(MAX_TREE) * 16)),
     ]
 }
 

@@ -89,6 +89,8 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
             "verify_s": t.decode.saturating_sub(s.draft).as_secs_f64(),
         })),
         "per_pass_s": t.per_pass(),
+        "gpu_pass": t.engine.gpu_passes.to_json(),
+        "decode_pass": t.engine.decode_passes.to_json(),
         "units": e.placements().iter().map(|(u, b, p)| serde_json::json!({"unit": u.to_string(), "bytes": b, "executor": p.name()})).collect::<Vec<_>>(),
     })
 }
@@ -113,6 +115,30 @@ pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
     );
     if let Some(r) = e.reader_stats() {
         s += &format!("\nreader: {r}");
+    }
+    let d = &g.decode_passes;
+    if d.passes > 0 {
+        let ms = |x: std::time::Duration| 1e3 * d.per_pass(x);
+        s += &format!(
+            "\ndecode pass (mean of {}): {:.2} ms = host {:.2} ms (inputs {:.2} + recording {:.2} + submitting {:.2} + \
+             reading logits {:.2}) + waiting for the device {:.2} ms{}; host {:.1}% of the pass, host CPU time {:.2} ms{}",
+            d.passes,
+            ms(d.wall),
+            ms(d.host()),
+            ms(d.inputs),
+            ms(d.record),
+            ms(d.submit),
+            ms(d.read),
+            ms(d.wait),
+            if d.compile.is_zero() { String::new() } else { format!(" + compiling pipelines {:.2} ms", ms(d.compile)) },
+            100.0 * d.host().as_secs_f64() / d.wall.as_secs_f64().max(1e-12),
+            ms(d.host_cpu),
+            if d.gpu.is_zero() { String::new() } else { format!("; GPU kernels (timestamps) {:.2} ms", ms(d.gpu)) }
+        );
+        if let Some(ctx) = e.ctx() {
+            let b = ctx.bind_group_stats();
+            s += &format!("\nbind groups: {} reused, {} created, {} cached", b.hits, b.created, b.entries);
+        }
     }
     if g.cpu > std::time::Duration::ZERO || g.transfer_bytes > 0 {
         s += &format!(

@@ -21,6 +21,7 @@ pub mod embedding;
 pub mod exec;
 pub mod graph;
 pub mod kv;
+pub mod pass_times;
 pub mod step;
 pub mod weights;
 
@@ -40,6 +41,7 @@ use self::exec::Buf;
 use self::exec::cpu::{CpuActivations, CpuExec, CpuKv, CpuUnit};
 use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
 use self::kv::BlockPool;
+pub use self::pass_times::PassTimes;
 pub use self::step::{Logits, ROOT, SeqId, StepItem, Tree};
 
 /// Nodes a draft tree may have below its root (the kernels' tree limit, less
@@ -169,6 +171,10 @@ pub struct EngineStats {
     pub cpu: Duration,
     /// Early-exit passes (self-drafting through the resident layers; not in `passes`).
     pub early_passes: u64,
+    /// Host and device time of the passes that ran on the GPU, split.
+    pub gpu_passes: PassTimes,
+    /// The same for decode passes alone (one token row per item).
+    pub decode_passes: PassTimes,
 }
 
 impl EngineStats {
@@ -189,6 +195,8 @@ impl EngineStats {
             transfer_bytes: later.transfer_bytes - self.transfer_bytes,
             cpu: later.cpu.saturating_sub(self.cpu),
             early_passes: later.early_passes - self.early_passes,
+            gpu_passes: self.gpu_passes.since(&later.gpu_passes),
+            decode_passes: self.decode_passes.since(&later.decode_passes),
         }
     }
 }
@@ -209,17 +217,21 @@ struct StepBuffers {
     seqs: wgpu::Buffer,
     block_table: wgpu::Buffer,
     tree_masks: wgpu::Buffer,
+    kv_moves: wgpu::Buffer,
 }
 
 impl StepBuffers {
     fn new(ctx: &GpuContext, cap: &StepCapacity) -> Self {
-        let [p, r, s, b, t] =
+        let [p, r, s, b, t, m] =
             sizing::step_input_buffers(cap).map(|(name, bytes)| ctx.create_storage_buffer(name, bytes));
-        StepBuffers { positions: p, rows: r, seqs: s, block_table: b, tree_masks: t }
+        StepBuffers { positions: p, rows: r, seqs: s, block_table: b, tree_masks: t, kv_moves: m }
     }
 
     fn bytes(&self) -> u64 {
-        [&self.positions, &self.rows, &self.seqs, &self.block_table, &self.tree_masks].iter().map(|b| b.size()).sum()
+        [&self.positions, &self.rows, &self.seqs, &self.block_table, &self.tree_masks, &self.kv_moves]
+            .iter()
+            .map(|b| b.size())
+            .sum()
     }
 
     fn views(&self) -> StepViews<'_> {
@@ -243,6 +255,10 @@ struct GpuSide {
     act: GpuActivations,
     inputs: StepBuffers,
     ropes: Vec<(RopeSpec, wgpu::Buffer)>,
+    /// Where the logits come back (host memory, double-buffered).
+    readback: airllm_gpu::LogitsReadback,
+    /// The step inputs go up through these (host memory, reused).
+    belt: airllm_gpu::UploadBelt,
 }
 
 /// The CPU side: host activations, RAM KV of CPU-placed layers, threads.
@@ -480,7 +496,10 @@ impl Engine {
                 let inputs = StepBuffers::new(&ctx, &cap);
                 let ropes =
                     spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
-                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes })
+                // Every buffer a pass binds lives as long as the engine: cache their bind groups.
+                ctx.set_bind_group_cache(true);
+                let (readback, belt) = (airllm_gpu::LogitsReadback::new(), airllm_gpu::UploadBelt::new(2));
+                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes, readback, belt })
             }
         };
         let cpu = units.iter().any(|u| u.placement == Placement::Cpu).then(|| CpuSide {
@@ -652,6 +671,12 @@ impl Engine {
         if base > s.len {
             return Err(EngineError::invalid("tree", format!("{id}: tree base {base} is past its length {}", s.len)));
         }
+        if path.len() > airllm_gpu::kernels::paged::MAX_TREE as usize {
+            return Err(EngineError::invalid(
+                "tree",
+                format!("{id}: a path of {} nodes is longer than any tree", path.len()),
+            ));
+        }
         for (k, &node) in path.iter().enumerate() {
             let prev = if k == 0 { None } else { Some(path[k - 1]) };
             if node < k || prev.is_some_and(|p| p >= node) || base + node >= s.len {
@@ -688,7 +713,9 @@ impl Engine {
         }
         if let Some(g) = &self.gpu {
             let Some(cache) = &g.kv else { return Ok(()) };
-            let buf = g.ctx.upload_u32("kv_moves", bytemuck::cast_slice(moves));
+            // Moves come from a tree of at most MAX_TREE nodes: the buffer holds them all.
+            let buf = &g.inputs.kv_moves;
+            g.ctx.queue().write_buffer(buf, 0, bytemuck::cast_slice(moves));
             let mut rec = g.ctx.recorder("kv_compact");
             for i in g.kv_index.iter().flatten() {
                 let (k, v) = (cache.k(*i), cache.v(*i));
@@ -697,7 +724,7 @@ impl Engine {
                     &mut rec,
                     &KvCompact {
                         layout: cache.layout(),
-                        moves: BufView::whole(&buf),
+                        moves: BufView::whole(buf),
                         n_moves: moves.len() as u32,
                         k_cache,
                         v_cache,
@@ -863,6 +890,7 @@ impl Engine {
     /// the columns are gathered at the end.
     fn pass(&mut self, s: &step::BuiltStep, exit: Option<usize>) -> Result<Vec<f32>> {
         let t0 = Instant::now();
+        let cpu0 = pass_times::thread_cpu_time();
         let h = self.spec.hidden_size;
         let v = self.spec.vocab_size;
         let rows = s.tokens.len() as u32;
@@ -874,18 +902,26 @@ impl Engine {
             Some(Placement::Cpu) => Side::Cpu,
             _ => Side::Gpu,
         };
-        if let Some(g) = &self.gpu {
-            let q = g.ctx.queue();
+        let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
+        // The pass's first recording starts with the input copies (through the
+        // reused upload buffers); it stays open for the resident units that follow.
+        let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
+        if let (Some(g), Some(c)) = (self.gpu.as_mut(), ctx.as_deref()) {
+            let mut rec = c.recorder("pass");
+            let mut writes: Vec<(&wgpu::Buffer, &[u8])> = vec![
+                (&g.inputs.positions, bytemuck::cast_slice(&s.positions)),
+                (&g.inputs.rows, bytemuck::cast_slice(&s.layout.rows)),
+                (&g.inputs.seqs, bytemuck::cast_slice(&s.layout.seqs)),
+                (&g.inputs.block_table, bytemuck::cast_slice(&s.layout.block_table)),
+            ];
             if first_side == Side::Gpu {
-                q.write_buffer(g.act.buffer(Buf::X), 0, bytemuck::cast_slice(&x));
+                writes.push((g.act.buffer(Buf::X), bytemuck::cast_slice(&x)));
             }
-            q.write_buffer(&g.inputs.positions, 0, bytemuck::cast_slice(&s.positions));
-            q.write_buffer(&g.inputs.rows, 0, bytemuck::cast_slice(&s.layout.rows));
-            q.write_buffer(&g.inputs.seqs, 0, bytemuck::cast_slice(&s.layout.seqs));
-            q.write_buffer(&g.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
             if !s.layout.tree_masks.is_empty() {
-                q.write_buffer(&g.inputs.tree_masks, 0, bytemuck::cast_slice(&s.layout.tree_masks));
+                writes.push((&g.inputs.tree_masks, bytemuck::cast_slice(&s.layout.tree_masks)));
             }
+            g.belt.upload(c, rec.encoder(), &writes)?;
+            pending = Some(rec);
         }
         if first_side == Side::Cpu {
             if let Some(c) = &mut self.cpu {
@@ -898,6 +934,8 @@ impl Engine {
             if g.ring.as_ref().is_some_and(|r| !r.at_pass_start()) {
                 // An earlier pass failed half way: restart the reader at the first unit.
                 g.ring = None;
+                // Bind groups of the old ring's slots would keep them alive.
+                g.ctx.clear_bind_groups();
                 g.ring = new_ring(&g.ctx, &self.dir, &self.units, &self.plan, &self.read_opts)?;
             }
         }
@@ -907,8 +945,12 @@ impl Engine {
         let mut head_cols: Vec<(usize, usize, Side)> = Vec::new();
         let mut side = first_side;
         let mut after_norm = false;
-        let ctx = self.gpu.as_ref().map(|g| g.ctx.clone());
-        let mut pending: Option<airllm_gpu::Recorder<'_>> = None;
+        // Host-time split of the pass (see pass_times.rs): what is not submitting,
+        // waiting for shards, the CPU executor or transfers is recording.
+        let t_loop = Instant::now();
+        let compile_before = ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default();
+        let mut submit_t = Duration::ZERO;
+        let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits());
         for ui in 0..self.units.len() {
             let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
             let want = if placement == Placement::Cpu { Side::Cpu } else { Side::Gpu };
@@ -929,7 +971,7 @@ impl Engine {
             if want != side && !skip {
                 // Move the live activation across.
                 if let Some(r) = pending.take() {
-                    r.submit()?;
+                    submit_timed(r, &mut submit_t)?;
                 }
                 let (buf, n) = if after_norm { (Buf::LastH, n_logits * h) } else { (Buf::X, rows as usize * h) };
                 self.transfer(buf, n, want)?;
@@ -979,7 +1021,7 @@ impl Engine {
                 let streamed = placement == Placement::Streamed;
                 if streamed {
                     if let Some(r) = pending.take() {
-                        r.submit()?;
+                        submit_timed(r, &mut submit_t)?;
                     }
                 }
                 let mut rec = pending.take().unwrap_or_else(|| ctx.recorder(&unit.to_string()));
@@ -1018,7 +1060,7 @@ impl Engine {
                     run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
                 }
                 if streamed {
-                    rec.submit()?;
+                    submit_timed(rec, &mut submit_t)?;
                     if let Some(r) = g.ring.as_mut() {
                         r.submitted();
                     }
@@ -1030,13 +1072,74 @@ impl Engine {
                 after_norm = true;
             }
         }
-        if let Some(r) = pending.take() {
-            r.submit()?;
+        // The GPU's logit columns are copied into a readback buffer inside the
+        // pass's last command buffer and mapped right after its submit.
+        let mut ticket = None;
+        if n_logits > 0 && head_cols.iter().any(|p| p.2 == Side::Gpu) {
+            let g = self.gpu.as_mut().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+            let c = ctx.as_deref().ok_or_else(|| EngineError::invalid("engine", "no GPU"))?;
+            let mut rec = pending.take().unwrap_or_else(|| c.recorder("logits"));
+            let bytes = (n_logits * v * 4) as u64;
+            let mut p = g.readback.copy(c, rec.encoder(), g.act.buffer(Buf::Logits), bytes)?;
+            let index = submit_timed(rec, &mut submit_t)?;
+            g.readback.map(&mut p, index);
+            ticket = Some(p);
         }
+        if let Some(r) = pending.take() {
+            submit_timed(r, &mut submit_t)?;
+        }
+        if let Some(g) = self.gpu.as_mut() {
+            // Everything this pass recorded is submitted: re-map its upload buffer.
+            g.belt.submitted();
+        }
+        let side_after = (self.stats.cpu, self.stats.transfer, self.ring_waits());
+        let elsewhere =
+            (side_after.0 - side_before.0) + (side_after.1 - side_before.1) + (side_after.2 - side_before.2);
+        let compile =
+            ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default().saturating_sub(compile_before);
+        let record = t_loop.elapsed().saturating_sub(submit_t + elsewhere + compile);
         let t1 = Instant::now();
-        let logits = self.gather_logits(n_logits, &head_cols)?;
+        if let (Some(p), Some(g)) = (&ticket, &self.gpu) {
+            g.readback.wait(&g.ctx, p)?;
+        }
+        let wait = t1.elapsed();
+        // Kernel timestamps (profiling only) are read after the wait, outside the host times.
+        let gpu_ns = match &ctx {
+            Some(c) if c.profiling() => c.collect_timings()?,
+            _ => 0.0,
+        };
+        let t2 = Instant::now();
+        let mut from_gpu = None;
+        if let (Some(p), Some(g)) = (ticket, self.gpu.as_mut()) {
+            let mut out = Vec::new();
+            g.readback.read(p, &mut out)?;
+            from_gpu = Some(out);
+        }
+        let logits = self.gather_logits(n_logits, &head_cols, from_gpu)?;
+        let read = t2.elapsed();
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
+        if ctx.is_some() {
+            let p = PassTimes {
+                passes: 1,
+                wall: t0.elapsed(),
+                inputs: host,
+                record,
+                submit: submit_t,
+                wait,
+                read,
+                gpu: Duration::from_nanos(gpu_ns as u64),
+                compile,
+                host_cpu: match (cpu0, pass_times::thread_cpu_time()) {
+                    (Some(a), Some(b)) => b.saturating_sub(a).saturating_sub(compile + elsewhere),
+                    _ => Duration::ZERO,
+                },
+            };
+            self.stats.gpu_passes.add(&p);
+            if s.tokens.len() == s.layout.seqs.len() {
+                self.stats.decode_passes.add(&p);
+            }
+        }
         if exit.is_some() {
             self.stats.early_passes += 1;
         } else {
@@ -1045,6 +1148,16 @@ impl Engine {
         self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
+    }
+
+    /// Time the ring has waited for shards and staging so far.
+    fn ring_waits(&self) -> Duration {
+        self.gpu
+            .as_ref()
+            .and_then(|g| g.ring.as_ref())
+            .map(|r| r.stats())
+            .map(|r| r.io_wait + r.remap_wait)
+            .unwrap_or_default()
     }
 
     /// Copies the first `n` values of `buf` to side `to`.
@@ -1069,13 +1182,9 @@ impl Engine {
     }
 
     /// The `[n, vocab]` logits, each head part's columns from the side that
-    /// computed them.
-    fn gather_logits(&self, n: usize, parts: &[(usize, usize, Side)]) -> Result<Vec<f32>> {
+    /// computed them (`from_gpu`: the GPU's logits buffer, read back).
+    fn gather_logits(&self, n: usize, parts: &[(usize, usize, Side)], from_gpu: Option<Vec<f32>>) -> Result<Vec<f32>> {
         let v = self.spec.vocab_size;
-        let from_gpu = match (&self.gpu, parts.iter().any(|p| p.2 == Side::Gpu)) {
-            (Some(g), true) => Some(airllm_gpu::read_buffer_f32(&g.ctx, g.act.buffer(Buf::Logits), 0, n * v)?),
-            _ => None,
-        };
         if parts.iter().all(|p| p.2 == Side::Gpu) {
             return Ok(from_gpu.unwrap_or_default());
         }
@@ -1096,6 +1205,14 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Submits a recording, adding the time it took to `t`.
+fn submit_timed(r: airllm_gpu::Recorder<'_>, t: &mut Duration) -> Result<wgpu::SubmissionIndex> {
+    let t0 = Instant::now();
+    let index = r.submit()?;
+    *t += t0.elapsed();
+    Ok(index)
 }
 
 /// Runs one unit's graph on an executor.
