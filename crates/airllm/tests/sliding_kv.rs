@@ -1,0 +1,209 @@
+//! Sliding-window layers keep only their window of KV blocks
+//! (`engine::kv::window`): Gemma 2 and Gemma 3 (tiny fixtures, window 8) still
+//! match transformers with blocks of 4 slots, prompts chunked shorter and
+//! longer than the window, two sequences at once and a continuation of three
+//! windows, resident, streamed and on the CPU executor; the sliding pool's
+//! blocks in use stay bounded while the global ones grow; cuts inside the last
+//! step are exact and cuts further back are refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use airllm::engine::kv::window::blocks_per_window;
+use airllm::engine::{Engine, EngineConfig, Logits, StepItem};
+use airllm_format::{Checkpoint, ShardDir, ShardOptions};
+use safetensors::SafeTensors;
+
+const TOL: f32 = 1e-4;
+const WINDOW: usize = 8;
+const BLOCK: usize = 4;
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny").join(family)
+}
+
+struct Golden(Vec<u8>);
+
+impl Golden {
+    fn load(family: &str) -> Golden {
+        Golden(std::fs::read(fixture(family).join("golden.safetensors")).unwrap())
+    }
+    fn f32(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.0).unwrap();
+        st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+    fn ids(&self, name: &str) -> Vec<u32> {
+        let st = SafeTensors::deserialize(&self.0).unwrap();
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    }
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Resident,
+    Streamed,
+    Cpu,
+}
+
+/// An engine over `shards` with blocks of [`BLOCK`] slots and steps of
+/// `rows` rows; None without a GPU adapter (never in CI) for the GPU modes.
+fn engine(shards: &Path, mode: Mode, rows: usize) -> Option<Engine> {
+    let cfg = EngineConfig {
+        max_context: 128,
+        max_sequences: 2,
+        max_batch_tokens: rows,
+        kv_block: BLOCK,
+        prefetch_depth: 2,
+        resident_layers: matches!(mode, Mode::Streamed).then_some(0),
+        ..EngineConfig::default()
+    };
+    let ctx = match mode {
+        Mode::Cpu => None,
+        _ => match airllm_gpu::GpuContext::new(&Default::default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "CI must have a GPU adapter (lavapipe): {e}");
+                eprintln!("skipping: no GPU adapter ({e})");
+                return None;
+            }
+        },
+    };
+    Some(Engine::new(ctx, ShardDir::open(shards).unwrap(), cfg).unwrap())
+}
+
+fn shard(family: &str, to: &Path) {
+    let ck = Checkpoint::open(&fixture(family)).unwrap();
+    airllm_format::write_shards(&ck, to, &ShardOptions { progress: false, ..Default::default() }).unwrap();
+}
+
+/// Feeds `ids` to `seq` in chunks of at most `chunk`, all logits back.
+fn feed(e: &mut Engine, seq: airllm::engine::SeqId, ids: &[u32], chunk: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for c in ids.chunks(chunk) {
+        out.extend(e.step(&[StepItem { seq, tokens: c, logits: Logits::All }]).unwrap().remove(0));
+    }
+    out
+}
+
+fn check(family: &str, mode: Mode, rows: usize) {
+    let what = format!("{family} {mode:?} chunks of {rows}");
+    let g = Golden::load(family);
+    let tmp = tempfile::tempdir().unwrap();
+    shard(family, tmp.path());
+    let Some(mut e) = engine(tmp.path(), mode, rows) else { return };
+    let kv = e.kv_blocks();
+    assert!(kv.sliding_total > 0 && kv.sliding_total < kv.total, "{what}: {kv:?}");
+    let v = e.spec().vocab_size;
+    let (p0, p1) = (g.ids("prompt0.input_ids"), g.ids("prompt1.input_ids"));
+    let (a, b) = (e.add_sequence(), e.add_sequence());
+    // Prompt 1 (32 tokens, four windows) first, then prompt 0 beside it.
+    let got1 = feed(&mut e, b, &p1, rows);
+    let got0 = feed(&mut e, a, &p0, rows);
+    let (d0, d1) = (max_abs(&got0, &g.f32("prompt0.logits")), max_abs(&got1, &g.f32("prompt1.logits")));
+    eprintln!("{what}: prompt logits max abs diff {d0:.2e} / {d1:.2e}");
+    assert!(d0 <= TOL && d1 <= TOL, "{what}: prompt logits differ by {d0} / {d1}");
+    // Both decode in shared steps: 24 tokens of prompt 0 (to position 37, past
+    // four windows) must be transformers' greedy ids; the sliding blocks stay
+    // within one window per sequence (plus the step's row) while the global
+    // ones grow with the context.
+    let argmax = airllm::sampler::argmax;
+    let mut next = (argmax(&got0[(p0.len() - 1) * v..]), argmax(&got1[(p1.len() - 1) * v..]));
+    let bound = 2 * (blocks_per_window(WINDOW, BLOCK) + 1);
+    let mut ids_a = Vec::new();
+    let mut last = Vec::new();
+    for _ in 0..24 {
+        ids_a.push(next.0);
+        let out = e
+            .step(&[
+                StepItem { seq: a, tokens: &[next.0], logits: Logits::Last },
+                StepItem { seq: b, tokens: &[next.1], logits: Logits::Last },
+            ])
+            .unwrap();
+        let kv = e.kv_blocks();
+        assert!(kv.sliding_used <= bound, "{what}: {} sliding blocks in use, bound {bound}", kv.sliding_used);
+        next = (argmax(&out[0]), argmax(&out[1]));
+        last = out[0].clone();
+    }
+    assert_eq!(ids_a, g.ids("greedy.prompt0.new_ids"), "{what}: greedy continuation");
+    let kv = e.kv_blocks();
+    let global = (p0.len() + 24).div_ceil(BLOCK) + (p1.len() + 24).div_ceil(BLOCK);
+    assert_eq!(kv.used, global, "{what}: {kv:?}");
+    assert!(kv.sliding_used * 2 < kv.used, "{what}: the window saved nothing: {kv:?}");
+
+    // A cut into the last step is exact: re-reading its token gives its logits.
+    let len = e.sequence_len(a).unwrap();
+    e.truncate(a, len - 1).unwrap();
+    let again = e.step(&[StepItem { seq: a, tokens: &[*ids_a.last().unwrap()], logits: Logits::Last }]).unwrap();
+    // (Alone in its step, so the GPU may pick other matmul kernels: not bit-equal.)
+    let d = max_abs(&again[0], &last);
+    assert!(d <= TOL, "{what}: logits after a cut of one token differ by {d}");
+    // Further back, the window before the cut is gone: refused, nothing changes.
+    let err = e.truncate(a, len - 2 * WINDOW).unwrap_err().to_string();
+    assert!(err.contains("sliding-window") && err.contains("re-read"), "{what}: {err}");
+    assert_eq!(e.sequence_len(a), Some(len));
+    e.remove_sequence(a);
+    e.remove_sequence(b);
+    let kv = e.kv_blocks();
+    assert_eq!((kv.used, kv.sliding_used), (0, 0), "{what}: every block back in the pools");
+}
+
+#[test]
+fn gemma2_windowed_kv_matches_transformers() {
+    for mode in [Mode::Resident, Mode::Streamed, Mode::Cpu] {
+        for rows in [5, 20] {
+            check("gemma2", mode, rows);
+        }
+    }
+}
+
+#[test]
+fn gemma3_windowed_kv_matches_transformers() {
+    for mode in [Mode::Resident, Mode::Streamed, Mode::Cpu] {
+        for rows in [5, 20] {
+            check("gemma3", mode, rows);
+        }
+    }
+}
+
+/// More live sequences than the sliding pool was sized for: the engine trims
+/// the idle ones to their window (as their next step would) instead of failing,
+/// and every sequence still reads the right slots.
+#[test]
+fn idle_sequences_give_back_their_last_chunk_when_the_pool_is_short() {
+    let g = Golden::load("gemma3");
+    let tmp = tempfile::tempdir().unwrap();
+    shard("gemma3", tmp.path());
+    let Some(mut e) = engine(tmp.path(), Mode::Cpu, 20) else { return };
+    let p1 = g.ids("prompt1.input_ids");
+    let want = g.f32("prompt1.logits");
+    let v = e.spec().vocab_size;
+    // Four sequences read prompt 1 in 20-token chunks (the pool holds two windows
+    // and one step); each one's logits must still match.
+    let seqs: Vec<_> = (0..4).map(|_| e.add_sequence()).collect();
+    for &s in &seqs {
+        let got = feed(&mut e, s, &p1, 20);
+        let d = max_abs(&got, &want);
+        assert!(d <= TOL, "{s}: logits differ by {d}");
+        assert!(e.kv_blocks().sliding_used <= e.kv_blocks().sliding_total);
+    }
+    // And each continues exactly: its next token's logits are the same (one
+    // sequence ends first, so the global pool has room).
+    e.remove_sequence(seqs[0]);
+    let next = airllm::sampler::argmax(&want[(p1.len() - 1) * v..]);
+    let mut outs = Vec::new();
+    for &s in &seqs[1..] {
+        outs.push(e.step(&[StepItem { seq: s, tokens: &[next], logits: Logits::Last }]).unwrap().remove(0));
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]), "the continuations differ");
+}
