@@ -207,3 +207,62 @@ fn idle_sequences_give_back_their_last_chunk_when_the_pool_is_short() {
     }
     assert!(outs.windows(2).all(|w| w[0] == w[1]), "the continuations differ");
 }
+
+/// The real Gemma 3 270M GGUF (when `$AIRLLM_GEMMA3_GGUF` names it; skipped
+/// otherwise), on the CPU executor: a 2k-token prompt read in 512-token chunks,
+/// then decode. The 15 sliding layers (window 512) hold at most one window
+/// plus one chunk of blocks while the 3 global ones grow with the context;
+/// prints the KV bytes the sequence holds.
+#[test]
+fn gemma3_270m_sliding_blocks_stay_at_the_window() {
+    let Some(path) = std::env::var_os("AIRLLM_GEMMA3_GGUF") else {
+        eprintln!("skipping: set AIRLLM_GEMMA3_GGUF to gemma-3-270m-q4_k_m.gguf");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = airllm::Options {
+        shards_dir: Some(tmp.path().to_path_buf()),
+        max_context: Some(4096),
+        max_sequences: 1,
+        device: airllm::Device::Cpu,
+        ..airllm::Options::default()
+    };
+    let mut m = airllm::AutoModel::from_pretrained(path.to_str().unwrap(), opts).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(160);
+    let ids = m.encode(&airllm::Prompt::Text(text)).unwrap();
+    assert!(ids.len() > 2048, "{}", ids.len());
+    let ids = &ids[..2048];
+    let spec = m.spec().clone();
+    let slot = 2 * spec.num_kv_heads as u64 * spec.head_dim as u64 * 2; // f16 k + v
+    let (sliding_layers, global_layers) = (15u64, 3u64);
+    let e = m.engine_mut();
+    let kv = e.kv_blocks();
+    eprintln!("pools: {kv:?}");
+    let s = e.add_sequence();
+    let bound = blocks_per_window(512, kv.block) + 1 + 512usize.div_ceil(kv.block);
+    let mut last = Vec::new();
+    for c in ids.chunks(512) {
+        last = e.step(&[StepItem { seq: s, tokens: c, logits: Logits::Last }]).unwrap().remove(0);
+        let kv = e.kv_blocks();
+        let len = e.sequence_len(s).unwrap();
+        let bytes = kv.block as u64 * slot * (global_layers * kv.used as u64 + sliding_layers * kv.sliding_used as u64);
+        let before = kv.block as u64 * slot * (global_layers + sliding_layers) * kv.used as u64;
+        eprintln!(
+            "{len} tokens: global blocks {} sliding {}: {:.1} MiB held (every layer at full context: {:.1} MiB)",
+            kv.used,
+            kv.sliding_used,
+            bytes as f64 / 1048576.0,
+            before as f64 / 1048576.0
+        );
+        assert!(kv.sliding_used <= bound, "{} sliding blocks, bound {bound}", kv.sliding_used);
+        assert_eq!(kv.used, len.div_ceil(kv.block));
+    }
+    let mut next = airllm::sampler::argmax(&last);
+    for _ in 0..8 {
+        let out = e.step(&[StepItem { seq: s, tokens: &[next], logits: Logits::Last }]).unwrap().remove(0);
+        next = airllm::sampler::argmax(&out);
+    }
+    let kv = e.kv_blocks();
+    assert!(kv.sliding_used <= blocks_per_window(512, kv.block) + 1, "decode: {kv:?}");
+    eprintln!("after 8 decode steps: {kv:?}");
+}
