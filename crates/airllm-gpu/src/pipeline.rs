@@ -123,6 +123,8 @@ pub enum PipelineKey {
         /// The cache holds f16 (packed pairs) instead of f32.
         f16: bool,
     },
+    /// KV-cache slot moves (any dtype: copied as words).
+    KvCompact,
     /// Attention.
     Attention {
         /// Subgroup reductions.
@@ -165,6 +167,7 @@ impl PipelineKey {
             PipelineKey::RmsNorm { .. } => Shader::RmsNorm,
             PipelineKey::Rope { .. } => Shader::Rope,
             PipelineKey::KvAppend { .. } => Shader::KvAppend,
+            PipelineKey::KvCompact => Shader::KvCompact,
             PipelineKey::Attention { .. } => Shader::Attention,
             PipelineKey::ActMul { .. } => Shader::ActMul,
             PipelineKey::Add => Shader::Add,
@@ -320,6 +323,7 @@ impl PipelineKey {
             v.push(PipelineKey::Attention { subgroup: false, f16 });
             v.push(PipelineKey::Attention { subgroup: true, f16 });
         }
+        v.push(PipelineKey::KvCompact);
         v.push(PipelineKey::ActMul { act: Activation::Silu });
         v.push(PipelineKey::ActMul { act: Activation::GeluTanh });
         v.extend([

@@ -31,6 +31,8 @@ pub enum Shader {
     Rope,
     /// KV-cache append (`shaders/kv_append.wgsl`).
     KvAppend,
+    /// KV-cache slot moves after tree verification (`shaders/kv_compact.wgsl`).
+    KvCompact,
     /// Attention over the KV cache (`shaders/attention.wgsl`).
     Attention,
     /// Gated activation (`shaders/act_mul.wgsl`).
@@ -51,12 +53,13 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader.
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Gemv,
         Shader::Gemm,
         Shader::RmsNorm,
         Shader::Rope,
         Shader::KvAppend,
+        Shader::KvCompact,
         Shader::Attention,
         Shader::ActMul,
         Shader::Add,
@@ -75,6 +78,7 @@ impl Shader {
             Shader::RmsNorm => "rmsnorm",
             Shader::Rope => "rope",
             Shader::KvAppend => "kv_append",
+            Shader::KvCompact => "kv_compact",
             Shader::Attention => "attention",
             Shader::ActMul => "act_mul",
             Shader::Add => "add",
@@ -99,6 +103,7 @@ impl Shader {
             Shader::RmsNorm => include_str!("../../../shaders/rmsnorm.wgsl"),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvAppend => include_str!("../../../shaders/kv_append.wgsl"),
+            Shader::KvCompact => include_str!("../../../shaders/kv_compact.wgsl"),
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
             Shader::ActMul => include_str!("../../../shaders/act_mul.wgsl"),
             Shader::Add => include_str!("../../../shaders/add.wgsl"),

@@ -54,6 +54,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod session;
 pub mod sizing;
+pub mod spec;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};

@@ -41,6 +41,18 @@ impl Sampler {
 
     /// Choose the next id. `context` holds the ids seen so far (for the penalty).
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
+        let d = self.distribution(logits, context);
+        if d.ids.len() == 1 {
+            return d.ids[0];
+        }
+        let r: f32 = self.rng.random();
+        d.draw(r)
+    }
+
+    /// The distribution [`Sampler::sample`] draws from (after the penalty,
+    /// temperature, top-k and top-p): at temperature 0 all mass on the
+    /// arg-max. `logits` is changed by the penalty.
+    pub fn distribution(&self, logits: &mut [f32], context: &[u32]) -> Distribution {
         if self.cfg.repetition_penalty != 1.0 {
             // transformers' RepetitionPenaltyLogitsProcessor: each distinct id once.
             let mut seen = std::collections::HashSet::new();
@@ -53,7 +65,7 @@ impl Sampler {
             }
         }
         if self.cfg.temperature <= 0.0 {
-            return argmax(logits);
+            return Distribution { ids: vec![argmax(logits)], probs: vec![1.0] };
         }
         let t = self.cfg.temperature;
         let mut idx: Vec<usize> = (0..logits.len()).collect();
@@ -79,15 +91,58 @@ impl Sampler {
             let s: f32 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= s);
         }
-        let r: f32 = self.rng.random();
+        idx.truncate(probs.len());
+        Distribution { ids: idx.into_iter().map(|i| i as u32).collect(), probs }
+    }
+
+    /// A uniform number in `[0, 1)` from this sampler's stream.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random()
+    }
+}
+
+/// A sparse next-token distribution: `ids[i]` has probability `probs[i]`
+/// (most likely first; ids not listed have none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distribution {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Their probabilities (summing to 1).
+    pub probs: Vec<f32>,
+}
+
+impl Distribution {
+    /// The id at cumulative probability `r` (in `[0, 1)`).
+    pub fn draw(&self, r: f32) -> u32 {
         let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
+        for (i, p) in self.probs.iter().enumerate() {
             acc += p;
             if r < acc {
-                return idx[i] as u32;
+                return self.ids[i];
             }
         }
-        idx[probs.len() - 1] as u32
+        // Rounding: the last id with any mass.
+        let last = self.probs.iter().rposition(|&p| p > 0.0).unwrap_or(0);
+        self.ids[last]
+    }
+
+    /// The probability of `id`.
+    pub fn prob(&self, id: u32) -> f32 {
+        self.ids.iter().position(|&i| i == id).map(|i| self.probs[i]).unwrap_or(0.0)
+    }
+
+    /// Removes `id`'s mass and renormalises (the residual after a rejected
+    /// point-mass proposal); false if no mass is left.
+    pub fn remove(&mut self, id: u32) -> bool {
+        if let Some(i) = self.ids.iter().position(|&x| x == id) {
+            self.probs[i] = 0.0;
+        }
+        let total: f32 = self.probs.iter().sum();
+        if total <= 0.0 {
+            return false;
+        }
+        self.probs.iter_mut().for_each(|p| *p /= total);
+        true
     }
 }
 

@@ -33,12 +33,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use crate::engine::{Engine, Logits, SeqId, StepItem};
+use crate::engine::{Engine, Logits, SeqId, StepItem, Tree};
 use crate::error::{EngineError, Result};
 use crate::model::FinishReason;
 use crate::options::GenerateOptions;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::spec::{self, DraftRequest, SpecStats, Speculator};
 use crate::tokenizer::{StreamDecoder, TextTokenizer};
 
 /// A request's handle.
@@ -190,6 +192,18 @@ pub struct Scheduler {
     admissions: u64,
     max_waiting: usize,
     cancel: Option<Arc<AtomicBool>>,
+    /// Speculative decoding, when on.
+    spec: Option<Speculator>,
+}
+
+/// One item of a pass being planned: a running request's tokens.
+struct Planned {
+    /// Index into `running`.
+    ri: usize,
+    tokens: Vec<u32>,
+    logits: Logits,
+    /// Parents of a verify tree (`tokens[0]` is the root: the sampled token).
+    tree: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -214,7 +228,20 @@ impl Scheduler {
             admissions: 0,
             max_waiting,
             cancel: None,
+            spec: None,
         }
+    }
+
+    /// Turns speculative decoding on (Some) or off (None); returns the
+    /// speculator it replaces. Requests with a logits hook (constrained
+    /// output) never speculate.
+    pub fn set_speculation(&mut self, spec: Option<Speculator>) -> Option<Speculator> {
+        std::mem::replace(&mut self.spec, spec)
+    }
+
+    /// Speculation counters so far (None: speculation is off).
+    pub fn spec_stats(&self) -> Option<SpecStats> {
+        self.spec.as_ref().map(|s| s.stats)
     }
 
     /// Cancels every request when `flag` becomes true (checked once per step).
@@ -303,6 +330,9 @@ impl Scheduler {
         }
         if let Some(i) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.swap_remove(i);
+            if let Some(sp) = self.spec.as_mut() {
+                sp.drafter.finish(r.id);
+            }
             let retained = self.release(engine, r.seq, r.keep, r.cached);
             sink(Event::Finished {
                 id,
@@ -358,13 +388,13 @@ impl Scheduler {
             }
         }
         // Plan the pass: (index into running, tokens, logits wanted).
-        let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        let mut plan: Vec<Planned> = Vec::new();
         let mut rows = 0usize;
         let mut order: Vec<usize> = (0..self.running.len()).collect();
         order.sort_by_key(|&i| self.running[i].admitted);
         for &ri in &order {
             if let Some(t) = self.running[ri].next {
-                plan.push((ri, vec![t], Logits::Last));
+                plan.push(Planned { ri, tokens: vec![t], logits: Logits::Last, tree: None });
                 rows += 1;
             }
         }
@@ -458,22 +488,41 @@ impl Scheduler {
             }
             let n = (r.context.len() - r.fed).min(room);
             let last = r.fed + n == r.context.len();
-            plan.push((ri, r.context[r.fed..r.fed + n].to_vec(), if last { Logits::Last } else { Logits::None }));
+            let logits = if last { Logits::Last } else { Logits::None };
+            plan.push(Planned { ri, tokens: r.context[r.fed..r.fed + n].to_vec(), logits, tree: None });
             rows += n;
         }
         if plan.is_empty() {
             return Ok(report);
         }
+        // 4. Speculation: decode tokens become verify trees while the pass has room.
+        if self.spec.is_some() {
+            rows = self.draft_trees(engine, &mut plan, rows)?;
+        }
+        let bases: Vec<usize> = plan.iter().map(|p| engine.sequence_len(self.running[p.ri].seq).unwrap_or(0)).collect();
         let items: Vec<StepItem<'_>> = plan
             .iter()
-            .map(|(ri, toks, l)| StepItem { seq: self.running[*ri].seq, tokens: toks, logits: *l })
+            .zip(&bases)
+            .map(|(p, &base)| StepItem {
+                seq: self.running[p.ri].seq,
+                tokens: &p.tokens,
+                logits: p.logits,
+                tree: p.tree.as_deref().map(|parents| Tree { base, parents }),
+            })
             .collect();
         let logits = engine.step(&items)?;
         report.ran = true;
         report.rows = rows;
         let v = engine.spec().vocab_size;
         let mut finished = Vec::new();
-        for ((ri, toks, _), lg) in plan.iter().zip(logits) {
+        for ((p, lg), &base) in plan.iter().zip(logits).zip(&bases) {
+            let (ri, toks) = (&p.ri, &p.tokens);
+            if let Some(parents) = &p.tree {
+                if let Some(reason) = self.verify_tree(engine, tok, *ri, toks, parents, base, &lg, &mut report, sink)? {
+                    finished.push((*ri, reason));
+                }
+                continue;
+            }
             let r = &mut self.running[*ri];
             r.cached.extend_from_slice(toks);
             if r.next.take().is_some() {
@@ -503,33 +552,10 @@ impl Scheduler {
                 lp.logprob = log_softmax_at(&lg[..v], id);
                 lp
             });
-            if r.opts.stop_at_eos && tok.eos_ids().contains(&id) {
-                sink(Event::Token { id: r.id, token: id, text: None, logprob });
-                finished.push((*ri, FinishReason::Eos));
-                continue;
+            match emit(r, tok, id, logprob, engine.max_context(), sink) {
+                Some(reason) => finished.push((*ri, reason)),
+                None => r.next = Some(id),
             }
-            r.generated.push(id);
-            if let Some(piece) = r.decoder.push(tok, id) {
-                r.text.push_str(&piece);
-            }
-            // A stop string ends the request; neither it nor what follows is kept.
-            if let Some(pos) = r.opts.stop_strings.iter().filter_map(|s| r.text.find(s.as_str())).min() {
-                r.text.truncate(pos);
-                r.generated = ids_within(tok, &r.generated, pos);
-                let text = new_text(r, r.text.len());
-                sink(Event::Token { id: r.id, token: id, text, logprob });
-                finished.push((*ri, FinishReason::Stop));
-                continue;
-            }
-            let safe = r.text.len() - stop_prefix_len(&r.text, &r.opts.stop_strings);
-            let text = new_text(r, safe);
-            sink(Event::Token { id: r.id, token: id, text, logprob });
-            if r.generated.len() >= r.opts.max_new_tokens || r.context.len() + r.generated.len() >= engine.max_context()
-            {
-                finished.push((*ri, FinishReason::Length));
-                continue;
-            }
-            r.next = Some(id);
         }
         // Remove finished requests (highest index first so indices stay valid).
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
@@ -537,6 +563,125 @@ impl Scheduler {
             self.finish(engine, tok, ri, reason, sink);
         }
         Ok(report)
+    }
+
+    /// Turns decode items into verify trees: each decoding request (without a
+    /// logits hook) asks the drafter for a tree within what the pass, the KV
+    /// pool and its context allow. Returns the pass's rows.
+    fn draft_trees(&mut self, engine: &mut Engine, plan: &mut [Planned], mut rows: usize) -> Result<usize> {
+        let Some(sp) = self.spec.as_mut() else { return Ok(rows) };
+        let cap = engine.capacity();
+        let mut logit_rows: usize = plan.iter().map(|p| p.logits.rows(p.tokens.len())).sum();
+        // KV blocks not yet promised to this pass's items.
+        let needed: usize =
+            plan.iter().map(|p| engine.blocks_needed(Some(self.running[p.ri].seq), p.tokens.len())).sum();
+        let mut spare = engine.free_blocks().saturating_sub(needed);
+        for p in plan.iter_mut() {
+            let r = &self.running[p.ri];
+            if r.next.is_none() || r.opts.logits_hook.is_some() || p.tokens.len() != 1 {
+                continue;
+            }
+            let room_rows = sp.cfg.max_rows.min(cap.rows).saturating_sub(rows);
+            let room_logits = cap.logit_rows.saturating_sub(logit_rows);
+            let len = engine.sequence_len(r.seq).unwrap_or(0);
+            let room_ctx = engine.max_context().saturating_sub(len + 1);
+            let mut budget =
+                sp.cfg.tree.min(room_rows).min(room_logits).min(room_ctx).min(crate::engine::MAX_TREE_NODES);
+            let one = engine.blocks_needed(Some(r.seq), 1);
+            while budget > 0 && engine.blocks_needed(Some(r.seq), 1 + budget) > one + spare {
+                budget -= 1;
+            }
+            if budget == 0 {
+                continue;
+            }
+            let mut context = r.context[..r.prompt_len.min(r.context.len())].to_vec();
+            context.extend(&r.generated);
+            let t = Instant::now();
+            let tree = sp.drafter.propose(engine, DraftRequest { key: r.id, seq: r.seq, context: &context, budget })?;
+            sp.stats.draft += t.elapsed();
+            if tree.is_empty() {
+                continue;
+            }
+            tree.validate()?;
+            let n = tree.len().min(budget);
+            let (tokens, parents) = tree.with_root(p.tokens[0]);
+            spare -= engine.blocks_needed(Some(r.seq), 1 + n) - one;
+            rows += n;
+            logit_rows += n;
+            sp.stats.proposed += n as u64;
+            p.tokens = tokens[..=n].to_vec();
+            p.tree = Some(parents[..=n].to_vec());
+            p.logits = Logits::All;
+        }
+        Ok(rows)
+    }
+
+    /// Walks a verified tree from its root (see [`crate::spec`]): at each node
+    /// the next token is chosen from the target's distribution by the
+    /// speculative-sampling rule against the node's children, and emitted; the
+    /// walk moves into the child holding it, if any. The accepted path's KV is
+    /// kept and the rest of the tree dropped. Returns why the request ended,
+    /// if it did.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_tree(
+        &mut self,
+        engine: &mut Engine,
+        tok: &TextTokenizer,
+        ri: usize,
+        tokens: &[u32],
+        parents: &[u32],
+        base: usize,
+        logits: &[f32],
+        report: &mut StepReport,
+        sink: &mut dyn FnMut(Event),
+    ) -> Result<Option<FinishReason>> {
+        let v = engine.spec().vocab_size;
+        let max_context = engine.max_context();
+        let kids = spec::children(parents);
+        let r = &mut self.running[ri];
+        // The root was the sampled token: it is in the cache now.
+        r.next = None;
+        let (mut node, mut path, mut outcome) = (0usize, vec![0usize], None);
+        let mut emitted = 0u64;
+        while (node + 1) * v <= logits.len() {
+            let raw = &logits[node * v..(node + 1) * v];
+            let mut row = raw.to_vec();
+            let logprob = r.opts.logprobs.map(|n| token_logprobs(&row, n));
+            let mut context = r.context[..r.prompt_len.min(r.context.len())].to_vec();
+            context.extend(&r.generated);
+            let dist = r.sampler.distribution(&mut row, &context);
+            let cands: Vec<u32> = kids[node].iter().map(|&c| tokens[c as usize]).collect();
+            let sampler = &mut r.sampler;
+            let id = spec::choose(dist, &cands, || sampler.uniform());
+            report.sampled += 1;
+            emitted += 1;
+            let logprob = logprob.map(|mut lp| {
+                lp.logprob = log_softmax_at(raw, id);
+                lp
+            });
+            if let Some(reason) = emit(r, tok, id, logprob, max_context, sink) {
+                outcome = Some(reason);
+                break;
+            }
+            match kids[node].iter().find(|&&c| tokens[c as usize] == id) {
+                Some(&c) => {
+                    node = c as usize;
+                    path.push(node);
+                }
+                None => {
+                    r.next = Some(id);
+                    break;
+                }
+            }
+        }
+        engine.keep_tree_path(r.seq, base, &path)?;
+        r.cached.extend(path.iter().map(|&j| tokens[j]));
+        if let Some(sp) = self.spec.as_mut() {
+            sp.stats.verified += 1;
+            sp.stats.emitted += emitted;
+            sp.stats.accepted += (path.len() - 1) as u64;
+        }
+        Ok(outcome)
     }
 
     /// Ends running request `ri`: frees its blocks, flushes held-back text and
@@ -550,6 +695,9 @@ impl Scheduler {
         sink: &mut dyn FnMut(Event),
     ) {
         let mut r = self.running.swap_remove(ri);
+        if let Some(sp) = self.spec.as_mut() {
+            sp.drafter.finish(r.id);
+        }
         let retained = self.release(engine, r.seq, r.keep, std::mem::take(&mut r.cached));
         if reason != FinishReason::Stop {
             // The full decode: the stream decoder may still hold an incomplete
@@ -622,6 +770,9 @@ impl Scheduler {
     /// ones included (after an engine error, so no KV block is leaked).
     pub fn clear(&mut self, engine: &mut Engine) {
         for r in self.running.drain(..) {
+            if let Some(sp) = self.spec.as_mut() {
+                sp.drafter.finish(r.id);
+            }
             engine.remove_sequence(r.seq);
         }
         for w in self.waiting.drain(..) {
@@ -648,6 +799,41 @@ impl Scheduler {
         let req = Request::new(r.context[..r.prompt_len].to_vec(), r.opts.clone(), r.hook_seq);
         self.waiting.push_front(Waiting { id, req, resumed: Some(Box::new(r)) });
     }
+}
+
+/// Hands a chosen token to request `r`: reports it and returns why the
+/// request ends with it (EOS, a stop string, its length), if it does.
+fn emit(
+    r: &mut Running,
+    tok: &TextTokenizer,
+    id: u32,
+    logprob: Option<TokenLogprob>,
+    max_context: usize,
+    sink: &mut dyn FnMut(Event),
+) -> Option<FinishReason> {
+    if r.opts.stop_at_eos && tok.eos_ids().contains(&id) {
+        sink(Event::Token { id: r.id, token: id, text: None, logprob });
+        return Some(FinishReason::Eos);
+    }
+    r.generated.push(id);
+    if let Some(piece) = r.decoder.push(tok, id) {
+        r.text.push_str(&piece);
+    }
+    // A stop string ends the request; neither it nor what follows is kept.
+    if let Some(pos) = r.opts.stop_strings.iter().filter_map(|s| r.text.find(s.as_str())).min() {
+        r.text.truncate(pos);
+        r.generated = ids_within(tok, &r.generated, pos);
+        let text = new_text(r, r.text.len());
+        sink(Event::Token { id: r.id, token: id, text, logprob });
+        return Some(FinishReason::Stop);
+    }
+    let safe = r.text.len() - stop_prefix_len(&r.text, &r.opts.stop_strings);
+    let text = new_text(r, safe);
+    sink(Event::Token { id: r.id, token: id, text, logprob });
+    if r.generated.len() >= r.opts.max_new_tokens || r.context.len() + r.generated.len() >= max_context {
+        return Some(FinishReason::Length);
+    }
+    None
 }
 
 /// Text of `r` from what was emitted up to byte `upto`, if any.

@@ -106,15 +106,18 @@ impl ChatSession<'_> {
     ) -> Result<(Generation, Timings)> {
         opts.validate()?;
         let ids = self.model.encode(prompt)?;
-        let (engine, tok) = self.model.parts_mut();
+        let (engine, tok, speculation) = self.model.parts_spec_mut();
         let before = engine.stats();
         let mut sched = Scheduler::new(1);
         sched.set_cancel_flag(opts.cancel.clone());
+        sched.set_speculation(speculation.take());
+        let spec_before = sched.spec_stats();
         // Kept aside: a refused request leaves the cache as it was.
         let kept = self.retained.clone();
         let req = Request { reuse: self.retained.take(), keep: true, ..Request::new(ids.clone(), opts.clone(), 0) };
         if let Err(e) = sched.submit(engine, req) {
             self.retained = kept;
+            *speculation = sched.set_speculation(None);
             return Err(e);
         }
         drop(kept);
@@ -124,7 +127,7 @@ impl ChatSession<'_> {
         let mut started = false;
         let t0 = Instant::now();
         let mut prefill = None;
-        let (mut decode_steps, mut generated) = (0, 0);
+        let (mut decode_steps, mut generated, mut decode_tokens) = (0, 0, 0);
         while !sched.is_idle() {
             let was_started = started;
             let report = sched.step(engine, tok, &mut |ev| match ev {
@@ -147,6 +150,7 @@ impl ChatSession<'_> {
                 Err(e) => {
                     // Nothing of this turn is trusted: free its sequence (and any kept one).
                     sched.clear(engine);
+                    *speculation = sched.set_speculation(None);
                     if let Some(r) = retained.take() {
                         engine.remove_sequence(r.seq);
                     }
@@ -157,6 +161,7 @@ impl ChatSession<'_> {
             generated += report.sampled;
             if was_started && report.ran {
                 decode_steps += 1;
+                decode_tokens += report.sampled;
             }
             if prefill.is_none() && started {
                 prefill = Some(t0.elapsed());
@@ -172,7 +177,19 @@ impl ChatSession<'_> {
             finish: FinishReason::Cancelled,
         });
         let engine = before.since(&engine.stats());
-        Ok((reply, Timings { prefill, decode: t0.elapsed() - prefill, decode_steps, generated, engine }))
+        let spec = sched.spec_stats().map(|s| s.since(&spec_before.unwrap_or_default()));
+        *speculation = sched.set_speculation(None);
+        let timings = Timings {
+            prefill,
+            decode: t0.elapsed() - prefill,
+            decode_steps,
+            generated,
+            decode_tokens,
+            sequences: 1,
+            engine,
+            spec,
+        };
+        Ok((reply, timings))
     }
 }
 

@@ -80,9 +80,9 @@ fn ragged(model: &mut AutoModel, g: &Golden, family: &str, mode: &str) {
     for (ra, rb) in plan {
         let mut items = Vec::new();
         if !ra.is_empty() {
-            items.push(StepItem { seq: a, tokens: &p0[ra.clone()], logits: Logits::All });
+            items.push(StepItem::new(a, &p0[ra.clone()], Logits::All));
         }
-        items.push(StepItem { seq: b, tokens: &p1[rb.clone()], logits: Logits::All });
+        items.push(StepItem::new(b, &p1[rb.clone()], Logits::All));
         let out = e.step(&items).unwrap();
         if !ra.is_empty() {
             got0.extend(&out[0]);
@@ -99,12 +99,8 @@ fn ragged(model: &mut AutoModel, g: &Golden, family: &str, mode: &str) {
     let mut ids_a = Vec::new();
     for _ in 0..24 {
         ids_a.push(next.0);
-        let out = e
-            .step(&[
-                StepItem { seq: a, tokens: &[next.0], logits: Logits::Last },
-                StepItem { seq: b, tokens: &[next.1], logits: Logits::Last },
-            ])
-            .unwrap();
+        let out =
+            e.step(&[StepItem::new(a, &[next.0], Logits::Last), StepItem::new(b, &[next.1], Logits::Last)]).unwrap();
         next = (argmax(&out[0]), argmax(&out[1]));
     }
     assert_eq!(ids_a, g.ids("greedy.prompt0.new_ids"), "{family} {mode}: greedy in shared steps");
@@ -125,24 +121,14 @@ fn churn(model: &mut AutoModel, g: &Golden, family: &str, mode: &str) {
     let a = e.add_sequence();
     let b = e.add_sequence();
     let mut got0 = Vec::new();
-    let out = e
-        .step(&[
-            StepItem { seq: b, tokens: &p1[..17], logits: Logits::None },
-            StepItem { seq: a, tokens: &p0[..4], logits: Logits::All },
-        ])
-        .unwrap();
+    let out = e.step(&[StepItem::new(b, &p1[..17], Logits::None), StepItem::new(a, &p0[..4], Logits::All)]).unwrap();
     got0.extend(&out[1]);
     e.remove_sequence(b);
     let c: SeqId = e.add_sequence();
-    let out = e
-        .step(&[
-            StepItem { seq: c, tokens: &p1, logits: Logits::All },
-            StepItem { seq: a, tokens: &p0[4..9], logits: Logits::All },
-        ])
-        .unwrap();
+    let out = e.step(&[StepItem::new(c, &p1, Logits::All), StepItem::new(a, &p0[4..9], Logits::All)]).unwrap();
     let d1 = max_abs(&out[0], &want1);
     got0.extend(&out[1]);
-    let out = e.step(&[StepItem { seq: a, tokens: &p0[9..], logits: Logits::All }]).unwrap();
+    let out = e.step(&[StepItem::new(a, &p0[9..], Logits::All)]).unwrap();
     got0.extend(&out[0]);
     let d0 = max_abs(&got0, &want0);
     eprintln!("{family} {mode}: churn max abs diff {d0:.2e} / {d1:.2e}");

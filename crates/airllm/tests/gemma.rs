@@ -199,9 +199,9 @@ fn ragged(model: &mut AutoModel, g: &Golden, what: &str) {
     for (ra, rb) in plan {
         let mut items = Vec::new();
         if !ra.is_empty() {
-            items.push(StepItem { seq: a, tokens: &p0[ra.clone()], logits: Logits::All });
+            items.push(StepItem::new(a, &p0[ra.clone()], Logits::All));
         }
-        items.push(StepItem { seq: b, tokens: &p1[rb.clone()], logits: Logits::All });
+        items.push(StepItem::new(b, &p1[rb.clone()], Logits::All));
         let out = e.step(&items).unwrap();
         if !ra.is_empty() {
             got0.extend(&out[0]);
@@ -216,12 +216,8 @@ fn ragged(model: &mut AutoModel, g: &Golden, what: &str) {
     let mut ids_a = Vec::new();
     for _ in 0..24 {
         ids_a.push(next.0);
-        let out = e
-            .step(&[
-                StepItem { seq: a, tokens: &[next.0], logits: Logits::Last },
-                StepItem { seq: b, tokens: &[next.1], logits: Logits::Last },
-            ])
-            .unwrap();
+        let out =
+            e.step(&[StepItem::new(a, &[next.0], Logits::Last), StepItem::new(b, &[next.1], Logits::Last)]).unwrap();
         next = (argmax(&out[0]), argmax(&out[1]));
     }
     assert_eq!(ids_a, g.ids("greedy.prompt0.new_ids"), "{what}: greedy in shared steps");

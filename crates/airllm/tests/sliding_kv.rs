@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use airllm::engine::kv::window::blocks_per_window;
-use airllm::engine::{Engine, EngineConfig, Logits, StepItem};
+use airllm::engine::{Engine, EngineConfig, Logits, ROOT, StepItem, Tree};
 use airllm_format::{Checkpoint, ShardDir, ShardOptions};
 use safetensors::SafeTensors;
 
@@ -91,7 +91,7 @@ fn shard(family: &str, to: &Path) {
 fn feed(e: &mut Engine, seq: airllm::engine::SeqId, ids: &[u32], chunk: usize) -> Vec<f32> {
     let mut out = Vec::new();
     for c in ids.chunks(chunk) {
-        out.extend(e.step(&[StepItem { seq, tokens: c, logits: Logits::All }]).unwrap().remove(0));
+        out.extend(e.step(&[StepItem::new(seq, c, Logits::All)]).unwrap().remove(0));
     }
     out
 }
@@ -126,8 +126,8 @@ fn check(family: &str, mode: Mode, rows: usize) {
         ids_a.push(next.0);
         let out = e
             .step(&[
-                StepItem { seq: a, tokens: &[next.0], logits: Logits::Last },
-                StepItem { seq: b, tokens: &[next.1], logits: Logits::Last },
+                StepItem::new(a, &[next.0], Logits::Last),
+                StepItem::new(b, &[next.1], Logits::Last),
             ])
             .unwrap();
         let kv = e.kv_blocks();
@@ -144,7 +144,7 @@ fn check(family: &str, mode: Mode, rows: usize) {
     // A cut into the last step is exact: re-reading its token gives its logits.
     let len = e.sequence_len(a).unwrap();
     e.truncate(a, len - 1).unwrap();
-    let again = e.step(&[StepItem { seq: a, tokens: &[*ids_a.last().unwrap()], logits: Logits::Last }]).unwrap();
+    let again = e.step(&[StepItem::new(a, &[*ids_a.last().unwrap()], Logits::Last)]).unwrap();
     // (Alone in its step, so the GPU may pick other matmul kernels: not bit-equal.)
     let d = max_abs(&again[0], &last);
     assert!(d <= TOL, "{what}: logits after a cut of one token differ by {d}");
@@ -203,7 +203,7 @@ fn idle_sequences_give_back_their_last_chunk_when_the_pool_is_short() {
     let next = airllm::sampler::argmax(&want[(p1.len() - 1) * v..]);
     let mut outs = Vec::new();
     for &s in &seqs[1..] {
-        outs.push(e.step(&[StepItem { seq: s, tokens: &[next], logits: Logits::Last }]).unwrap().remove(0));
+        outs.push(e.step(&[StepItem::new(s, &[next], Logits::Last)]).unwrap().remove(0));
     }
     assert!(outs.windows(2).all(|w| w[0] == w[1]), "the continuations differ");
 }
@@ -242,7 +242,7 @@ fn gemma3_270m_sliding_blocks_stay_at_the_window() {
     let bound = blocks_per_window(512, kv.block) + 1 + 512usize.div_ceil(kv.block);
     let mut last = Vec::new();
     for c in ids.chunks(512) {
-        last = e.step(&[StepItem { seq: s, tokens: c, logits: Logits::Last }]).unwrap().remove(0);
+        last = e.step(&[StepItem::new(s, c, Logits::Last)]).unwrap().remove(0);
         let kv = e.kv_blocks();
         let len = e.sequence_len(s).unwrap();
         let bytes = kv.block as u64 * slot * (global_layers * kv.used as u64 + sliding_layers * kv.sliding_used as u64);
@@ -259,10 +259,61 @@ fn gemma3_270m_sliding_blocks_stay_at_the_window() {
     }
     let mut next = airllm::sampler::argmax(&last);
     for _ in 0..8 {
-        let out = e.step(&[StepItem { seq: s, tokens: &[next], logits: Logits::Last }]).unwrap().remove(0);
+        let out = e.step(&[StepItem::new(s, &[next], Logits::Last)]).unwrap().remove(0);
         next = airllm::sampler::argmax(&out);
     }
     let kv = e.kv_blocks();
     assert!(kv.sliding_used <= blocks_per_window(512, kv.block) + 1, "decode: {kv:?}");
     eprintln!("after 8 decode steps: {kv:?}");
+}
+
+/// Draft trees over a sliding model (blocks of 4, window 8): a tree grown over
+/// three steps can be dropped (cut back to its base, which a trim at the
+/// tree's length would have made impossible) and grown again, and keeping one
+/// path (moving its nodes' keys and values in both pools) continues exactly as
+/// reading those tokens plainly does.
+fn tree_then_path(mode: Mode) {
+    let g = Golden::load("gemma3");
+    let tmp = tempfile::tempdir().unwrap();
+    shard("gemma3", tmp.path());
+    let Some(mut e) = engine(tmp.path(), mode, 20) else { return };
+    let v = e.spec().vocab_size;
+    let full: Vec<u32> = g.ids("prompt0.input_ids").into_iter().chain(g.ids("greedy.prompt0.new_ids")).collect();
+    let r = e.add_sequence();
+    let plain = feed(&mut e, r, &full[..31], 20);
+    let want = &plain[30 * v..];
+    e.remove_sequence(r);
+
+    let t = e.add_sequence();
+    feed(&mut e, t, &full[..26], 20);
+    let base = 26;
+    // Node 0 = full[26] and node 1 (another token) are roots; node 2 = full[27]
+    // hangs off node 0, node 3 = full[28] off node 2.
+    let levels: [(&[u32], Vec<u32>); 3] = [
+        (&[ROOT, ROOT], vec![full[26], 7]),
+        (&[ROOT, ROOT, 0], vec![full[27]]),
+        (&[ROOT, ROOT, 0, 2], vec![full[28]]),
+    ];
+    for round in 0..2 {
+        for (parents, tokens) in &levels {
+            let tree = Some(Tree { base, parents });
+            e.step(&[StepItem { seq: t, tokens, logits: Logits::All, tree }]).unwrap();
+        }
+        if round == 0 {
+            e.truncate(t, base).unwrap_or_else(|err| panic!("{mode:?}: dropping the tree: {err}"));
+        }
+    }
+    e.keep_tree_path(t, base, &[0, 2, 3]).unwrap();
+    assert_eq!(e.sequence_len(t), Some(29));
+    let got = e.step(&[StepItem::new(t, &full[29..31], Logits::Last)]).unwrap().remove(0);
+    let d = max_abs(&got, want);
+    eprintln!("{mode:?}: after a kept tree path, max abs diff {d:.2e}");
+    assert!(d <= TOL, "{mode:?}: logits after the kept path differ by {d}");
+}
+
+#[test]
+fn draft_trees_over_sliding_layers() {
+    for mode in [Mode::Resident, Mode::Streamed, Mode::Cpu] {
+        tree_then_path(mode);
+    }
 }

@@ -14,6 +14,7 @@ pub mod act_mul;
 pub mod attention;
 pub mod elementwise;
 pub mod kv_append;
+pub mod kv_compact;
 pub mod matmul;
 pub mod moe;
 pub mod paged;

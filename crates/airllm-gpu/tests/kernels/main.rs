@@ -6,5 +6,6 @@ mod attention;
 mod common;
 mod elementwise;
 mod infra;
+mod kv_compact;
 mod matmul;
 mod norm_rope;

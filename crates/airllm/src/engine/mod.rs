@@ -30,6 +30,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use airllm_format::{LayerSpec, ModelSpec, RopeSpec, ShardDir, Unit};
+use airllm_gpu::kernels::kv_compact::{self, KvCompact, SlotMove};
 use airllm_gpu::kernels::paged::{StepLayout, StepViews};
 use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout, Ring, wgpu};
 use airllm_io::{ReadMode, ReaderOptions, ShardSpec};
@@ -39,7 +40,11 @@ use self::exec::Buf;
 use self::exec::cpu::{CpuActivations, CpuExec, CpuKv, CpuUnit};
 use self::exec::gpu::{GpuActivations, GpuExec, GpuKv};
 use self::kv::BlockPool;
-pub use self::step::{Logits, SeqId, StepItem};
+pub use self::step::{Logits, ROOT, SeqId, StepItem, Tree};
+
+/// Nodes a draft tree may have below its root (the kernels' tree limit, less
+/// the root).
+pub const MAX_TREE_NODES: usize = airllm_gpu::kernels::paged::MAX_TREE as usize - 1;
 use self::weights::UnitWeights;
 use crate::error::{EngineError, Result};
 use crate::options::KvDtype;
@@ -178,6 +183,8 @@ pub struct EngineStats {
     pub transfer_bytes: u64,
     /// Time computing CPU-placed units.
     pub cpu: Duration,
+    /// Early-exit passes (self-drafting through the resident layers; not in `passes`).
+    pub early_passes: u64,
 }
 
 impl EngineStats {
@@ -197,6 +204,7 @@ impl EngineStats {
             transfer: later.transfer.saturating_sub(self.transfer),
             transfer_bytes: later.transfer_bytes - self.transfer_bytes,
             cpu: later.cpu.saturating_sub(self.cpu),
+            early_passes: later.early_passes - self.early_passes,
         }
     }
 }
@@ -211,6 +219,10 @@ struct SeqState {
     /// Its blocks in the sliding layers' pool, indexed like `table` (entries of
     /// slots outside every future row's window are [`kv::DEAD`]).
     swa: Vec<u32>,
+    /// The first position of its last plain (non-tree) step: tree steps trim
+    /// the sliding blocks no further than this, so the caller can still cut
+    /// the sequence back to it (drop a draft tree, keep a verified path).
+    anchor: usize,
 }
 
 /// The step-input buffers.
@@ -699,6 +711,7 @@ impl Engine {
             })?;
         }
         s.len = len;
+        s.anchor = s.anchor.min(len);
         self.pool.shrink(&mut s.table, s.len);
         Ok(())
     }
@@ -714,6 +727,95 @@ impl Engine {
             sliding_total,
             block: self.pool.block_size(),
         }
+    }
+
+    /// Keeps one path of a token tree scored at slots `base..` (see
+    /// [`Tree`]) and drops the other nodes: node `path[k]`'s keys and values
+    /// move to slot `base + k` in every layer's cache, and the sequence ends
+    /// at `base + path.len()`. `path` lists node indices in increasing order,
+    /// each the parent of the next (a root-to-node path of the tree); an
+    /// empty path drops the whole tree.
+    pub fn keep_tree_path(&mut self, id: SeqId, base: usize, path: &[usize]) -> Result<()> {
+        let block = self.pool.block_size();
+        let s = self.seqs.get(&id).ok_or_else(|| EngineError::invalid("sequence", format!("no {id}")))?;
+        if base > s.len {
+            return Err(EngineError::invalid("tree", format!("{id}: tree base {base} is past its length {}", s.len)));
+        }
+        for (k, &node) in path.iter().enumerate() {
+            let prev = if k == 0 { None } else { Some(path[k - 1]) };
+            if node < k || prev.is_some_and(|p| p >= node) || base + node >= s.len {
+                return Err(EngineError::invalid(
+                    "tree",
+                    format!("{id}: path {path:?} is not increasing within the {} tree nodes", s.len - base),
+                ));
+            }
+        }
+        // The same moves through each pool's table (the sliding one holds every
+        // tree slot: a tree step trims no further than its base).
+        let moves_in = |table: &[u32]| -> Result<Vec<SlotMove>> {
+            let locate = |slot: usize| match table.get(slot / block) {
+                Some(&b) if b != kv::DEAD => Ok([b, (slot % block) as u32]),
+                _ => Err(EngineError::invalid("tree", format!("{id}: slot {slot} is not in its KV cache"))),
+            };
+            path.iter()
+                .enumerate()
+                .filter(|&(k, &node)| node != k)
+                .map(|(k, &node)| {
+                    let (src, dst) = (locate(base + node)?, locate(base + k)?);
+                    Ok([src[0], src[1], dst[0], dst[1]])
+                })
+                .collect()
+        };
+        let moves = moves_in(&s.table)?;
+        let swa_moves = if self.swa.is_some() { moves_in(&s.swa)? } else { Vec::new() };
+        if !moves.is_empty() {
+            self.move_slots(&moves, &swa_moves)?;
+        }
+        self.truncate(id, base + path.len())
+    }
+
+    /// Applies slot moves to every layer's KV cache, on the side it lives on
+    /// (`swa_moves`, the same moves located in the sliding pool, to the
+    /// sliding layers).
+    fn move_slots(&mut self, moves: &[SlotMove], swa_moves: &[SlotMove]) -> Result<()> {
+        let swa_layout = self.swa.as_ref().map(|(_, l)| *l);
+        let pick = |sliding: bool| match (sliding, swa_layout) {
+            (true, Some(l)) => (l, swa_moves),
+            _ => (self.kv_layout, moves),
+        };
+        if let Some(c) = &mut self.cpu {
+            for (l, kv) in c.kv.iter_mut().enumerate() {
+                let Some(kv) = kv else { continue };
+                let (layout, m) = pick(self.layer_sliding[l]);
+                kv_compact::reference(&layout, m, &mut kv.k);
+                kv_compact::reference(&layout, m, &mut kv.v);
+            }
+        }
+        if let Some(g) = &self.gpu {
+            let bufs = [moves, swa_moves].map(|m| {
+                (!m.is_empty()).then(|| g.ctx.upload_u32("kv_moves", bytemuck::cast_slice(m)))
+            });
+            let mut rec = g.ctx.recorder("kv_compact");
+            for (l, i) in g.kv_index.iter().enumerate() {
+                let Some(i) = *i else { continue };
+                let sliding = self.layer_sliding[l];
+                let (cache, (_, m)) = (if sliding { &g.kv_sliding } else { &g.kv }, pick(sliding));
+                let (Some(cache), Some(buf)) = (cache, &bufs[usize::from(sliding)]) else { continue };
+                let (Some(k_cache), Some(v_cache)) = (cache.k(i), cache.v(i)) else { continue };
+                kv_compact::launch(
+                    &mut rec,
+                    &KvCompact {
+                        layout: cache.layout(),
+                        moves: BufView::whole(buf),
+                        n_moves: m.len() as u32,
+                        k_cache,
+                        v_cache,
+                    },
+                )?;
+            }
+            rec.submit()?;
+        }
+        Ok(())
     }
 
     /// KV blocks free in the pool.
@@ -740,6 +842,52 @@ impl Engine {
     /// logits it asked for (`[rows, vocab]` row-major). On error no sequence
     /// advances.
     pub fn step(&mut self, items: &[StepItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.step_until(items, None)
+    }
+
+    /// Decoder layers an early-exit pass may run ([`Engine::step_early_exit`]):
+    /// the leading layers that are not streamed, when the final norm and the
+    /// head are not streamed either (else 0).
+    pub fn early_exit_layers(&self) -> usize {
+        let streamed = |u: &PlanUnit| u.placement == Placement::Streamed;
+        if self
+            .units
+            .iter()
+            .any(|u| matches!(u.unit, Unit::FinalNorm | Unit::LmHead | Unit::LmHeadPart(_)) && streamed(u))
+        {
+            return 0;
+        }
+        let mut n = 0;
+        for u in &self.units {
+            match u.unit {
+                Unit::Layer(l) if l as usize == n && !streamed(u) => n += 1,
+                Unit::Layer(_) => break,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Like [`Engine::step`], but the pass runs only decoder layers
+    /// `0..layers`, then the final norm and the head (an early exit, for
+    /// self-drafting). Layers past `layers` keep no KV for these tokens, so
+    /// the caller truncates the sequences back before a full step reads them.
+    /// `layers` must be at most [`Engine::early_exit_layers`] (nothing streams).
+    pub fn step_early_exit(&mut self, items: &[StepItem<'_>], layers: usize) -> Result<Vec<Vec<f32>>> {
+        let max = self.early_exit_layers();
+        if layers == 0 || layers > max {
+            return Err(EngineError::invalid(
+                "--self-draft",
+                format!(
+                    "an early exit after {layers} layers needs that many leading non-streamed layers and a \
+                     non-streamed head; this plan has {max} (raise --resident-layers or --max-vram)"
+                ),
+            ));
+        }
+        self.step_until(items, Some(layers))
+    }
+
+    fn step_until(&mut self, items: &[StepItem<'_>], exit: Option<usize>) -> Result<Vec<Vec<f32>>> {
         let t0 = Instant::now();
         self.check_step(items)?;
         // Take the blocks the new tokens need (on failure the blocks taken stay
@@ -770,7 +918,7 @@ impl Engine {
                 built.sliding_block_table.extend_from_slice(&s.swa);
             }
         }
-        let logits = self.pass(&built)?;
+        let logits = self.pass(&built, exit)?;
         for it in items {
             if let Some(s) = self.seqs.get_mut(&it.seq) {
                 s.len += it.tokens.len();
@@ -795,7 +943,16 @@ impl Engine {
         let Some((w, _)) = &mut self.swa else { return Ok(()) };
         for it in items {
             if let Some(s) = self.seqs.get_mut(&it.seq) {
-                w.trim(&mut s.swa, s.len);
+                // A plain step's rows sit at `len..`; a tree's at `base + depth`,
+                // and its caller cuts back to the base or to the last plain step.
+                let at = match it.tree {
+                    None => {
+                        s.anchor = s.len;
+                        s.len
+                    }
+                    Some(t) => t.base.min(s.anchor).min(s.len),
+                };
+                w.trim(&mut s.swa, at);
             }
         }
         let need: usize = items
@@ -867,7 +1024,7 @@ impl Engine {
     /// crosses between host and GPU only where consecutive units sit on
     /// different sides; each head part writes its logit columns on its side and
     /// the columns are gathered at the end.
-    fn pass(&mut self, s: &step::BuiltStep) -> Result<Vec<f32>> {
+    fn pass(&mut self, s: &step::BuiltStep, exit: Option<usize>) -> Result<Vec<f32>> {
         let t0 = Instant::now();
         let h = self.spec.hidden_size;
         let v = self.spec.vocab_size;
@@ -891,6 +1048,9 @@ impl Engine {
             q.write_buffer(&g.inputs.block_table, 0, bytemuck::cast_slice(&s.layout.block_table));
             if !s.sliding_block_table.is_empty() {
                 q.write_buffer(&g.inputs.sliding_block_table, 0, bytemuck::cast_slice(&s.sliding_block_table));
+            }
+            if !s.layout.tree_masks.is_empty() {
+                q.write_buffer(&g.inputs.tree_masks, 0, bytemuck::cast_slice(&s.layout.tree_masks));
             }
         }
         if first_side == Side::Cpu {
@@ -932,6 +1092,13 @@ impl Engine {
             let skip = n_logits == 0 && matches!(unit, Unit::FinalNorm | Unit::LmHead | Unit::LmHeadPart(_));
             if skip && placement != Placement::Streamed {
                 continue;
+            }
+            // An early exit skips the later layers (none of them streamed is
+            // touched: checked by `step_early_exit`, so the reader stays in step).
+            if let (Some(n), Unit::Layer(l)) = (exit, unit) {
+                if l as usize >= n {
+                    continue;
+                }
             }
             if want != side && !skip {
                 // Move the live activation across.
@@ -1048,7 +1215,11 @@ impl Engine {
         let logits = self.gather_logits(n_logits, &head_cols)?;
         self.stats.readback += t1.elapsed();
         self.stats.host += host;
-        self.stats.passes += 1;
+        if exit.is_some() {
+            self.stats.early_passes += 1;
+        } else {
+            self.stats.passes += 1;
+        }
         self.stats.rows += u64::from(rows);
         self.peak_vram = self.peak_vram.max(self.vram_bytes());
         Ok(logits)
