@@ -157,7 +157,7 @@ impl std::fmt::Display for Plan {
         if self.kv_sliding_bytes > 0 {
             writeln!(
                 f,
-                "KV cache        {} ({} of it in sliding-window layers, sized to their window)",
+                "KV cache        {} ({} of it in sliding-window layers)",
                 human_bytes(self.kv_bytes),
                 human_bytes(self.kv_sliding_bytes)
             )?;

@@ -225,7 +225,9 @@ pub fn fixed_bytes(spec: &ModelSpec, cap: &StepCapacity) -> FixedBytes {
             .filter(|&l| sliding_kv_layout(spec, cap).is_some() && kv_sliding(&spec.layer(l), cap))
             .map(|l| storage_size(layer_kv_layout(spec, cap, l).layer_bytes()))
             .sum(),
-        activations: activation_bytes(spec, cap.rows, cap.logit_rows) + step_input_bytes(spec, cap) + rope_table_bytes(spec),
+        activations: activation_bytes(spec, cap.rows, cap.logit_rows)
+            + step_input_bytes(spec, cap)
+            + rope_table_bytes(spec),
     }
 }
 

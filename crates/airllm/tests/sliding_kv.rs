@@ -124,12 +124,8 @@ fn check(family: &str, mode: Mode, rows: usize) {
     let mut last = Vec::new();
     for _ in 0..24 {
         ids_a.push(next.0);
-        let out = e
-            .step(&[
-                StepItem::new(a, &[next.0], Logits::Last),
-                StepItem::new(b, &[next.1], Logits::Last),
-            ])
-            .unwrap();
+        let out =
+            e.step(&[StepItem::new(a, &[next.0], Logits::Last), StepItem::new(b, &[next.1], Logits::Last)]).unwrap();
         let kv = e.kv_blocks();
         assert!(kv.sliding_used <= bound, "{what}: {} sliding blocks in use, bound {bound}", kv.sliding_used);
         next = (argmax(&out[0]), argmax(&out[1]));
@@ -232,10 +228,10 @@ fn gemma3_270m_sliding_blocks_stay_at_the_window() {
     let ids = m.encode(&airllm::Prompt::Text(text)).unwrap();
     assert!(ids.len() > 2048, "{}", ids.len());
     let ids = &ids[..2048];
-    let spec = m.spec().clone();
-    let slot = 2 * spec.num_kv_heads as u64 * spec.head_dim as u64 * 2; // f16 k + v
-    let (sliding_layers, global_layers) = (15u64, 3u64);
     let e = m.engine_mut();
+    let sum = airllm::sizing::KvSummary::new(e.spec(), &e.capacity());
+    assert_eq!((sum.global_layers, sum.sliding_layers, sum.window), (3, 15, Some(512)));
+    let (slot, sliding_layers, global_layers) = (sum.slot_bytes, 15u64, 3u64);
     let kv = e.kv_blocks();
     eprintln!("pools: {kv:?}");
     let s = e.add_sequence();
@@ -289,11 +285,8 @@ fn tree_then_path(mode: Mode) {
     let base = 26;
     // Node 0 = full[26] and node 1 (another token) are roots; node 2 = full[27]
     // hangs off node 0, node 3 = full[28] off node 2.
-    let levels: [(&[u32], Vec<u32>); 3] = [
-        (&[ROOT, ROOT], vec![full[26], 7]),
-        (&[ROOT, ROOT, 0], vec![full[27]]),
-        (&[ROOT, ROOT, 0, 2], vec![full[28]]),
-    ];
+    let levels: [(&[u32], Vec<u32>); 3] =
+        [(&[ROOT, ROOT], vec![full[26], 7]), (&[ROOT, ROOT, 0], vec![full[27]]), (&[ROOT, ROOT, 0, 2], vec![full[28]])];
     for round in 0..2 {
         for (parents, tokens) in &levels {
             let tree = Some(Tree { base, parents });

@@ -792,9 +792,8 @@ impl Engine {
             }
         }
         if let Some(g) = &self.gpu {
-            let bufs = [moves, swa_moves].map(|m| {
-                (!m.is_empty()).then(|| g.ctx.upload_u32("kv_moves", bytemuck::cast_slice(m)))
-            });
+            let bufs = [moves, swa_moves]
+                .map(|m| (!m.is_empty()).then(|| g.ctx.upload_u32("kv_moves", bytemuck::cast_slice(m))));
             let mut rec = g.ctx.recorder("kv_compact");
             for (l, i) in g.kv_index.iter().enumerate() {
                 let Some(i) = *i else { continue };
