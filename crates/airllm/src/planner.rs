@@ -76,6 +76,9 @@ pub struct Plan {
     pub staging_in_vram: bool,
     /// KV cache bytes.
     pub kv_bytes: u64,
+    /// The part of `kv_bytes` in sliding-window layers (sized to their window,
+    /// [`crate::engine::kv::window`]).
+    pub kv_sliding_bytes: u64,
     /// Activation bytes.
     pub activation_bytes: u64,
     /// The budget.
@@ -151,7 +154,16 @@ impl std::fmt::Display for Plan {
             human_bytes(self.staging_bytes),
             if self.staging_in_vram { "in VRAM" } else { "host memory" }
         )?;
-        writeln!(f, "KV cache        {}", human_bytes(self.kv_bytes))?;
+        if self.kv_sliding_bytes > 0 {
+            writeln!(
+                f,
+                "KV cache        {} ({} of it in sliding-window layers)",
+                human_bytes(self.kv_bytes),
+                human_bytes(self.kv_sliding_bytes)
+            )?;
+        } else {
+            writeln!(f, "KV cache        {}", human_bytes(self.kv_bytes))?;
+        }
         write!(f, "activations     {}", human_bytes(self.activation_bytes))?;
         let streamed: Vec<String> = self
             .units
@@ -188,6 +200,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         staging_bytes: 0,
         staging_in_vram: input.staging_in_vram,
         kv_bytes: input.fixed.kv,
+        kv_sliding_bytes: input.fixed.kv_sliding,
         activation_bytes: input.fixed.activations,
         budget: input.budget,
     };
@@ -291,6 +304,7 @@ pub fn all_cpu(units: Vec<(Unit, u64)>) -> Plan {
         staging_bytes: 0,
         staging_in_vram: false,
         kv_bytes: 0,
+        kv_sliding_bytes: 0,
         activation_bytes: 0,
         budget: u64::MAX,
     }
@@ -402,7 +416,7 @@ mod tests {
         units.push((Unit::LmHead, 300));
         PlanInput {
             units,
-            fixed: FixedBytes { kv: 50, activations: 20 },
+            fixed: FixedBytes { kv: 50, kv_sliding: 0, activations: 20 },
             staging_in_vram: true,
             prefetch_depth: 2,
             budget,

@@ -59,6 +59,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     };
     let plan = airllm::inspect::plan_for(&spec, &units, &cfg, gpu.as_ref())?;
     let cap = cfg.capacity();
+    let kv = airllm::sizing::KvSummary::new(&spec, &cap);
     let stats = airllm::inspect::tensor_stats(&loc, a.compression).with_context(|| format!("reading {}", a.model))?;
     if a.json {
         let v = serde_json::json!({
@@ -77,6 +78,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
                 "resident_layers": plan.resident_layers(), "ring_slots": plan.ring_slots, "slot_bytes": plan.slot_bytes,
                 "kv_bytes": plan.kv_bytes, "kv_tokens": cap.kv_tokens, "max_context": cap.max_context,
                 "max_sequences": cap.sequences, "max_batch_tokens": cap.rows,
+                "kv_sliding_bytes": plan.kv_sliding_bytes,
+                "kv": {
+                    "global_layers": kv.global_layers, "sliding_layers": kv.sliding_layers, "window": kv.window,
+                    "bytes_per_token_per_layer": kv.slot_bytes, "global_bytes_per_token": kv.global_bytes_per_token(),
+                    "block": kv.block, "global_blocks": kv.global_blocks, "sliding_blocks": kv.sliding_blocks,
+                    "sequence_bytes_at_context": kv.sequence_bytes(cap.max_context),
+                    "sequence_bytes_at_context_unwindowed": kv.sequence_bytes_unwindowed(cap.max_context),
+                },
                 "placement": plan.units.iter().zip(&plan.placement)
                     .map(|((u, b), p)| serde_json::json!({"unit": u.to_string(), "bytes": b, "placement": p.name()}))
                     .collect::<Vec<_>>(),
@@ -151,5 +160,31 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     for line in plan.to_string().lines() {
         println!("  {line}");
     }
+    println!("{}", kv_lines(&kv, cap.max_context));
     Ok(())
+}
+
+/// The KV split for people: per token and per sequence, global vs sliding layers.
+fn kv_lines(kv: &airllm::sizing::KvSummary, context: usize) -> String {
+    let per_seq = human_bytes(kv.sequence_bytes(context));
+    let Some(w) = kv.window else {
+        return format!(
+            "kv          {} layers x {} per token; {per_seq} per sequence at context {context}",
+            kv.global_layers,
+            human_bytes(kv.slot_bytes)
+        );
+    };
+    format!(
+        "kv          {} global layers x {} per token; {} sliding layers keep a window of {w} ({} each, \
+         {} blocks of {} in their pool vs {} global)\n            per sequence at context {context}: {per_seq} \
+         (without windowed pools: {})",
+        kv.global_layers,
+        human_bytes(kv.slot_bytes),
+        kv.sliding_layers,
+        human_bytes(kv.slot_bytes * w as u64),
+        kv.sliding_blocks,
+        kv.block,
+        kv.global_blocks,
+        human_bytes(kv.sequence_bytes_unwindowed(context))
+    )
 }

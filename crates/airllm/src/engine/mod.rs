@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use airllm_format::{LayerSpec, ModelSpec, RopeSpec, ShardDir, Unit};
 use airllm_gpu::kernels::kv_compact::{self, KvCompact, SlotMove};
-use airllm_gpu::kernels::paged::StepViews;
+use airllm_gpu::kernels::paged::{StepLayout, StepViews};
 use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout, Ring, wgpu};
 use airllm_io::{ReadMode, ReaderOptions, ShardSpec};
 
@@ -139,6 +139,22 @@ struct PlanUnit {
     cpu: Option<CpuUnit>,
 }
 
+/// KV blocks in use ([`Engine::kv_blocks`]): the global pool (every layer
+/// that keeps its whole context) and the sliding layers' pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvBlocks {
+    /// Global blocks owned by some sequence.
+    pub used: usize,
+    /// Global blocks in all.
+    pub total: usize,
+    /// Sliding blocks owned by some sequence.
+    pub sliding_used: usize,
+    /// Sliding blocks in all (0: no layer slides).
+    pub sliding_total: usize,
+    /// Slots per block (both pools).
+    pub block: usize,
+}
+
 /// Time and bytes spent so far.
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
@@ -208,6 +224,13 @@ struct SeqState {
     len: usize,
     /// Its blocks.
     table: Vec<u32>,
+    /// Its blocks in the sliding layers' pool, indexed like `table` (entries of
+    /// slots outside every future row's window are [`kv::DEAD`]).
+    swa: Vec<u32>,
+    /// The first position of its last plain (non-tree) step: tree steps trim
+    /// the sliding blocks no further than this, so the caller can still cut
+    /// the sequence back to it (drop a draft tree, keep a verified path).
+    anchor: usize,
 }
 
 /// The step-input buffers.
@@ -218,27 +241,46 @@ struct StepBuffers {
     block_table: wgpu::Buffer,
     tree_masks: wgpu::Buffer,
     kv_moves: wgpu::Buffer,
+    /// The sliding layers' block tables (same offsets as `block_table`).
+    sliding_block_table: wgpu::Buffer,
 }
 
 impl StepBuffers {
-    fn new(ctx: &GpuContext, cap: &StepCapacity) -> Self {
-        let [p, r, s, b, t, m] =
-            sizing::step_input_buffers(cap).map(|(name, bytes)| ctx.create_storage_buffer(name, bytes));
-        StepBuffers { positions: p, rows: r, seqs: s, block_table: b, tree_masks: t, kv_moves: m }
+    fn new(ctx: &GpuContext, spec: &ModelSpec, cap: &StepCapacity) -> Self {
+        let [p, r, s, b, t, m, w] =
+            sizing::step_input_buffers(spec, cap).map(|(name, bytes)| ctx.create_storage_buffer(name, bytes));
+        StepBuffers {
+            positions: p,
+            rows: r,
+            seqs: s,
+            block_table: b,
+            tree_masks: t,
+            kv_moves: m,
+            sliding_block_table: w,
+        }
     }
 
     fn bytes(&self) -> u64 {
-        [&self.positions, &self.rows, &self.seqs, &self.block_table, &self.tree_masks, &self.kv_moves]
-            .iter()
-            .map(|b| b.size())
-            .sum()
+        [
+            &self.positions,
+            &self.rows,
+            &self.seqs,
+            &self.block_table,
+            &self.tree_masks,
+            &self.kv_moves,
+            &self.sliding_block_table,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum()
     }
 
-    fn views(&self) -> StepViews<'_> {
+    /// The step as a layer reads it: a sliding layer reads its own block tables.
+    fn views(&self, sliding: bool) -> StepViews<'_> {
         StepViews {
             rows: BufView::whole(&self.rows),
             seqs: BufView::whole(&self.seqs),
-            block_table: BufView::whole(&self.block_table),
+            block_table: BufView::whole(if sliding { &self.sliding_block_table } else { &self.block_table }),
             tree_masks: BufView::whole(&self.tree_masks),
         }
     }
@@ -249,8 +291,10 @@ struct GpuSide {
     /// Shared so a pass can record on it while the side's buffers change.
     ctx: std::sync::Arc<GpuContext>,
     ring: Option<Ring>,
-    /// KV buffers of the GPU-placed layers, and each layer's index in them.
+    /// KV buffers of the GPU-placed global and sliding layers, and each
+    /// layer's index in its cache (`kv_sliding` when the layer slides).
     kv: Option<KvCache>,
+    kv_sliding: Option<KvCache>,
     kv_index: Vec<Option<usize>>,
     act: GpuActivations,
     inputs: StepBuffers,
@@ -288,6 +332,10 @@ pub struct Engine {
     units: Vec<PlanUnit>,
     kv_layout: KvLayout,
     pool: BlockPool,
+    /// The sliding layers' pool and layout (None when no layer slides).
+    swa: Option<(kv::window::SlidingKv, KvLayout)>,
+    /// Per decoder layer: whether its KV lives in the sliding pool.
+    layer_sliding: Vec<bool>,
     seqs: BTreeMap<SeqId, SeqState>,
     next_seq: u64,
     embed: EmbeddingTable,
@@ -454,6 +502,9 @@ impl Engine {
         }
         let cap = cfg.capacity();
         let kv_layout = sizing::kv_layout(&spec, &cap);
+        let swa_layout = sizing::sliding_kv_layout(&spec, &cap);
+        let layer_sliding: Vec<bool> =
+            spec.layer_specs().iter().map(|l| swa_layout.is_some() && sizing::kv_sliding(l, &cap)).collect();
         let mut units = Vec::new();
         for (i, (unit, shard, _)) in listed.iter().enumerate() {
             let placement = plan.placement[i];
@@ -484,32 +535,53 @@ impl Engine {
             Some(ctx) => {
                 let ring = new_ring(&ctx, &dir, &units, &plan, &read_opts)?;
                 let mut kv_index = Vec::new();
-                let mut n = 0;
-                for l in 0..spec.num_layers {
+                // Layers in the global cache, and in the sliding one.
+                let mut n = [0usize; 2];
+                for (l, &sl) in layer_sliding.iter().enumerate() {
                     kv_index.push(on(Placement::Resident, l).then(|| {
-                        n += 1;
-                        n - 1
+                        n[usize::from(sl)] += 1;
+                        n[usize::from(sl)] - 1
                     }));
                 }
-                let kv = if n > 0 { Some(KvCache::new(&ctx, n, kv_layout)?) } else { None };
+                let kv = if n[0] > 0 { Some(KvCache::new(&ctx, n[0], kv_layout)?) } else { None };
+                let kv_sliding = match swa_layout {
+                    Some(sl) if n[1] > 0 => Some(KvCache::new(&ctx, n[1], sl)?),
+                    _ => None,
+                };
                 let act = GpuActivations::new(&ctx, &spec, cap.rows as u32, cap.logit_rows as u32);
-                let inputs = StepBuffers::new(&ctx, &cap);
+                let inputs = StepBuffers::new(&ctx, &spec, &cap);
                 let ropes =
                     spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
                 // Every buffer a pass binds lives as long as the engine: cache their bind groups.
                 ctx.set_bind_group_cache(true);
                 let (readback, belt) = (airllm_gpu::LogitsReadback::new(), airllm_gpu::UploadBelt::new(2));
-                Some(GpuSide { ctx: std::sync::Arc::new(ctx), ring, kv, kv_index, act, inputs, ropes, readback, belt })
+                Some(GpuSide {
+                    ctx: std::sync::Arc::new(ctx),
+                    ring,
+                    kv,
+                    kv_sliding,
+                    kv_index,
+                    act,
+                    inputs,
+                    ropes,
+                    readback,
+                    belt,
+                })
             }
         };
         let cpu = units.iter().any(|u| u.placement == Placement::Cpu).then(|| CpuSide {
             act: CpuActivations::new(&spec, cap.rows, cap.logit_rows),
-            kv: (0..spec.num_layers).map(|l| on(Placement::Cpu, l).then(|| CpuKv::new(&kv_layout))).collect(),
+            kv: (0..spec.num_layers)
+                .map(|l| on(Placement::Cpu, l).then(|| CpuKv::new(&sizing::layer_kv_layout(&spec, &cap, l))))
+                .collect(),
             ropes: spec.distinct_ropes().into_iter().map(|r| (r, r.inv_freq())).collect(),
             pool: cpu_pool,
             scratch: airllm_quant::dot::Scratch::new(),
         });
         let embed = EmbeddingTable::open(&dir)?;
+        let swa = swa_layout
+            .zip(sizing::kv_window(&spec, &cap))
+            .map(|(l, w)| (kv::window::SlidingKv::new(l.num_blocks as usize, l.block as usize, w), l));
         let layers = spec.layer_specs();
         let mut e = Engine {
             gpu,
@@ -521,6 +593,8 @@ impl Engine {
             units,
             kv_layout,
             pool: BlockPool::new(kv_layout.num_blocks as usize, kv_layout.block as usize),
+            swa,
+            layer_sliding,
             seqs: BTreeMap::new(),
             next_seq: 0,
             embed,
@@ -614,7 +688,11 @@ impl Engine {
         let resident: u64 = self.units.iter().filter_map(|u| u.resident.as_ref()).map(|b| b.size()).sum();
         let (ring, staging) = g.ring.as_ref().map(|s| s.bytes()).unwrap_or((0, 0));
         let staging = if self.plan.staging_in_vram { staging } else { 0 };
-        let kv = g.kv.as_ref().map(|k| k.layers() as u64 * sizing::storage_size(k.layout().layer_bytes())).unwrap_or(0);
+        let kv: u64 = [&g.kv, &g.kv_sliding]
+            .iter()
+            .filter_map(|k| k.as_ref())
+            .map(|k| k.layers() as u64 * sizing::storage_size(k.layout().layer_bytes()))
+            .sum();
         let ropes: u64 = g.ropes.iter().map(|(_, b)| b.size()).sum();
         resident + ring + staging + kv + g.act.bytes() + g.inputs.bytes() + ropes
     }
@@ -637,6 +715,9 @@ impl Engine {
     pub fn remove_sequence(&mut self, id: SeqId) {
         if let Some(mut s) = self.seqs.remove(&id) {
             self.pool.release_all(&mut s.table);
+            if let Some((w, _)) = &mut self.swa {
+                w.pool.release_all(&mut s.swa);
+            }
         }
     }
 
@@ -652,11 +733,43 @@ impl Engine {
 
     /// Forgets a sequence's slots from `len` on (blocks past it are freed), e.g.
     /// to re-use a conversation's prefix or drop rejected proposals.
+    ///
+    /// With sliding-window layers a cut is refused (an error, the sequence
+    /// unchanged) when their blocks before `len` were already given back (a cut
+    /// further back than the last step's first token, see [`kv::window`]); the
+    /// caller then re-reads the prefix into a new sequence.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let s = self.seqs.get_mut(&id).ok_or_else(|| EngineError::invalid("sequence", format!("no {id}")))?;
-        s.len = s.len.min(len);
+        let len = s.len.min(len);
+        if let Some((w, _)) = &mut self.swa {
+            w.cut(&mut s.swa, len).map_err(|e| {
+                EngineError::invalid(
+                    "truncate",
+                    format!(
+                        "{id} cannot be cut to {len} tokens: its sliding-window layers hold slots from {} on, and a \
+                         row at {len} sees slots from {}; re-read the prefix into a new sequence",
+                        e.first_held, e.needed
+                    ),
+                )
+            })?;
+        }
+        s.len = len;
+        s.anchor = s.anchor.min(len);
         self.pool.shrink(&mut s.table, s.len);
         Ok(())
+    }
+
+    /// KV blocks in use and in all, global and sliding pools.
+    pub fn kv_blocks(&self) -> KvBlocks {
+        let (sliding_used, sliding_total) =
+            self.swa.as_ref().map(|(w, _)| (w.pool.used_blocks(), w.pool.num_blocks())).unwrap_or((0, 0));
+        KvBlocks {
+            used: self.pool.used_blocks(),
+            total: self.pool.num_blocks(),
+            sliding_used,
+            sliding_total,
+            block: self.pool.block_size(),
+        }
     }
 
     /// Keeps one path of a token tree scored at slots `base..` (see
@@ -686,46 +799,73 @@ impl Engine {
                 ));
             }
         }
-        let locate = |slot: usize| [s.table[slot / block], (slot % block) as u32];
-        let moves: Vec<SlotMove> = path
-            .iter()
-            .enumerate()
-            .filter(|&(k, &node)| node != k)
-            .map(|(k, &node)| {
-                let (src, dst) = (locate(base + node), locate(base + k));
-                [src[0], src[1], dst[0], dst[1]]
-            })
-            .collect();
+        // The same moves through each pool's table (the sliding one holds every
+        // tree slot: a tree step trims no further than its base).
+        let moves_in = |table: &[u32]| -> Result<Vec<SlotMove>> {
+            let locate = |slot: usize| match table.get(slot / block) {
+                Some(&b) if b != kv::DEAD => Ok([b, (slot % block) as u32]),
+                _ => Err(EngineError::invalid("tree", format!("{id}: slot {slot} is not in its KV cache"))),
+            };
+            path.iter()
+                .enumerate()
+                .filter(|&(k, &node)| node != k)
+                .map(|(k, &node)| {
+                    let (src, dst) = (locate(base + node)?, locate(base + k)?);
+                    Ok([src[0], src[1], dst[0], dst[1]])
+                })
+                .collect()
+        };
+        let moves = moves_in(&s.table)?;
+        let swa_moves = if self.swa.is_some() { moves_in(&s.swa)? } else { Vec::new() };
         if !moves.is_empty() {
-            self.move_slots(&moves)?;
+            self.move_slots(&moves, &swa_moves)?;
         }
         self.truncate(id, base + path.len())
     }
 
-    /// Applies slot moves to every layer's KV cache, on the side it lives on.
-    fn move_slots(&mut self, moves: &[SlotMove]) -> Result<()> {
-        let layout = self.kv_layout;
+    /// Applies slot moves to every layer's KV cache, on the side it lives on
+    /// (`swa_moves`, the same moves located in the sliding pool, to the
+    /// sliding layers).
+    fn move_slots(&mut self, moves: &[SlotMove], swa_moves: &[SlotMove]) -> Result<()> {
+        let swa_layout = self.swa.as_ref().map(|(_, l)| *l);
+        let pick = |sliding: bool| match (sliding, swa_layout) {
+            (true, Some(l)) => (l, swa_moves),
+            _ => (self.kv_layout, moves),
+        };
         if let Some(c) = &mut self.cpu {
-            for kv in c.kv.iter_mut().flatten() {
-                kv_compact::reference(&layout, moves, &mut kv.k);
-                kv_compact::reference(&layout, moves, &mut kv.v);
+            for (l, kv) in c.kv.iter_mut().enumerate() {
+                let Some(kv) = kv else { continue };
+                let (layout, m) = pick(self.layer_sliding[l]);
+                kv_compact::reference(&layout, m, &mut kv.k);
+                kv_compact::reference(&layout, m, &mut kv.v);
             }
         }
         if let Some(g) = &self.gpu {
-            let Some(cache) = &g.kv else { return Ok(()) };
-            // Moves come from a tree of at most MAX_TREE nodes: the buffer holds them all.
+            // Moves come from a tree of at most MAX_TREE nodes: the buffer holds
+            // both lists (the global layers' moves, then the sliding layers').
+            let half = u64::from(airllm_gpu::kernels::paged::MAX_TREE) * 16;
             let buf = &g.inputs.kv_moves;
-            g.ctx.queue().write_buffer(buf, 0, bytemuck::cast_slice(moves));
+            for (i, m) in [moves, swa_moves].iter().enumerate() {
+                if !m.is_empty() {
+                    g.ctx.queue().write_buffer(buf, i as u64 * half, bytemuck::cast_slice(m));
+                }
+            }
             let mut rec = g.ctx.recorder("kv_compact");
-            for i in g.kv_index.iter().flatten() {
-                let (k, v) = (cache.k(*i), cache.v(*i));
-                let (Some(k_cache), Some(v_cache)) = (k, v) else { continue };
+            for (l, i) in g.kv_index.iter().enumerate() {
+                let Some(i) = *i else { continue };
+                let sliding = self.layer_sliding[l];
+                let (cache, (_, m)) = (if sliding { &g.kv_sliding } else { &g.kv }, pick(sliding));
+                let Some(cache) = cache else { continue };
+                let (Some(k_cache), Some(v_cache)) = (cache.k(i), cache.v(i)) else { continue };
+                if m.is_empty() {
+                    continue;
+                }
                 kv_compact::launch(
                     &mut rec,
                     &KvCompact {
                         layout: cache.layout(),
-                        moves: BufView::whole(buf),
-                        n_moves: moves.len() as u32,
+                        moves: BufView::new(buf, u64::from(sliding) * half, half),
+                        n_moves: m.len() as u32,
                         k_cache,
                         v_cache,
                     },
@@ -820,9 +960,22 @@ impl Engine {
                 block: self.pool.block_size(),
             })?;
         }
+        self.grow_sliding(items)?;
         let lens: Vec<usize> = items.iter().map(|it| self.seqs[&it.seq].len).collect();
         let tables: Vec<&[u32]> = items.iter().map(|it| self.seqs[&it.seq].table.as_slice()).collect();
-        let built = step::build(items, &lens, &tables)?;
+        let mut built = step::build(items, &lens, &tables)?;
+        if self.swa.is_some() {
+            for it in items {
+                let s = &self.seqs[&it.seq];
+                if s.swa.len() != s.table.len() {
+                    return Err(EngineError::invalid(
+                        "kv",
+                        format!("{}: sliding and global block tables disagree; this is a bug", it.seq),
+                    ));
+                }
+                built.sliding_block_table.extend_from_slice(&s.swa);
+            }
+        }
         let logits = self.pass(&built, exit)?;
         for it in items {
             if let Some(s) = self.seqs.get_mut(&it.seq) {
@@ -838,6 +991,47 @@ impl Engine {
         }
         self.stats.forward += t0.elapsed();
         Ok(out)
+    }
+
+    /// Gives the sliding layers' blocks that no row of this step (nor later)
+    /// can see back to their pool, then takes the blocks the new tokens need;
+    /// when the pool is short, sequences outside the step are trimmed to the
+    /// window of their next token first (see [`kv::window`] for the bound).
+    fn grow_sliding(&mut self, items: &[StepItem<'_>]) -> Result<()> {
+        let Some((w, _)) = &mut self.swa else { return Ok(()) };
+        for it in items {
+            if let Some(s) = self.seqs.get_mut(&it.seq) {
+                // A plain step's rows sit at `len..`; a tree's at `base + depth`,
+                // and its caller cuts back to the base or to the last plain step.
+                let at = match it.tree {
+                    None => {
+                        s.anchor = s.len;
+                        s.len
+                    }
+                    Some(t) => t.base.min(s.anchor).min(s.len),
+                };
+                w.trim(&mut s.swa, at);
+            }
+        }
+        let need: usize = items
+            .iter()
+            .filter_map(|it| self.seqs.get(&it.seq).map(|s| w.needed(&s.swa, s.len + it.tokens.len())))
+            .sum();
+        if need > w.pool.free_blocks() {
+            for s in self.seqs.values_mut() {
+                w.trim(&mut s.swa, s.len);
+            }
+        }
+        for it in items {
+            let s = self.seqs.get_mut(&it.seq).ok_or_else(|| EngineError::invalid("step", format!("no {}", it.seq)))?;
+            w.grow(&mut s.swa, s.len + it.tokens.len()).map_err(|e| EngineError::KvFull {
+                needed: e.needed,
+                free: e.free,
+                total: w.pool.num_blocks(),
+                block: w.pool.block_size(),
+            })?;
+        }
+        Ok(())
     }
 
     fn check_step(&self, items: &[StepItem<'_>]) -> Result<()> {
@@ -917,6 +1111,9 @@ impl Engine {
             if first_side == Side::Gpu {
                 writes.push((g.act.buffer(Buf::X), bytemuck::cast_slice(&x)));
             }
+            if !s.sliding_block_table.is_empty() {
+                writes.push((&g.inputs.sliding_block_table, bytemuck::cast_slice(&s.sliding_block_table)));
+            }
             if !s.layout.tree_masks.is_empty() {
                 writes.push((&g.inputs.tree_masks, bytemuck::cast_slice(&s.layout.tree_masks)));
             }
@@ -951,7 +1148,15 @@ impl Engine {
         let compile_before = ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default();
         let mut submit_t = Duration::ZERO;
         let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits());
+        // What a CPU-placed sliding layer reads: the step with its block tables.
+        let sliding_layout = (!s.sliding_block_table.is_empty() && self.cpu.is_some())
+            .then(|| StepLayout { block_table: s.sliding_block_table.clone(), ..s.layout.clone() });
         for ui in 0..self.units.len() {
+            let sliding = matches!(self.units[ui].unit, Unit::Layer(l) if self.layer_sliding[l as usize]);
+            let layer_kv = match (&self.swa, sliding) {
+                (Some((_, l)), true) => *l,
+                _ => self.kv_layout,
+            };
             let (unit, shard, placement) = (self.units[ui].unit, self.units[ui].shard, self.units[ui].placement);
             let want = if placement == Placement::Cpu { Side::Cpu } else { Side::Gpu };
             // A pass in which no row wants logits (a prefill chunk of a long prompt)
@@ -995,7 +1200,7 @@ impl Engine {
                         cpu.kv[l as usize]
                             .as_mut()
                             .ok_or_else(|| EngineError::invalid("kv", "no RAM cache for layer"))?,
-                        self.kv_layout,
+                        layer_kv,
                     )),
                     _ => None,
                 };
@@ -1004,7 +1209,10 @@ impl Engine {
                     entry,
                     unit: cu,
                     act: &mut cpu.act,
-                    step: &s.layout,
+                    step: match (&sliding_layout, sliding) {
+                        (Some(sl), true) => sl,
+                        _ => &s.layout,
+                    },
                     positions: &s.positions,
                     ropes: &cpu.ropes,
                     kv,
@@ -1034,11 +1242,12 @@ impl Engine {
                 };
                 let kv = match unit {
                     Unit::Layer(l) => {
+                        let cache = if sliding { &g.kv_sliding } else { &g.kv };
                         let k = g.kv_index[l as usize]
-                            .and_then(|i| g.kv.as_ref().map(|c| (c, i)))
+                            .and_then(|i| cache.as_ref().map(|c| (c, i)))
                             .ok_or_else(|| EngineError::invalid("kv", "no VRAM cache for layer"))?;
                         Some(GpuKv {
-                            layout: self.kv_layout,
+                            layout: layer_kv,
                             k: k.0.k(k.1).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
                             v: k.0.v(k.1).ok_or_else(|| EngineError::invalid("kv", "layer"))?,
                         })
@@ -1050,7 +1259,7 @@ impl Engine {
                     spec: &self.spec,
                     w: UnitWeights { buffer, entry },
                     act: &g.act,
-                    step: g.inputs.views(),
+                    step: g.inputs.views(sliding),
                     positions: BufView::whole(&g.inputs.positions),
                     ropes: &g.ropes,
                     kv,

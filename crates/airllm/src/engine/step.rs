@@ -110,6 +110,9 @@ pub struct BuiltStep {
     pub logit_rows: Vec<u32>,
     /// For each item, how many of the logit rows are its (consecutive, in item order).
     pub logits_per_item: Vec<usize>,
+    /// The sliding layers' block tables, at the offsets of `layout.block_table`
+    /// (empty when no layer slides; filled by the engine).
+    pub sliding_block_table: Vec<u32>,
 }
 
 /// Builds a step from items whose sequences have `lens[i]` filled slots and

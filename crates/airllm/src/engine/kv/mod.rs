@@ -13,7 +13,15 @@
 //!   soon as a sequence ends or is truncated, so capacity is shared by all
 //!   sequences and bounded by the pool, never by `max_batch * max_context`;
 //! - nothing here moves a live sequence's blocks: adding or removing a
-//!   sequence never touches another one's cache.
+//!   sequence never touches another one's cache;
+//! - a table entry may be [`DEAD`]: the block that held those slots was given
+//!   back (a sliding-window layer's slots that no future row can see, see
+//!   [`window`]); dead entries are never read and never released twice.
+
+pub mod window;
+
+/// A block-table entry whose block was given back to the pool.
+pub const DEAD: u32 = u32::MAX;
 
 /// A pool of `num_blocks` blocks of `block` slots.
 #[derive(Debug)]
@@ -102,7 +110,36 @@ impl BlockPool {
         }
     }
 
+    /// Releases the blocks of `table` that hold only slots below `lo` and marks
+    /// their entries [`DEAD`] (the table keeps its length, so slot `s` stays at
+    /// entry `s / block`). Returns how many blocks went back.
+    pub fn release_below(&mut self, table: &mut [u32], lo: usize) -> usize {
+        let dead = (lo / self.block).min(table.len());
+        let mut n = 0;
+        for e in &mut table[..dead] {
+            if *e != DEAD {
+                let b = std::mem::replace(e, DEAD);
+                self.release(b);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The first slot `table` still holds (0 when nothing was released).
+    pub fn first_held_slot(&self, table: &[u32]) -> usize {
+        table.iter().take_while(|&&b| b == DEAD).count() * self.block
+    }
+
+    /// Blocks of `table` that are held (not [`DEAD`]).
+    pub fn held(table: &[u32]) -> usize {
+        table.iter().filter(|&&b| b != DEAD).count()
+    }
+
     fn release(&mut self, b: u32) {
+        if b == DEAD {
+            return;
+        }
         let rc = &mut self.refcount[b as usize];
         debug_assert!(*rc > 0, "block {b} released twice");
         *rc = rc.saturating_sub(1);
