@@ -277,8 +277,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     let mut s = [0f32; 8];
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            s[i] += x[i] * y[i];
+        for ((s, x), y) in s.iter_mut().zip(x).zip(y) {
+            *s += x * y;
         }
     }
     s.iter().sum::<f32>() + tail
