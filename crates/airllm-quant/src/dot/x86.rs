@@ -343,12 +343,14 @@ pub(super) unsafe fn signed_tile<const T: usize, D: Dot, B: SignedBlock>(
     let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
     let u = chains(T);
     // The block dot of codes `wv` (`aw = |wv|`, signed codes only) with `x`.
-    // SAFETY (of each call): register arithmetic; the caller's features.
-    let dot = |aw: __m256i, wv: __m256i, x: __m256i| unsafe {
-        if B::OFFSET != 0.0 { D::unsigned(wv, x) } else { D::signed(aw, wv, x) }
+    let dot = |aw: __m256i, wv: __m256i, x: __m256i| {
+        // SAFETY: register arithmetic; the caller's features.
+        unsafe { if B::OFFSET != 0.0 { D::unsigned(wv, x) } else { D::signed(aw, wv, x) } }
     };
-    // SAFETY (of each call): register arithmetic; AVX2 enabled.
-    let abs = |wv: __m256i| unsafe { if B::OFFSET != 0.0 { wv } else { _mm256_sign_epi8(wv, wv) } };
+    let abs = |wv: __m256i| {
+        // SAFETY: register arithmetic; AVX2 enabled in every caller.
+        unsafe { if B::OFFSET != 0.0 { wv } else { _mm256_sign_epi8(wv, wv) } }
+    };
     for r in 0..rows {
         // SAFETY: as in `q4_1_tile`, blocks of B::BYTES bytes.
         unsafe {

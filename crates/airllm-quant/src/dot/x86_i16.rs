@@ -258,6 +258,7 @@ unsafe fn q4_1_tile<const T: usize, D: Dot16>(
                     accm[j] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sx[j].add(b)), accm[j]);
                     _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
                 }
+                #[allow(clippy::needless_range_loop)] // `i` also picks the block
                 for i in 0..8 {
                     let (wa, wb) = nibbles16(row.add((b + i) * 20 + 4));
                     for j in 0..T {
@@ -363,6 +364,7 @@ unsafe fn signed_tile<const T: usize, D: Dot16, B: SignedBlock16>(
                     }
                     _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
                 }
+                #[allow(clippy::needless_range_loop)] // `i` also picks the block
                 for i in 0..8 {
                     let (wa, wb) = B::codes(row.add((b + i) * B::BYTES));
                     for j in 0..T {
