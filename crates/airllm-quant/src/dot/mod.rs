@@ -94,6 +94,23 @@
 //! this oversubscribed machine where [`ThreadPool`](crate::pool::ThreadPool)
 //! stays at 24-30 ms (a late worker never stalls a job).
 //!
+//! Per block, on the same Zen 3 (throughput of the innermost 8-block loops
+//! of the AVX2 kernels under `llvm-mca-14 -mcpu=znver3`, cycles per row,
+//! token and block of 32; deterministic where the shared machine's timings
+//! swing 2x), one token (decode): `q4_0` exact 5.4, precise 3.8, fast 3.2;
+//! `q4_1` 5.4 / 4.0 / 3.4; `q8_0` 5.7 / 4.7 / 3.0; two tokens: `q4_0` 3.0
+//! precise, 3.2 fast. Before 2026-12-02 the 16-bit kernels widened codes
+//! with `vpmovzxbw` / `vpmovsxbw` from xmm to ymm, which cross 128-bit lanes
+//! (three cycles of Zen 3's two shuffle pipes each, two per block: the
+//! bound), and `q4_0` subtracted its 8 per block: decode `q4_0` exact was
+//! 7.0, precise 5.6, fast 4.1. Now the codes are spread in-lane with one
+//! `vpshufb` after a broadcast load, `q4_0`'s nibbles enter the dot products
+//! unsigned with `-8 d sum x` added from the activations' block sums, and the
+//! 8 blocks' scales are read back by broadcast loads instead of lane
+//! shuffles. The 16-bit kernels are bound by arithmetic: `exact` does four
+//! `vpmaddwd` per block and token, `precise` two, where llama.cpp's 8-bit
+//! scheme (`fast`) does one `vpmaddubsw` and one `vpmaddwd`.
+//!
 //! **SIMD.** [`SimdLevel::detect`] picks the best level once ([`Kernels::best`]);
 //! the kernels are function pointers in a [`Kernels`] table, never re-checked
 //! per call. [`Kernels::for_level`] builds the table of any level the CPU

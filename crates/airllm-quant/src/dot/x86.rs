@@ -247,19 +247,21 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
             let row = w.add(r * row_bytes);
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
             let mut accm = [_mm256_setzero_ps(); T];
+            // The 8 blocks' scales times each token's (see `signed_tile`).
+            let mut sc = [[0.0f32; 8]; T];
             let mut b = 0;
             while b + 8 <= nbw {
                 let (d8, m8) = halves(gather8::<20>(row.add(b * 20)));
-                let sc: [__m256; T] = std::array::from_fn(|j| {
+                for j in 0..T {
                     accm[j] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sx[j].add(b)), accm[j]);
-                    _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b)))
-                });
+                    _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                }
                 for i in 0..8 {
                     let wv = nibbles(row.add((b + i) * 20 + 4));
                     for j in 0..T {
                         let x = _mm256_loadu_si256(q[j].add((b + i) * QK_ACT).cast());
                         let p = _mm256_cvtepi32_ps(D::unsigned(wv, x));
-                        acc[j][i % u] = _mm256_fmadd_ps(p, lane(sc[j], i as i32), acc[j][i % u]);
+                        acc[j][i % u] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&sc[j][i]), acc[j][i % u]);
                     }
                 }
                 b += 8;
@@ -289,6 +291,12 @@ pub(super) unsafe fn q4_1_tile<const T: usize, D: Dot>(
 /// Signed 32-code blocks of `BYTES` bytes whose f16 scale comes first.
 pub(super) trait SignedBlock {
     const BYTES: usize;
+    /// A constant added to every code returned by [`Self::codes`], folded
+    /// into a block-sum term instead (`q4_0`: the nibbles go into the
+    /// unsigned `vpmaddubsw` operand as they are, `d (q - 8) · x = d q · x -
+    /// 8 d sum x` with the activations' block sum `s`; no subtraction and no
+    /// sign trick per block).
+    const OFFSET: f32;
     /// The 32 signed codes of the block at `p`.
     unsafe fn codes(p: *const u8) -> __m256i;
 }
@@ -300,15 +308,17 @@ pub(super) struct Q8_0;
 
 impl SignedBlock for Q4_0 {
     const BYTES: usize = 18;
+    const OFFSET: f32 = -8.0;
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> __m256i {
         // SAFETY: 18 readable bytes; AVX2 is enabled in every caller.
-        unsafe { _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)) }
+        unsafe { nibbles(p.add(2)) }
     }
 }
 
 impl SignedBlock for Q8_0 {
     const BYTES: usize = 34;
+    const OFFSET: f32 = 0.0;
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> __m256i {
         // SAFETY: 34 readable bytes; AVX is enabled in every caller.
@@ -330,13 +340,26 @@ pub(super) unsafe fn signed_tile<const T: usize, D: Dot, B: SignedBlock>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, _) = token_ptrs::<T, i8>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T, i8>(act, t0);
     let u = chains(T);
+    // The block dot of codes `wv` (`aw = |wv|`, signed codes only) with `x`.
+    let dot = |aw: __m256i, wv: __m256i, x: __m256i| {
+        // SAFETY: register arithmetic; the caller's features.
+        unsafe { if B::OFFSET != 0.0 { D::unsigned(wv, x) } else { D::signed(aw, wv, x) } }
+    };
+    let abs = |wv: __m256i| {
+        // SAFETY: register arithmetic; AVX2 enabled in every caller.
+        unsafe { if B::OFFSET != 0.0 { wv } else { _mm256_sign_epi8(wv, wv) } }
+    };
     for r in 0..rows {
         // SAFETY: as in `q4_1_tile`, blocks of B::BYTES bytes.
         unsafe {
             let row = w.add(r * row_bytes);
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let mut acco = [_mm256_setzero_ps(); T];
+            // The 8 blocks' scales times each token's, read back by broadcast
+            // loads (no lane shuffles, no registers held).
+            let mut sc = [[0.0f32; 8]; T];
             let mut b = 0;
             while b + 8 <= nbw {
                 let (d8, _) = halves(if B::BYTES == 18 {
@@ -344,32 +367,41 @@ pub(super) unsafe fn signed_tile<const T: usize, D: Dot, B: SignedBlock>(
                 } else {
                     gather8::<34>(row.add(b * 34))
                 });
-                let sc: [__m256; T] = std::array::from_fn(|j| _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                for j in 0..T {
+                    if B::OFFSET != 0.0 {
+                        acco[j] = _mm256_fmadd_ps(d8, _mm256_loadu_ps(sx[j].add(b)), acco[j]);
+                    }
+                    _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                }
                 for i in 0..8 {
                     let wv = B::codes(row.add((b + i) * B::BYTES));
-                    let aw = _mm256_sign_epi8(wv, wv);
+                    let aw = abs(wv);
                     for j in 0..T {
                         let x = _mm256_loadu_si256(q[j].add((b + i) * QK_ACT).cast());
-                        let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
-                        acc[j][i % u] = _mm256_fmadd_ps(p, lane(sc[j], i as i32), acc[j][i % u]);
+                        let p = _mm256_cvtepi32_ps(dot(aw, wv, x));
+                        acc[j][i % u] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&sc[j][i]), acc[j][i % u]);
                     }
                 }
                 b += 8;
             }
+            let mut extra: [f32; T] = std::array::from_fn(|j| B::OFFSET * hsum(acco[j]));
             while b < nbw {
                 let blk = row.add(b * B::BYTES);
                 let d = _mm_cvtph_ps(load_u16(blk));
                 let wv = B::codes(blk);
-                let aw = _mm256_sign_epi8(wv, wv);
+                let aw = abs(wv);
                 for j in 0..T {
                     let x = _mm256_loadu_si256(q[j].add(b * QK_ACT).cast());
-                    let p = _mm256_cvtepi32_ps(D::signed(aw, wv, x));
+                    let p = _mm256_cvtepi32_ps(dot(aw, wv, x));
                     let sc = _mm_mul_ss(d, _mm_load_ss(dx[j].add(b)));
                     acc[j][0] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[j][0]);
+                    if B::OFFSET != 0.0 {
+                        extra[j] += B::OFFSET * _mm_cvtss_f32(d) * *sx[j].add(b);
+                    }
                 }
                 b += 1;
             }
-            store::<T>(&acc, [0.0; T], out.add(r * T));
+            store::<T>(&acc, extra, out.add(r * T));
         }
     }
 }

@@ -181,13 +181,41 @@ super::x86::quant_kernels!(
     nf4_vnni2 = nf4_tile(64, 34),
 );
 
+/// The 16 bytes at `p` in both 128-bit lanes, each lane's half (bytes 0..8
+/// in the low lane, 8..16 in the high lane) spread to 16-bit lanes: byte `i`
+/// at the low byte of lane `i` (`HIGH = false`, zero above it) or at the
+/// high byte (`HIGH = true`, zero below). In-lane `vpshufb` after a
+/// broadcast load instead of `vpmovzxbw` / `vpmovsxbw` from xmm to ymm, which
+/// cross lanes (on Zen 3 about three times the cost, and the widening was
+/// what bounded the 16-bit kernels).
+#[inline(always)]
+unsafe fn spread16<const HIGH: bool>(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes 16 readable bytes; AVX2 is enabled in every caller.
+    unsafe {
+        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
+        #[rustfmt::skip]
+        let ctl = if HIGH {
+            _mm256_setr_epi8(
+                -1, 0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7,
+                -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15,
+            )
+        } else {
+            _mm256_setr_epi8(
+                0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1,
+                8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1,
+            )
+        };
+        _mm256_shuffle_epi8(v, ctl)
+    }
+}
+
 /// The 32 codes of a 4-bit block (16 bytes at `p`) as i16: (values 0..16,
 /// values 16..32), i.e. (low nibbles, high nibbles).
 #[inline(always)]
 unsafe fn nibbles16(p: *const u8) -> (__m256i, __m256i) {
     // SAFETY: the caller passes 16 readable bytes; AVX2 is enabled in every caller.
     unsafe {
-        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast()));
+        let v = spread16::<false>(p);
         (_mm256_and_si256(v, _mm256_set1_epi16(0x0F)), _mm256_srli_epi16::<4>(v))
     }
 }
@@ -220,17 +248,22 @@ unsafe fn q4_1_tile<const T: usize, D: Dot16>(
             let row = w.add(r * row_bytes);
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
             let mut accm = [_mm256_setzero_ps(); T];
+            // The 8 blocks' scales times each token's, read back by broadcast
+            // loads (no lane shuffles, no registers held).
+            let mut sc = [[0.0f32; 8]; T];
             let mut b = 0;
             while b + 8 <= nbw {
                 let (d8, m8) = halves(gather8::<20>(row.add(b * 20)));
-                let sc: [__m256; T] = std::array::from_fn(|j| {
+                for j in 0..T {
                     accm[j] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sx[j].add(b)), accm[j]);
-                    _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b)))
-                });
+                    _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                }
+                #[allow(clippy::needless_range_loop)] // `i` also picks the block
                 for i in 0..8 {
                     let (wa, wb) = nibbles16(row.add((b + i) * 20 + 4));
                     for j in 0..T {
-                        add_block::<D>(&mut acc[j], i % u, wa, wb, q[j].add((b + i) * n), lane(sc[j], i as i32));
+                        let s = _mm256_broadcast_ss(&sc[j][i]);
+                        add_block::<D>(&mut acc[j], i % u, wa, wb, q[j].add((b + i) * n), s);
                     }
                 }
                 b += 8;
@@ -258,6 +291,11 @@ unsafe fn q4_1_tile<const T: usize, D: Dot16>(
 /// Signed 32-code blocks of `BYTES` bytes whose f16 scale comes first.
 trait SignedBlock16 {
     const BYTES: usize;
+    /// A constant added to every code returned by [`Self::codes`], folded
+    /// into a block-sum term instead (`q4_0`: the nibbles are used as they
+    /// are, `d (q - 8) · x = d q · x - 8 d sum x`, the sum being the
+    /// activations' block sum `s`): two fewer vector ops per block.
+    const OFFSET: f32;
     /// The 32 signed codes of the block at `p` as i16: (values 0..16, values 16..32).
     unsafe fn codes(p: *const u8) -> (__m256i, __m256i);
 }
@@ -269,27 +307,23 @@ struct Q8_0;
 
 impl SignedBlock16 for Q4_0 {
     const BYTES: usize = 18;
+    const OFFSET: f32 = -8.0;
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> (__m256i, __m256i) {
         // SAFETY: 18 readable bytes; AVX2 is enabled in every caller.
-        unsafe {
-            let (lo, hi) = nibbles16(p.add(2));
-            let eight = _mm256_set1_epi16(8);
-            (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight))
-        }
+        unsafe { nibbles16(p.add(2)) }
     }
 }
 
 impl SignedBlock16 for Q8_0 {
     const BYTES: usize = 34;
+    const OFFSET: f32 = 0.0;
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> (__m256i, __m256i) {
         // SAFETY: 34 readable bytes; AVX2 is enabled in every caller.
         unsafe {
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2).cast())),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18).cast())),
-            )
+            // Each byte in the high half of its lane, shifted down with its sign.
+            (_mm256_srai_epi16::<8>(spread16::<true>(p.add(2))), _mm256_srai_epi16::<8>(spread16::<true>(p.add(18))))
         }
     }
 }
@@ -308,13 +342,15 @@ unsafe fn signed_tile<const T: usize, D: Dot16, B: SignedBlock16>(
     t0: usize,
     out: *mut f32,
 ) {
-    let (q, dx, _) = token_ptrs::<T, i16>(act, t0);
+    let (q, dx, sx) = token_ptrs::<T, i16>(act, t0);
     let (u, n) = (chains(T), QK_ACT * D::TERMS);
     for r in 0..rows {
         // SAFETY: as in `q4_1_tile`, blocks of B::BYTES bytes.
         unsafe {
             let row = w.add(r * row_bytes);
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let mut acco = [_mm256_setzero_ps(); T];
+            let mut sc = [[0.0f32; 8]; T];
             let mut b = 0;
             while b + 8 <= nbw {
                 let (d8, _) = halves(if B::BYTES == 18 {
@@ -322,15 +358,23 @@ unsafe fn signed_tile<const T: usize, D: Dot16, B: SignedBlock16>(
                 } else {
                     gather8::<34>(row.add(b * 34))
                 });
-                let sc: [__m256; T] = std::array::from_fn(|j| _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                for j in 0..T {
+                    if B::OFFSET != 0.0 {
+                        acco[j] = _mm256_fmadd_ps(d8, _mm256_loadu_ps(sx[j].add(b)), acco[j]);
+                    }
+                    _mm256_storeu_ps(sc[j].as_mut_ptr(), _mm256_mul_ps(d8, _mm256_loadu_ps(dx[j].add(b))));
+                }
+                #[allow(clippy::needless_range_loop)] // `i` also picks the block
                 for i in 0..8 {
                     let (wa, wb) = B::codes(row.add((b + i) * B::BYTES));
                     for j in 0..T {
-                        add_block::<D>(&mut acc[j], i % u, wa, wb, q[j].add((b + i) * n), lane(sc[j], i as i32));
+                        let s = _mm256_broadcast_ss(&sc[j][i]);
+                        add_block::<D>(&mut acc[j], i % u, wa, wb, q[j].add((b + i) * n), s);
                     }
                 }
                 b += 8;
             }
+            let mut extra: [f32; T] = std::array::from_fn(|j| B::OFFSET * hsum(acco[j]));
             while b < nbw {
                 let blk = row.add(b * B::BYTES);
                 let d = _mm_cvtph_ps(load_u16(blk));
@@ -338,10 +382,13 @@ unsafe fn signed_tile<const T: usize, D: Dot16, B: SignedBlock16>(
                 for j in 0..T {
                     let sc = _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_load_ss(dx[j].add(b))));
                     add_block::<D>(&mut acc[j], 0, wa, wb, q[j].add(b * n), sc);
+                    if B::OFFSET != 0.0 {
+                        extra[j] += B::OFFSET * _mm_cvtss_f32(d) * *sx[j].add(b);
+                    }
                 }
                 b += 1;
             }
-            store::<T, D>(&acc, [0.0; T], out.add(r * T));
+            store::<T, D>(&acc, extra, out.add(r * T));
         }
     }
 }

@@ -232,19 +232,28 @@ pub fn attention(
                 let (blk, off) = step.locate(row.seq, s, layout.block);
                 let base = layout.index(blk, kvh, off) as usize;
                 let kv = &k_cache[base..base + d];
-                let mut x = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * a.scale;
+                let mut x = dot(qv, kv) * a.scale;
                 if a.softcap > 0.0 {
                     x = a.softcap * (x / a.softcap).tanh();
                 }
-                let m_new = m.max(x);
-                let alpha = (m - m_new).exp();
-                let p = (x - m_new).exp();
-                l = l * alpha + p;
+                // Online softmax: rescale only when the running maximum moves
+                // (rarely after the first keys), so most keys cost one exp.
+                let p = if x > m {
+                    let alpha = (m - x).exp();
+                    l *= alpha;
+                    for o in acc.iter_mut() {
+                        *o *= alpha;
+                    }
+                    m = x;
+                    1.0
+                } else {
+                    (x - m).exp()
+                };
+                l += p;
                 let vv = &v_cache[base..base + d];
                 for (o, v) in acc.iter_mut().zip(vv) {
-                    *o = *o * alpha + p * v;
+                    *o += p * v;
                 }
-                m = m_new;
             }
             // SAFETY: each (row, head) task owns its output head slice.
             let o = unsafe { osh.range(r * a.out.0 + a.out.1 + h * d, d) };
@@ -257,6 +266,22 @@ pub fn attention(
     // The longest sequence bounds the keys a task reads: worth threads or not.
     let keys = step.seqs.iter().map(|s| s.kv_len as usize).max().unwrap_or(1);
     for_rows(pool, tasks, keys * d, work);
+}
+
+/// `a · b` over 8 independent partial sums (a single running sum is bound by
+/// the add latency and does not vectorize; this does, and `attention` spends
+/// most of its time here).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let mut s = [0f32; 8];
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in s.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    s.iter().sum::<f32>() + tail
 }
 
 /// `out[r, out_off + i] = act(gate[r, i]) * up[r, i]`.
