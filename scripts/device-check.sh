@@ -8,17 +8,19 @@
 #                                      cargo bench --bench main --no-run; copy target/release/deps/main-*)
 #
 #   scripts/device-check.sh OUT_DIR [--bin DIR] [--work DIR] [--preset llama3-8b|tiny]
-#                           [--layers N] [--limit SECONDS]
+#                           [--layers N] [--limit SECONDS] [--spec-model GGUF [--spec-draft GGUF]]
 #
 # Writes JSON lines into OUT_DIR: info.json, staging.json, kernels.txt, results.jsonl
 # (one object per bench run: codec, budget, prompt, batch, and airllm's bench JSON or
-# the error), profile.txt (the --profile breakdown of one streamed step), machine.txt.
+# the error), profile.txt (the --profile breakdown of one streamed step), machine.txt,
+# and with --spec-model (e.g. SmolLM2-135M Q4_1, --spec-draft its q4_0 copy) spec.jsonl:
+# speculative decoding fully streamed, with and without drafts (scripts/spec-bench.sh).
 # Runs the cases in order of importance and skips the rest once --limit seconds
 # (default 420) have passed, so it fits an 8-minute slot. Validate it with
 # `--preset tiny` on any machine (lavapipe included) first.
 set -uo pipefail
 
-out="" bin="target/release" work="" preset=llama3-8b layers=() limit=420
+out="" bin="target/release" work="" preset=llama3-8b layers=() limit=420 spec_model="" spec_draft=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin=$2; shift 2 ;;
@@ -26,6 +28,8 @@ while [ $# -gt 0 ]; do
         --preset) preset=$2; shift 2 ;;
         --layers) layers=(--layers "$2"); shift 2 ;;
         --limit) limit=$2; shift 2 ;;
+        --spec-model) spec_model=$2; shift 2 ;;
+        --spec-draft) spec_draft=$2; shift 2 ;;
         -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
         *) out=$1; shift ;;
@@ -107,5 +111,13 @@ if [ "$(left)" -gt 30 ]; then
     log "profile of a streamed step (none, 1.5GiB)"
     timeout "$(left)" "$airllm" bench --model "$work/none" --max-vram 1.5GiB --prompt-len 16 --new-tokens 2 \
         --max-context 64 --device gpu --profile > "$out/profile.txt" 2>&1 || log "profile run failed (see profile.txt)"
+fi
+if [ -n "$spec_model" ] && [ "$(left)" -gt 60 ]; then
+    log "speculative decoding, fully streamed ($spec_model)"
+    here="$(cd "$(dirname "$0")" && pwd)"
+    draft_args=()
+    [ -n "$spec_draft" ] && draft_args=(--draft "$spec_draft")
+    timeout "$(left)" "$here/spec-bench.sh" --model "$spec_model" "${draft_args[@]}" --airllm "$airllm" \
+        --new-tokens 48 --out "$out/spec.jsonl" > "$out/spec.md" 2> "$out/spec.err" || log "spec runs stopped (see spec.err)"
 fi
 log "done: $results"

@@ -204,6 +204,8 @@ struct Planned {
     logits: Logits,
     /// Parents of a verify tree (`tokens[0]` is the root: the sampled token).
     tree: Option<Vec<u32>>,
+    /// A decode item speculation sized: (tree size asked for, seconds drafting).
+    asked: Option<(usize, f64)>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -394,7 +396,7 @@ impl Scheduler {
         order.sort_by_key(|&i| self.running[i].admitted);
         for &ri in &order {
             if let Some(t) = self.running[ri].next {
-                plan.push(Planned { ri, tokens: vec![t], logits: Logits::Last, tree: None });
+                plan.push(Planned { ri, tokens: vec![t], logits: Logits::Last, tree: None, asked: None });
                 rows += 1;
             }
         }
@@ -489,7 +491,7 @@ impl Scheduler {
             let n = (r.context.len() - r.fed).min(room);
             let last = r.fed + n == r.context.len();
             let logits = if last { Logits::Last } else { Logits::None };
-            plan.push(Planned { ri, tokens: r.context[r.fed..r.fed + n].to_vec(), logits, tree: None });
+            plan.push(Planned { ri, tokens: r.context[r.fed..r.fed + n].to_vec(), logits, tree: None, asked: None });
             rows += n;
         }
         if plan.is_empty() {
@@ -510,17 +512,22 @@ impl Scheduler {
                 tree: p.tree.as_deref().map(|parents| Tree { base, parents }),
             })
             .collect();
+        let t_pass = Instant::now();
         let logits = engine.step(&items)?;
         report.ran = true;
         report.rows = rows;
+        let pass_s = t_pass.elapsed().as_secs_f64();
         let v = engine.spec().vocab_size;
         let mut finished = Vec::new();
+        let mut accepted_path: Vec<u32> = Vec::new();
         for ((p, lg), &base) in plan.iter().zip(logits).zip(&bases) {
             let (ri, toks) = (&p.ri, &p.tokens);
             if let Some(parents) = &p.tree {
-                if let Some(reason) = self.verify_tree(engine, tok, *ri, toks, parents, base, &lg, &mut report, sink)? {
+                let (end, path) = self.verify_tree(engine, tok, *ri, toks, parents, base, &lg, &mut report, sink)?;
+                if let Some(reason) = end {
                     finished.push((*ri, reason));
                 }
+                accepted_path = path;
                 continue;
             }
             let r = &mut self.running[*ri];
@@ -557,6 +564,12 @@ impl Scheduler {
                 None => r.next = Some(id),
             }
         }
+        // A lone sequence's pass measures what its tree size costs and gives.
+        if let (Some(sp), [p]) = (self.spec.as_mut(), plan.as_slice()) {
+            if let (Some(sizer), Some((asked, draft_s))) = (sp.sizer.as_mut(), p.asked) {
+                sizer.record(asked, p.tokens.len() - 1, draft_s + pass_s, &accepted_path);
+            }
+        }
         // Remove finished requests (highest index first so indices stay valid).
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (ri, reason) in finished {
@@ -585,13 +598,17 @@ impl Scheduler {
             let room_logits = cap.logit_rows.saturating_sub(logit_rows);
             let len = engine.sequence_len(r.seq).unwrap_or(0);
             let room_ctx = engine.max_context().saturating_sub(len + 1);
-            let mut budget =
-                sp.cfg.tree.min(room_rows).min(room_logits).min(room_ctx).min(crate::engine::MAX_TREE_NODES);
+            let want = match sp.sizer.as_mut() {
+                Some(z) => z.choose().min(sp.cfg.tree),
+                None => sp.cfg.tree,
+            };
+            let mut budget = want.min(room_rows).min(room_logits).min(room_ctx).min(crate::engine::MAX_TREE_NODES);
             let one = engine.blocks_needed(Some(r.seq), 1);
             while budget > 0 && engine.blocks_needed(Some(r.seq), 1 + budget) > one + spare {
                 budget -= 1;
             }
             if budget == 0 {
+                p.asked = Some((0, 0.0));
                 continue;
             }
             let mut context = r.context[..r.prompt_len.min(r.context.len())].to_vec();
@@ -599,6 +616,7 @@ impl Scheduler {
             let t = Instant::now();
             let tree = sp.drafter.propose(engine, DraftRequest { key: r.id, seq: r.seq, context: &context, budget })?;
             sp.stats.draft += t.elapsed();
+            p.asked = Some((budget, t.elapsed().as_secs_f64()));
             if tree.is_empty() {
                 continue;
             }
@@ -621,7 +639,7 @@ impl Scheduler {
     /// speculative-sampling rule against the node's children, and emitted; the
     /// walk moves into the child holding it, if any. The accepted path's KV is
     /// kept and the rest of the tree dropped. Returns why the request ended,
-    /// if it did.
+    /// if it did, and the accepted draft nodes (the drafter's numbering).
     #[allow(clippy::too_many_arguments)]
     fn verify_tree(
         &mut self,
@@ -634,7 +652,7 @@ impl Scheduler {
         logits: &[f32],
         report: &mut StepReport,
         sink: &mut dyn FnMut(Event),
-    ) -> Result<Option<FinishReason>> {
+    ) -> Result<(Option<FinishReason>, Vec<u32>)> {
         let v = engine.spec().vocab_size;
         let max_context = engine.max_context();
         let kids = spec::children(parents);
@@ -681,7 +699,9 @@ impl Scheduler {
             sp.stats.emitted += emitted;
             sp.stats.accepted += (path.len() - 1) as u64;
         }
-        Ok(outcome)
+        // The accepted draft nodes, as the drafter numbered them (the root is node 0 here).
+        let draft_path = path[1..].iter().map(|&j| j as u32 - 1).collect();
+        Ok((outcome, draft_path))
     }
 
     /// Ends running request `ri`: frees its blocks, flushes held-back text and

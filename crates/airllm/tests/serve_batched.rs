@@ -372,7 +372,8 @@ fn speculation_in_the_server_keeps_greedy_tokens() {
     let shards = tmp.path().to_path_buf();
     let b = BatchedBackend::spawn("tiny".into(), 16, move || {
         let mut m = AutoModel::from_pretrained(fixture().to_str().unwrap(), options(&shards, 4))?;
-        let spec = Speculator::new(Box::new(PromptLookup::default()), SpecConfig { tree: 16, max_rows: 64 });
+        let spec =
+            Speculator::new(Box::new(PromptLookup::default()), SpecConfig { tree: 16, max_rows: 64, adaptive: true });
         m.set_speculation(Some(spec));
         Ok::<_, airllm::EngineError>(m)
     })

@@ -126,7 +126,7 @@ fn tree_verification_and_compaction_match_transformers() {
 
 /// Greedy generation of 24 tokens after prompt 0 with speculation on.
 fn greedy_with(model: &mut AutoModel, p0: &[u32], drafter: Box<dyn Drafter>, tree: usize) -> (Vec<u32>, f64) {
-    model.set_speculation(Some(Speculator::new(drafter, SpecConfig { tree, max_rows: 128 })));
+    model.set_speculation(Some(Speculator::new(drafter, SpecConfig { tree, max_rows: 128, adaptive: false })));
     let opts = GenerateOptions { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
     let (gens, t) = model.generate(&[Prompt::Ids(p0.to_vec())], &opts, |_| {}).unwrap();
     let stats = t.spec.expect("speculation counters");
@@ -218,7 +218,7 @@ fn speculative_sampling_keeps_the_target_distribution() {
     let draft_dir = tempfile::tempdir().unwrap();
     let Some(mut model) = load(family, tmp.path(), opts(None, Device::Cpu)) else { return };
     let draft = draft_for(family, draft_dir.path(), &model);
-    model.set_speculation(Some(Speculator::new(draft, SpecConfig { tree: 8, max_rows: 128 })));
+    model.set_speculation(Some(Speculator::new(draft, SpecConfig { tree: 8, max_rows: 128, adaptive: false })));
     let cfg = SamplerConfig { temperature: 1.5, top_k: 6, ..Default::default() };
     let runs = 1500;
     let mut seconds: std::collections::HashMap<u32, Vec<u32>> = Default::default();

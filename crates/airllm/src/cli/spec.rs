@@ -34,11 +34,17 @@ pub struct SpecArgs {
     /// Layers before the early exit for --self-draft [default: every leading resident layer].
     #[arg(long, value_name = "N", requires = "self_draft", help_heading = "Speculative decoding")]
     pub self_draft_layers: Option<usize>,
-    /// Draft tokens per sequence and pass (the tree's size, at most 255).
+    /// Draft tokens per sequence and pass at most (the tree's size, up to 255). Each
+    /// pass picks the size between 0 and this that measured the most tokens per
+    /// second so far (rows cost little where weights stream, a lot where arithmetic
+    /// dominates); --fixed-tree always drafts this many.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_tree, help_heading = "Speculative decoding")]
     pub draft_tree: usize,
-    /// Where the draft model runs: auto (beside the model: GPU-resident when the model
-    /// uses a GPU, else the CPU executor), gpu or cpu.
+    /// Always draft --draft-tree tokens (no adaptive size).
+    #[arg(long, help_heading = "Speculative decoding")]
+    pub fixed_tree: bool,
+    /// Where the draft model runs: auto (GPU-resident on a real GPU, else the CPU
+    /// executor, as --device auto decides), gpu or cpu.
     #[arg(long, default_value_t = Device::Auto, help_heading = "Speculative decoding")]
     pub draft_device: Device,
     /// Speculate only while a pass holds fewer token rows than this (a pass full of
@@ -56,7 +62,7 @@ fn parse_tree(s: &str) -> Result<usize, String> {
 
 impl SpecArgs {
     fn config(&self) -> SpecConfig {
-        SpecConfig { tree: self.draft_tree, max_rows: self.draft_max_rows.max(2) }
+        SpecConfig { tree: self.draft_tree, max_rows: self.draft_max_rows.max(2), adaptive: !self.fixed_tree }
     }
 }
 
@@ -119,17 +125,16 @@ pub fn load_with_speculation(m: &ModelArgs, s: &SpecArgs, progress: bool) -> any
     Ok(model)
 }
 
-/// The draft model, all resident, on `--draft-device` (auto: where the model runs).
+/// The draft model, all resident, on `--draft-device`.
 fn load_draft(m: &ModelArgs, s: &SpecArgs, name: &str, progress: bool) -> anyhow::Result<AutoModel> {
     let mut d = m.clone();
     d.model = name.to_owned();
     d.shards_dir = None;
     d.engine.resident_layers = None;
     d.engine.cpu_layers = None;
-    d.engine.device = match s.draft_device {
-        Device::Auto => m.engine.device,
-        other => other,
-    };
+    // auto: a real GPU when there is one, else the CPU executor (a software
+    // rasterizer is far slower than it), whatever --device says for the model.
+    d.engine.device = s.draft_device;
     if progress {
         eprintln!("draft model:");
     }

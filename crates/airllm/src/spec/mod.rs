@@ -35,6 +35,7 @@
 pub mod draft_model;
 pub mod lookup;
 pub mod self_draft;
+pub mod sizer;
 
 use std::time::Duration;
 
@@ -148,11 +149,14 @@ pub struct SpecConfig {
     /// Speculate only while the pass holds fewer token rows than this: a pass
     /// already full of real work (a big batch, a prompt) gains nothing.
     pub max_rows: usize,
+    /// Pick each pass's tree size (at most `tree`) from measured costs and
+    /// acceptance ([`sizer::TreeSizer`]); false: always `tree`.
+    pub adaptive: bool,
 }
 
 impl Default for SpecConfig {
     fn default() -> Self {
-        SpecConfig { tree: 32, max_rows: 128 }
+        SpecConfig { tree: 32, max_rows: 128, adaptive: true }
     }
 }
 
@@ -197,6 +201,8 @@ pub struct Speculator {
     pub cfg: SpecConfig,
     /// Counters.
     pub stats: SpecStats,
+    /// The adaptive tree size (when `cfg.adaptive`).
+    pub sizer: Option<sizer::TreeSizer>,
 }
 
 impl std::fmt::Debug for Speculator {
@@ -208,7 +214,8 @@ impl std::fmt::Debug for Speculator {
 impl Speculator {
     /// Speculation with `drafter`.
     pub fn new(drafter: Box<dyn Drafter>, cfg: SpecConfig) -> Self {
-        Speculator { drafter, cfg, stats: SpecStats::default() }
+        let sizer = cfg.adaptive.then(|| sizer::TreeSizer::new(cfg.tree));
+        Speculator { drafter, cfg, stats: SpecStats::default(), sizer }
     }
 }
 
