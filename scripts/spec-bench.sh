@@ -38,12 +38,12 @@ run() { # case drafter args...
 code=(-f "$here/prompts/code-edit.txt")
 chat=(-f "$here/prompts/chat.txt" --chat)
 run code-edit none "${code[@]}"
-run code-edit prompt-lookup-32 "${code[@]}" --prompt-lookup --draft-tree 32 --fixed-tree
-run code-edit prompt-lookup-adaptive "${code[@]}" --prompt-lookup --draft-tree 32
+run code-edit prompt-lookup-32 "${code[@]}" --prompt-lookup --draft-tree 32
+run code-edit prompt-lookup-adaptive "${code[@]}" --prompt-lookup --draft-tree 32 --adaptive-tree
 run chat none "${chat[@]}"
 if [ -n "$draft" ]; then
-    run chat draft-model-32 "${chat[@]}" --draft-model "$draft" --draft-tree 32 --fixed-tree
-    run chat draft-model-adaptive "${chat[@]}" --draft-model "$draft" --draft-tree 32
+    run chat draft-model-32 "${chat[@]}" --draft-model "$draft" --draft-tree 32
+    run chat draft-model-adaptive "${chat[@]}" --draft-model "$draft" --draft-tree 32 --adaptive-tree
 fi
 python3 - "$out" <<'PY'
 import json, sys

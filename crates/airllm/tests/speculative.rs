@@ -256,3 +256,35 @@ fn speculative_sampling_keeps_the_target_distribution() {
     // 5 degrees of freedom: P(chi2 > 20.52) = 0.001.
     assert!(chi2 < 20.52, "second-token frequencies differ from the target's distribution: chi2 {chi2} over {n}");
 }
+
+/// A draft whose vocabulary differs from the target's (two tokens' ids swapped
+/// in a copy of the fixture's tokenizer) is refused with an error that names the
+/// option and the first differing token.
+#[test]
+fn a_draft_with_another_vocabulary_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("llama-other-vocab");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(fixture("llama")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let tj = copy.join("tokenizer.json");
+    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&tj).unwrap()).unwrap();
+    let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+    // Swap the ids of two tokens (the merges stay valid, the id -> token map does not).
+    let name_of = |v: &serde_json::Map<String, serde_json::Value>, id: u64| {
+        v.iter().find(|(_, x)| x.as_u64() == Some(id)).map(|(k, _)| k.clone()).unwrap()
+    };
+    let (a, b) = (name_of(vocab, 300), name_of(vocab, 301));
+    vocab.insert(a, 301.into());
+    vocab.insert(b, 300.into());
+    std::fs::write(&tj, serde_json::to_vec(&t).unwrap()).unwrap();
+    let Some(target) = load("llama", &tmp.path().join("a"), opts(None, Device::Cpu)) else { return };
+    let o = Options { shards_dir: Some(tmp.path().join("b")), device: Device::Cpu, ..Options::default() };
+    let draft = AutoModel::from_pretrained(copy.to_str().unwrap(), o).unwrap();
+    let err = DraftModel::new(draft, target.tokenizer(), target.spec().vocab_size, "other").unwrap_err().to_string();
+    assert!(err.contains("--draft-model") && err.contains("token 300") && err.contains("tokenizer"), "{err}");
+}

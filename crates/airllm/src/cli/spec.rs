@@ -31,18 +31,20 @@ pub struct SpecArgs {
     /// nothing extra to load or stream; needs --resident-layers > 0.
     #[arg(long, help_heading = "Speculative decoding")]
     pub self_draft: bool,
-    /// Layers before the early exit for --self-draft [default: every leading resident layer].
+    /// Layers before the early exit for --self-draft [default: the leading resident layers,
+    /// at most half of the model's].
     #[arg(long, value_name = "N", requires = "self_draft", help_heading = "Speculative decoding")]
     pub self_draft_layers: Option<usize>,
-    /// Draft tokens per sequence and pass at most (the tree's size, up to 255). Each
-    /// pass picks the size between 0 and this that measured the most tokens per
-    /// second so far (rows cost little where weights stream, a lot where arithmetic
-    /// dominates); --fixed-tree always drafts this many.
+    /// Draft tokens per sequence and pass (the tree's size, up to 255); with
+    /// --adaptive-tree the most.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_tree, help_heading = "Speculative decoding")]
     pub draft_tree: usize,
-    /// Always draft --draft-tree tokens (no adaptive size).
+    /// Pick each pass's tree size between 0 and --draft-tree: the size that measured
+    /// the most tokens per second so far. Extra rows cost little where weights stream
+    /// (a GPU reading layers over PCIe) and nearly a pass each where arithmetic
+    /// dominates (the CPU executor, a software rasterizer); this finds out.
     #[arg(long, help_heading = "Speculative decoding")]
-    pub fixed_tree: bool,
+    pub adaptive_tree: bool,
     /// Where the draft model runs: auto (GPU-resident on a real GPU, else the CPU
     /// executor, as --device auto decides), gpu or cpu.
     #[arg(long, default_value_t = Device::Auto, help_heading = "Speculative decoding")]
@@ -62,7 +64,7 @@ fn parse_tree(s: &str) -> Result<usize, String> {
 
 impl SpecArgs {
     fn config(&self) -> SpecConfig {
-        SpecConfig { tree: self.draft_tree, max_rows: self.draft_max_rows.max(2), adaptive: !self.fixed_tree }
+        SpecConfig { tree: self.draft_tree, max_rows: self.draft_max_rows.max(2), adaptive: self.adaptive_tree }
     }
 }
 

@@ -150,13 +150,13 @@ pub struct SpecConfig {
     /// already full of real work (a big batch, a prompt) gains nothing.
     pub max_rows: usize,
     /// Pick each pass's tree size (at most `tree`) from measured costs and
-    /// acceptance ([`sizer::TreeSizer`]); false: always `tree`.
+    /// acceptance ([`sizer::TreeSizer`]); false (the default): always `tree`.
     pub adaptive: bool,
 }
 
 impl Default for SpecConfig {
     fn default() -> Self {
-        SpecConfig { tree: 32, max_rows: 128, adaptive: true }
+        SpecConfig { tree: 32, max_rows: 128, adaptive: false }
     }
 }
 

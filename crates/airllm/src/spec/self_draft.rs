@@ -19,7 +19,8 @@ const WIDTH: usize = 6;
 /// The self-drafting drafter.
 #[derive(Clone, Debug, Default)]
 pub struct SelfDraft {
-    /// Layers before the exit (None: every leading resident layer).
+    /// Layers before the exit (None: the leading resident layers, at most half
+    /// the model: an exit after every layer would be the model itself, as dear).
     pub layers: Option<usize>,
 }
 
@@ -28,7 +29,7 @@ impl SelfDraft {
     /// the head are not streamed.
     pub fn check(&self, target: &Engine) -> Result<()> {
         let n = target.early_exit_layers();
-        let want = self.layers.unwrap_or(n);
+        let want = self.layers.unwrap_or_else(|| Self::default_layers(target));
         if n == 0 || want == 0 || want > n {
             return Err(EngineError::invalid(
                 "--self-draft",
@@ -43,13 +44,20 @@ impl SelfDraft {
     }
 }
 
+impl SelfDraft {
+    /// The exit when none is given: the leading resident layers, at most half the model.
+    pub fn default_layers(target: &Engine) -> usize {
+        target.early_exit_layers().min(target.spec().num_layers.div_ceil(2))
+    }
+}
+
 impl Drafter for SelfDraft {
     fn name(&self) -> &'static str {
         "self-draft"
     }
 
     fn propose(&mut self, target: &mut Engine, req: DraftRequest<'_>) -> Result<DraftTree> {
-        let layers = self.layers.unwrap_or_else(|| target.early_exit_layers());
+        let layers = self.layers.unwrap_or_else(|| Self::default_layers(target));
         let Some(&root) = req.context.last() else { return Ok(DraftTree::default()) };
         let len = target
             .sequence_len(req.seq)
