@@ -272,8 +272,13 @@ fn engine(s: &Shared) {
         std::thread::sleep(s.cfg.pass_delay);
         s.n.passes.fetch_add(1, Ordering::Relaxed);
         let mut ended: Vec<(RequestId, usize, bool)> = Vec::new();
-        for x in batch.iter_mut() {
-            let (evs, done) = step(x);
+        // A finished sequence's last event is sent only after its blocks and
+        // its running slot are released, so a client that has seen `Finished`
+        // reads metrics that no longer count it (as with the real backend).
+        let mut last: Vec<(usize, GenEvent)> = Vec::new();
+        for (i, x) in batch.iter_mut().enumerate() {
+            let (mut evs, done) = step(x);
+            let held = if done { evs.pop() } else { None };
             let mut alive = true;
             for ev in evs {
                 if matches!(ev, GenEvent::Token { .. }) {
@@ -284,19 +289,30 @@ fn engine(s: &Shared) {
                     break;
                 }
             }
+            if let Some(ev) = held.filter(|_| alive) {
+                last.push((i, ev));
+            }
             if done || !alive {
                 ended.push((x.id, x.blocks, !alive && !done));
             }
         }
         if !ended.is_empty() {
-            let mut q = s.lock();
-            for (id, blocks, cancelled) in &ended {
-                q.kv_used -= blocks;
-                q.running.remove(id);
-                q.cancel.remove(id);
-                if *cancelled {
-                    s.n.cancelled.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut q = s.lock();
+                for (id, blocks, cancelled) in &ended {
+                    q.kv_used -= blocks;
+                    q.running.remove(id);
+                    q.cancel.remove(id);
+                    if *cancelled {
+                        s.n.cancelled.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+            }
+            for (i, ev) in last {
+                if matches!(ev, GenEvent::Token { .. }) {
+                    s.n.generated.fetch_add(1, Ordering::Relaxed);
+                }
+                (batch[i].sink)(ev);
             }
             batch.retain(|x| !ended.iter().any(|(id, _, _)| *id == x.id));
         }
