@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airllm_gpu::kernels::act_mul::{self, ActMul, Activation};
-use airllm_gpu::kernels::attention::{self, Attention};
+use airllm_gpu::kernels::attention::{self, Attention, Splits, split_scratch_bytes};
 use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape, encode_weights};
 use airllm_gpu::kernels::rmsnorm::{self, RmsNorm, RowView};
 use airllm_gpu::kernels::rope::{self, Rope, RopeStyle};
@@ -246,7 +246,8 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
         tree_masks: BufView::whole(&masks),
     };
     let (k, v) = (cache.k(0).expect("k"), cache.v(0).expect("v"));
-    let a = Attention {
+    let scratch = ctx.create_storage_buffer("scratch", split_scratch_bytes(1, heads, 128, Splits::Auto).max(16));
+    let one_pass = Attention {
         layout,
         rows: 1,
         heads,
@@ -262,11 +263,21 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
         scale: 1.0 / (128f32).sqrt(),
         window: 0,
         softcap: 0.0,
+        max_keys: past + 1,
+        splits: Splits::Force(1),
+        scratch: Some(BufView::whole(&scratch)),
     };
+    // The one-pass kernel, then split-K as the launcher would choose it (when it splits).
+    let auto = Attention { splits: Splits::Auto, ..one_pass };
     let kv_bytes = 2 * u64::from(past + 1) * u64::from(layout.kv_heads) * 128 * 4;
-    let mut g = group(c, format!("{adapter}/kernels/attention/f32/decode-{past}{suffix}"), kv_bytes);
-    g.bench_function("run", |b| {
-        b.iter_custom(|n| time_launches(ctx, n, &|rec| attention::launch(rec, &a).expect("attention")))
-    });
-    g.finish();
+    for (a, name) in [(one_pass, String::new()), (auto, format!("/split{}", auto.splits()))] {
+        if !name.is_empty() && auto.splits() == 1 {
+            continue;
+        }
+        let mut g = group(c, format!("{adapter}/kernels/attention/f32/decode-{past}{name}{suffix}"), kv_bytes);
+        g.bench_function("run", |b| {
+            b.iter_custom(|n| time_launches(ctx, n, &|rec| attention::launch(rec, &a).expect("attention")))
+        });
+        g.finish();
+    }
 }

@@ -26,6 +26,17 @@
 //
 // q: row r of q (stride q_stride), head h at column q_off + h * head_dim.
 // out: row r, head h at column out_off + h * head_dim (the layout o_proj reads).
+//
+// SPLIT (split-K, "flash-decoding"): with few rows, rows x heads workgroups
+// leave most of a large GPU idle, so each (row, head)'s visible key list is cut
+// into P.splits chunks of ceil(total / splits) keys and one workgroup runs per
+// (row, head, chunk), in that order (chunk fastest). Instead of the output it
+// writes its chunk's partial state to `partials`, at partial index
+// p = (r * heads + h) * splits + chunk, stride head_dim + 2:
+//   [m, l, o_0 .. o_{d-1}]   (running max, sum of exp(score - m), and the
+//                             unnormalised sum of exp(score - m) * v)
+// An empty chunk writes m = -3e38, l = 0, o = 0. attention_combine.wgsl merges
+// the chunks of each (row, head) into out.
 #include common
 #include reduce
 #include math
@@ -43,6 +54,7 @@ struct Params {
     out_off: u32,
     scale: f32,
     softcap: f32,    // 0: none
+    splits: u32,     // chunks per (row, head) (SPLIT; 1 otherwise)
 }
 
 struct Row {
@@ -91,7 +103,11 @@ fn v_at(i: u32) -> f32 {
 @group(0) @binding(5) var<storage, read> seqs: array<Seq>;
 @group(0) @binding(6) var<storage, read> block_table: array<u32>;
 @group(0) @binding(7) var<storage, read> tree_masks: array<u32>;
+#ifdef SPLIT
+@group(0) @binding(8) var<storage, read_write> partials: array<f32>;
+#else
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
+#endif
 
 const MAX_D: u32 = 256u;
 const DPT: u32 = MAX_D / WG;
@@ -113,7 +129,12 @@ var<workgroup> tree_n: u32;
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
+#ifdef SPLIT
+    let chunk = group_index(ids) % P.splits;
+    let gi = group_index(ids) / P.splits;
+#else
     let gi = group_index(ids);
+#endif
     let h = gi % P.heads;
     let r = min(gi / P.heads, P.rows - 1u);
     let valid = gi / P.heads < P.rows;
@@ -157,14 +178,22 @@ fn main(ids: Ids) {
     if (!valid) {
         total = 0u;
     }
+    // This workgroup walks entries [k_begin, k_end) of the visible key list.
+    var k_begin = 0u;
+    var k_end = total;
+#ifdef SPLIT
+    let per_chunk = (total + P.splits - 1u) / P.splits;
+    k_begin = min(chunk * per_chunk, total);
+    k_end = min(k_begin + per_chunk, total);
+#endif
 
     var m = -3.0e38;
     var l = 0.0;
     var o: array<f32, DPT>;
-    for (var blk = 0u; blk < total; blk += WG) {
+    for (var blk = k_begin; blk < k_end; blk += WG) {
         let k_i = blk + ids.lid;
         var score = -3.0e38;
-        if (k_i < total) {
+        if (k_i < k_end) {
             var s = lo + k_i;
             if (k_i >= pre_hi - lo) {
                 s = tree_slots[k_i - (pre_hi - lo)];
@@ -181,13 +210,13 @@ fn main(ids: Ids) {
         }
         let m_new = max(m, wg_max(score, ids));
         var p = 0.0;
-        if (k_i < total) {
+        if (k_i < k_end) {
             p = exp(score - m_new);
         }
         p_sh[ids.lid] = p;
         let alpha = exp(m - m_new);
         workgroupBarrier();
-        let n = min(WG, total - blk);
+        let n = min(WG, k_end - blk);
         var psum = 0.0;
         for (var j = 0u; j < DPT; j++) {
             o[j] *= alpha;
@@ -213,6 +242,21 @@ fn main(ids: Ids) {
         workgroupBarrier();
     }
 
+#ifdef SPLIT
+    if (valid) {
+        let pb = (gi * P.splits + chunk) * (d + 2u);
+        if (ids.lid == 0u) {
+            partials[pb] = m;
+            partials[pb + 1u] = l;
+        }
+        for (var j = 0u; j < DPT; j++) {
+            let dd = ids.lid + j * WG;
+            if (dd < d) {
+                partials[pb + 2u + dd] = o[j];
+            }
+        }
+    }
+#else
     if (valid) {
         let ob = r * P.out_stride + P.out_off + h * d;
         let inv = select(0.0, 1.0 / l, l > 0.0);
@@ -223,4 +267,5 @@ fn main(ids: Ids) {
             }
         }
     }
+#endif
 }

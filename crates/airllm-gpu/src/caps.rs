@@ -25,6 +25,10 @@ pub struct Caps {
     pub subgroup_min: u32,
     /// Largest subgroup size the adapter may use.
     pub subgroup_max: u32,
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX enabled, with an 8x8x8 f32 x f32 -> f32
+    /// configuration (the one naga 30 can express): the dense prefill GEMM
+    /// uses `shaders/gemm_coop.wgsl`.
+    pub coop_matrix: bool,
     /// TIMESTAMP_QUERY enabled (GPU kernel timing, see [`crate::timing`]).
     pub timestamps: bool,
     /// Largest storage buffer binding in bytes (after any override).
@@ -60,6 +64,48 @@ impl Caps {
     pub fn adapter_slug(&self) -> String {
         slug(&self.adapter_name)
     }
+}
+
+#[cfg(test)]
+impl Caps {
+    /// Caps of a made-up adapter with subgroups of `min..=max` lanes, for
+    /// unit tests of launch-shape choices.
+    pub(crate) fn for_tests(subgroup_min: u32, subgroup_max: u32) -> Caps {
+        Caps {
+            adapter_name: format!("test adapter, subgroups {subgroup_min}..={subgroup_max}"),
+            backend: wgpu::Backend::Vulkan,
+            device_type: wgpu::DeviceType::DiscreteGpu,
+            driver: String::new(),
+            f16: true,
+            subgroup: true,
+            subgroup_min,
+            subgroup_max,
+            coop_matrix: false,
+            timestamps: true,
+            max_binding: 2 << 30,
+            max_buffer: 4 << 30,
+            storage_align: 256,
+            uniform_align: 256,
+            max_workgroups_per_dim: 65535,
+            max_workgroup_storage: 32 << 10,
+            vram_bytes: None,
+            staging: crate::StagingKind::Mapped,
+            host_import: false,
+            host_import_align: 0,
+        }
+    }
+}
+
+/// Whether `adapter` offers 8x8x8 f32 cooperative matrices: the feature and
+/// that configuration among its properties (wgpu 30 itself supports no other
+/// shape, and a device may offer the feature for f16 shapes only).
+pub(crate) fn adapter_has_coop_f32_8x8(adapter: &wgpu::Adapter) -> bool {
+    use wgpu::CooperativeScalarType as T;
+    adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .any(|p| (p.m_size, p.n_size, p.k_size) == (8, 8, 8) && p.ab_type == T::F32 && p.cr_type == T::F32)
 }
 
 fn slug(s: &str) -> String {
@@ -109,7 +155,9 @@ pub struct AdapterReport {
     /// Driver name and info.
     pub driver: String,
     /// Features of interest it offers: `shader-f16`, `subgroup`, `timestamp-query`,
-    /// `external-memory-host` (Vulkan host-memory import, for staging).
+    /// `cooperative-matrix-8x8-f32` (the coop GEMM runs; or `cooperative-matrix
+    /// (no 8x8 f32)` when only other shapes are offered), `external-memory-host`
+    /// (Vulkan host-memory import, for staging).
     pub features: Vec<&'static str>,
     /// Subgroup size range (when subgroups are offered).
     pub subgroup_sizes: (u32, u32),
@@ -173,6 +221,13 @@ pub fn list_adapters() -> Vec<AdapterReport> {
             }
             if feats.contains(wgpu::Features::TIMESTAMP_QUERY) {
                 features.push("timestamp-query");
+            }
+            if adapter_has_coop_f32_8x8(a) {
+                // gemm_coop.wgsl for dense prefill GEMMs
+                features.push("cooperative-matrix-8x8-f32");
+            } else if feats.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                // offered, but not in the one shape naga 30 can express
+                features.push("cooperative-matrix (no 8x8 f32)");
             }
             if crate::host_staging::adapter_supports_host_import(a) {
                 // host-memory staging (GpuOptions::staging = host-imported)

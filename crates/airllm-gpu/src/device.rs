@@ -81,6 +81,9 @@ pub struct GpuOptions {
     pub force_no_subgroup: bool,
     /// Do not enable SHADER_F16 even when offered.
     pub force_no_f16: bool,
+    /// Do not enable cooperative matrices even when offered (the dense
+    /// prefill GEMM then uses `shaders/gemm.wgsl`).
+    pub force_no_coop_matrix: bool,
     /// Cap the largest storage binding (bytes), e.g. to test row splitting.
     pub max_binding_override: Option<u64>,
     /// Cap the largest buffer the engine plans with (bytes), e.g. to test the
@@ -203,7 +206,13 @@ impl GpuContext {
     /// allows and the helpful features it has.
     pub async fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Self> {
         let info = adapter.get_info();
-        let features = adapter.features() & wanted_features(opts);
+        let mut features = adapter.features() & wanted_features(opts);
+        // Cooperative matrices only when the adapter has the one shape the
+        // coop GEMM uses (8x8x8 f32): requesting the feature otherwise would
+        // enable VK_KHR_cooperative_matrix for nothing.
+        if !opts.force_no_coop_matrix && crate::caps::adapter_has_coop_f32_8x8(&adapter) {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         // Ask for everything the adapter offers: the largest storage
         // bindings and buffers decide how often big tensors must be split.
         let limits = adapter.limits();
@@ -239,6 +248,7 @@ impl GpuContext {
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,
+            coop_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding,
             max_buffer: opts.max_buffer_override.map_or(limits.max_buffer_size, |c| c.min(limits.max_buffer_size)),
@@ -255,6 +265,7 @@ impl GpuContext {
             adapter = %caps.adapter_name,
             backend = ?caps.backend,
             subgroup = caps.subgroup,
+            coop_matrix = caps.coop_matrix,
             f16 = caps.f16,
             max_binding = caps.max_binding,
             staging = %caps.staging,
@@ -288,6 +299,7 @@ impl GpuContext {
         caps.subgroup &= self.caps.subgroup;
         caps.f16 &= self.caps.f16;
         caps.timestamps &= self.caps.timestamps;
+        caps.coop_matrix &= self.caps.coop_matrix;
         caps.max_binding = caps.max_binding.clamp(1024, self.caps.max_binding);
         caps.host_import &= self.caps.host_import;
         caps.host_import_align = self.caps.host_import_align;

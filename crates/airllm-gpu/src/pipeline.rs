@@ -102,6 +102,16 @@ pub enum PipelineKey {
         /// Activations read as vec4 (row stride a multiple of 4).
         x_vec4: bool,
     },
+    /// Matrix-matrix product on 8x8 f32 cooperative matrices (32 x 32
+    /// tiles, 64 threads), where the adapter offers them.
+    GemmCoop {
+        /// Weight format.
+        format: WeightFormat,
+        /// 16-byte loads (dense formats with 16-byte aligned rows).
+        wide: bool,
+        /// Activations read as vec4 (row stride a multiple of 4).
+        x_vec4: bool,
+    },
     /// RMSNorm.
     RmsNorm {
         /// Weight format (dense only).
@@ -131,7 +141,12 @@ pub enum PipelineKey {
         subgroup: bool,
         /// The cache holds f16 (packed pairs) instead of f32.
         f16: bool,
+        /// Split-K first pass: one workgroup per (row, head, key chunk),
+        /// writing partial softmax states for [`PipelineKey::AttentionCombine`].
+        split: bool,
     },
+    /// Split-K attention's second pass: merges the chunks' partial states.
+    AttentionCombine,
     /// Gated activation.
     ActMul {
         /// Activation.
@@ -157,6 +172,9 @@ pub(crate) const WG_DEFAULT: u32 = 256;
 pub(crate) const WG_ATTENTION: u32 = 64;
 /// Threads per workgroup of the MoE router (one token per thread).
 pub(crate) const WG_ROUTE: u32 = 64;
+/// Threads per workgroup of the cooperative-matrix GEMM: whole subgroups of
+/// 4..=64 lanes, at most 16 of them for its 16 blocks of 8 x 8.
+pub(crate) const WG_GEMM_COOP: u32 = 64;
 
 impl PipelineKey {
     /// The shader file.
@@ -164,11 +182,13 @@ impl PipelineKey {
         match self {
             PipelineKey::Gemv { .. } => Shader::Gemv,
             PipelineKey::Gemm { .. } => Shader::Gemm,
+            PipelineKey::GemmCoop { .. } => Shader::GemmCoop,
             PipelineKey::RmsNorm { .. } => Shader::RmsNorm,
             PipelineKey::Rope { .. } => Shader::Rope,
             PipelineKey::KvAppend { .. } => Shader::KvAppend,
             PipelineKey::KvCompact => Shader::KvCompact,
             PipelineKey::Attention { .. } => Shader::Attention,
+            PipelineKey::AttentionCombine => Shader::AttentionCombine,
             PipelineKey::ActMul { .. } => Shader::ActMul,
             PipelineKey::Add => Shader::Add,
             PipelineKey::BiasAdd => Shader::BiasAdd,
@@ -183,7 +203,8 @@ impl PipelineKey {
     pub fn workgroup_size(&self) -> u32 {
         match self {
             PipelineKey::Gemm { tile, .. } => tile.threads(),
-            PipelineKey::Attention { .. } => WG_ATTENTION,
+            PipelineKey::GemmCoop { .. } => WG_GEMM_COOP,
+            PipelineKey::Attention { .. } | PipelineKey::AttentionCombine => WG_ATTENTION,
             PipelineKey::MoeRoute => WG_ROUTE,
             _ => WG_DEFAULT,
         }
@@ -204,24 +225,38 @@ impl PipelineKey {
         WG_DEFAULT / u32::from(team) * Self::gemv_rows(tokens)
     }
 
-    /// Whether the variant uses subgroup operations.
+    /// Whether the variant uses subgroup operations (the coop GEMM uses the
+    /// subgroup ids to deal out its blocks).
     pub fn uses_subgroup(&self) -> bool {
         matches!(
             self,
             PipelineKey::Gemv { subgroup: true, .. }
                 | PipelineKey::RmsNorm { subgroup: true, .. }
                 | PipelineKey::Attention { subgroup: true, .. }
+                | PipelineKey::GemmCoop { .. }
         )
+    }
+
+    /// Whether the variant uses cooperative matrices.
+    pub fn uses_coop_matrix(&self) -> bool {
+        matches!(self, PipelineKey::GemmCoop { .. })
     }
 
     /// Device features the variant needs.
     pub fn required_features(&self) -> wgpu::Features {
-        if self.uses_subgroup() { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() }
+        let mut f = wgpu::Features::empty();
+        if self.uses_subgroup() {
+            f |= wgpu::Features::SUBGROUP;
+        }
+        if self.uses_coop_matrix() {
+            f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        f
     }
 
     /// Whether `caps` can run this variant.
     pub fn supported_by(&self, caps: &Caps) -> bool {
-        !self.uses_subgroup() || caps.subgroup
+        (!self.uses_subgroup() || caps.subgroup) && (!self.uses_coop_matrix() || caps.coop_matrix)
     }
 
     /// The WGSL defines of this variant.
@@ -233,6 +268,9 @@ impl PipelineKey {
         if matches!(self, PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. }) {
             d.push(Define::Flag("KV_F16"));
         }
+        if matches!(self, PipelineKey::Attention { split: true, .. }) {
+            d.push(Define::Flag("SPLIT"));
+        }
         match *self {
             PipelineKey::Gemv { format, tokens, wide, x_vec4, team, .. } => {
                 format_defines(format, wide, &mut d);
@@ -242,6 +280,12 @@ impl PipelineKey {
                 d.push(Define::U32("TEAM", u32::from(team)));
                 d.push(Define::U32("TOKENS", u32::from(tokens)));
                 d.push(Define::U32("ROWS", Self::gemv_rows(tokens)));
+            }
+            PipelineKey::GemmCoop { format, wide, x_vec4 } => {
+                format_defines(format, wide, &mut d);
+                if x_vec4 {
+                    d.push(Define::Flag("X_VEC4"));
+                }
             }
             PipelineKey::Gemm { format, wide, x_vec4, .. } => {
                 format_defines(format, wide, &mut d);
@@ -280,7 +324,9 @@ impl PipelineKey {
     /// A coarser label for profiles: op and weight format, e.g. `gemv/q4_0`.
     pub fn profile_label(&self) -> String {
         match self {
-            PipelineKey::Gemv { format, .. } | PipelineKey::Gemm { format, .. } => {
+            PipelineKey::Gemv { format, .. }
+            | PipelineKey::Gemm { format, .. }
+            | PipelineKey::GemmCoop { format, .. } => {
                 format!("{}/{}", self.shader().name(), format.name())
             }
             _ => self.shader().name().to_string(),
@@ -304,6 +350,7 @@ impl PipelineKey {
                     for tile in [GemmTile::T64, GemmTile::T128] {
                         v.push(PipelineKey::Gemm { format, tile, wide, x_vec4 });
                     }
+                    v.push(PipelineKey::GemmCoop { format, wide, x_vec4 });
                 }
             }
         }
@@ -320,9 +367,12 @@ impl PipelineKey {
         v.push(PipelineKey::Rope { interleaved: true });
         for f16 in [false, true] {
             v.push(PipelineKey::KvAppend { f16 });
-            v.push(PipelineKey::Attention { subgroup: false, f16 });
-            v.push(PipelineKey::Attention { subgroup: true, f16 });
+            for split in [false, true] {
+                v.push(PipelineKey::Attention { subgroup: false, f16, split });
+                v.push(PipelineKey::Attention { subgroup: true, f16, split });
+            }
         }
+        v.push(PipelineKey::AttentionCombine);
         v.push(PipelineKey::KvCompact);
         v.push(PipelineKey::ActMul { act: Activation::Silu });
         v.push(PipelineKey::ActMul { act: Activation::GeluTanh });
@@ -383,6 +433,10 @@ impl fmt::Display for PipelineKey {
                 write!(f, "/{}/{}", format.name(), tile.size())?;
                 flags(f, wide, x_vec4)?;
             }
+            PipelineKey::GemmCoop { format, wide, x_vec4 } => {
+                write!(f, "/{}", format.name())?;
+                flags(f, wide, x_vec4)?;
+            }
             PipelineKey::RmsNorm { weight, gemma, in_place, .. } => {
                 write!(f, "/{}", weight.name())?;
                 if gemma {
@@ -396,7 +450,19 @@ impl fmt::Display for PipelineKey {
                 f.write_str(if interleaved { "/interleaved" } else { "/half" })?;
             }
             PipelineKey::ActMul { act } => write!(f, "/{}", act.name())?,
-            PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. } => f.write_str("/kv_f16")?,
+            PipelineKey::KvAppend { f16 } => {
+                if f16 {
+                    f.write_str("/kv_f16")?;
+                }
+            }
+            PipelineKey::Attention { f16, split, .. } => {
+                if f16 {
+                    f.write_str("/kv_f16")?;
+                }
+                if split {
+                    f.write_str("/split")?;
+                }
+            }
             _ => {}
         }
         if self.uses_subgroup() {

@@ -25,6 +25,8 @@ pub enum Shader {
     Gemv,
     /// Tiled matrix-matrix product for prefill (`shaders/gemm.wgsl`).
     Gemm,
+    /// Prefill GEMM on 8x8 f32 cooperative matrices (`shaders/gemm_coop.wgsl`).
+    GemmCoop,
     /// RMSNorm (`shaders/rmsnorm.wgsl`).
     RmsNorm,
     /// Rotary embedding (`shaders/rope.wgsl`).
@@ -35,6 +37,8 @@ pub enum Shader {
     KvCompact,
     /// Attention over the KV cache (`shaders/attention.wgsl`).
     Attention,
+    /// Merge of split-K attention partials (`shaders/attention_combine.wgsl`).
+    AttentionCombine,
     /// Gated activation (`shaders/act_mul.wgsl`).
     ActMul,
     /// Residual add (`shaders/add.wgsl`).
@@ -53,14 +57,16 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader.
-    pub const ALL: [Shader; 14] = [
+    pub const ALL: [Shader; 16] = [
         Shader::Gemv,
         Shader::Gemm,
+        Shader::GemmCoop,
         Shader::RmsNorm,
         Shader::Rope,
         Shader::KvAppend,
         Shader::KvCompact,
         Shader::Attention,
+        Shader::AttentionCombine,
         Shader::ActMul,
         Shader::Add,
         Shader::BiasAdd,
@@ -75,11 +81,13 @@ impl Shader {
         match self {
             Shader::Gemv => "gemv",
             Shader::Gemm => "gemm",
+            Shader::GemmCoop => "gemm_coop",
             Shader::RmsNorm => "rmsnorm",
             Shader::Rope => "rope",
             Shader::KvAppend => "kv_append",
             Shader::KvCompact => "kv_compact",
             Shader::Attention => "attention",
+            Shader::AttentionCombine => "attention_combine",
             Shader::ActMul => "act_mul",
             Shader::Add => "add",
             Shader::BiasAdd => "bias_add",
@@ -100,11 +108,13 @@ impl Shader {
         match self {
             Shader::Gemv => include_str!("../../../shaders/gemv.wgsl"),
             Shader::Gemm => include_str!("../../../shaders/gemm.wgsl"),
+            Shader::GemmCoop => include_str!("../../../shaders/gemm_coop.wgsl"),
             Shader::RmsNorm => include_str!("../../../shaders/rmsnorm.wgsl"),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::KvAppend => include_str!("../../../shaders/kv_append.wgsl"),
             Shader::KvCompact => include_str!("../../../shaders/kv_compact.wgsl"),
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Shader::AttentionCombine => include_str!("../../../shaders/attention_combine.wgsl"),
             Shader::ActMul => include_str!("../../../shaders/act_mul.wgsl"),
             Shader::Add => include_str!("../../../shaders/add.wgsl"),
             Shader::BiasAdd => include_str!("../../../shaders/bias_add.wgsl"),
@@ -149,6 +159,12 @@ impl Define {
 pub fn preprocess(shader: Shader, defines: &[Define], label: &str) -> Result<String, String> {
     let mut out = String::with_capacity(shader.source().len() * 2);
     let _ = writeln!(out, "// {label} (airllm-gpu: {})", shader.path());
+    // WGSL wants `enable` directives before every declaration, so a kernel's
+    // own (e.g. `enable wgpu_cooperative_matrix;`) go above the defines.
+    for line in shader.source().lines().filter(|l| is_enable(l)) {
+        out.push_str(line.trim());
+        out.push('\n');
+    }
     for d in defines {
         if let Define::U32(name, v) = d {
             let _ = writeln!(out, "const {name}: u32 = {v}u;");
@@ -158,6 +174,10 @@ pub fn preprocess(shader: Shader, defines: &[Define], label: &str) -> Result<Str
     let mut included = HashSet::new();
     expand(&shader.path(), shader.source(), &set, &mut included, &mut out)?;
     Ok(out)
+}
+
+fn is_enable(line: &str) -> bool {
+    line.trim_start().starts_with("enable ")
 }
 
 fn expand(
@@ -222,7 +242,8 @@ fn expand(
             }
             continue;
         }
-        if active(&stack) {
+        // enable directives were hoisted by `preprocess`
+        if active(&stack) && !is_enable(line) {
             out.push_str(line);
             out.push('\n');
         }
@@ -247,7 +268,7 @@ fn sorted(set: &HashSet<&str>) -> String {
 }
 
 /// Preprocesses every [`PipelineKey`] variant and validates it with naga,
-/// f16 and subgroup capabilities on, without a GPU. Returns how many were
+/// f16, subgroup and cooperative-matrix capabilities on, without a GPU. Returns how many were
 /// checked. Used by `cargo xtask shaders` and `tests/shaders.rs`.
 pub fn validate_all_shaders() -> Result<usize> {
     let keys = PipelineKey::all_variants();
@@ -285,7 +306,8 @@ pub fn validate_key(key: &PipelineKey) -> Result<()> {
         | naga::valid::Capabilities::SHADER_FLOAT16
         // unpack2x16float: a downlevel flag every Vulkan/Metal/DX12 adapter has
         | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
-        | naga::valid::Capabilities::SUBGROUP;
+        | naga::valid::Capabilities::SUBGROUP
+        | naga::valid::Capabilities::COOPERATIVE_MATRIX;
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps).validate(&module).map_err(|e| {
         GpuError::ShaderInvalid { label: label.clone(), report: e.emit_to_string_with_path(&src, &label) }
     })?;

@@ -10,6 +10,7 @@ use airllm_gpu::kernels::paged::MAX_TREE;
 use crate::engine::exec::Buf;
 use crate::engine::kv::window;
 use crate::options::KvDtype;
+use airllm_gpu::kernels::attention::{Splits, split_scratch_bytes};
 
 /// The shape of the engine's per-step buffers and KV pool (from the engine
 /// configuration).
@@ -29,6 +30,8 @@ pub struct StepCapacity {
     pub kv_block: usize,
     /// KV element type.
     pub kv_dtype: KvDtype,
+    /// Split-K attention chunks (the GPU scratch is sized for this).
+    pub attention_splits: Splits,
 }
 
 /// The KV pool layout for `cap` (blocks rounded up to hold `kv_tokens`).
@@ -185,6 +188,18 @@ pub fn activation_bytes(spec: &ModelSpec, rows: usize, logit_rows: usize) -> u64
     activation_buffers(spec, rows, logit_rows).iter().map(|(_, b)| b).sum()
 }
 
+/// Device bytes of split-K attention's partials buffer (one, shared by every
+/// layer: each attention launch's partials are merged before the next
+/// launch), for steps of `cap.rows` rows: under
+/// [`Splits::Auto`] under 1 MiB for any model (the split is taken only
+/// while rows x heads is small), more under a forced split. 0 when no launch
+/// can split. Allocated by the GPU executor only.
+pub fn attention_scratch_bytes(spec: &ModelSpec, cap: &StepCapacity) -> u64 {
+    let bytes =
+        split_scratch_bytes(cap.rows.max(1) as u32, spec.num_heads as u32, spec.head_dim as u32, cap.attention_splits);
+    if bytes == 0 { 0 } else { storage_size(bytes) }
+}
+
 /// Tree-mask words one row may need.
 pub fn mask_words_per_row() -> usize {
     MAX_TREE.div_ceil(32) as usize
@@ -229,6 +244,7 @@ pub fn fixed_bytes(spec: &ModelSpec, cap: &StepCapacity) -> FixedBytes {
             .map(|l| storage_size(layer_kv_layout(spec, cap, l).layer_bytes()))
             .sum(),
         activations: activation_bytes(spec, cap.rows, cap.logit_rows)
+            + attention_scratch_bytes(spec, cap)
             + step_input_bytes(spec, cap)
             + rope_table_bytes(spec),
     }
@@ -241,7 +257,8 @@ pub struct FixedBytes {
     pub kv: u64,
     /// The part of `kv` in sliding-window layers.
     pub kv_sliding: u64,
-    /// Activations, step inputs and RoPE tables.
+    /// Activations (split-K attention's scratch included), step inputs and
+    /// RoPE tables.
     pub activations: u64,
 }
 
@@ -264,6 +281,7 @@ mod tests {
             kv_tokens: max_context,
             kv_block: 16,
             kv_dtype: KvDtype::F16,
+            attention_splits: Splits::Auto,
         }
     }
 

@@ -17,6 +17,18 @@
 //! layout o_proj reads). head_dim <= 256. Softmax in f32 with a running max
 //! (flash-attention style): nothing of size rows x keys is stored. A row
 //! with no visible key gets zeros.
+//!
+//! # Split-K ("flash-decoding")
+//!
+//! The one-pass kernel runs one workgroup per (row, head). A decode step of
+//! one sequence is `heads` workgroups (32 for an 8B Llama), far too few for a
+//! GPU with 100+ compute units, each walking thousands of keys alone. When
+//! the step is that small and its keys that many ([`choose_splits`]), each
+//! (row, head)'s keys are cut into `S` chunks, one workgroup per chunk writes
+//! its partial softmax state (running max, sum, unnormalised output) to a
+//! scratch buffer, and `shaders/attention_combine.wgsl` merges the `S`
+//! partials into `out`. The caller owns the scratch ([`Attention::scratch`],
+//! sized by [`split_scratch_bytes`]) so that nothing is allocated per step.
 
 use crate::error::Result;
 use crate::kernels::paged::{StepLayout, StepViews};
@@ -27,6 +39,69 @@ use crate::recorder::{Recorder, grid};
 
 /// Largest head dimension the kernel supports.
 pub const MAX_HEAD_DIM: u32 = 256;
+
+/// Workgroups a launch should reach before splitting stops paying. We cannot
+/// query the number of compute units through wgpu, so this is a fixed count:
+/// about two per SM of an H100 (132) or per CU of a large AMD part (96-120),
+/// enough for the scheduler to hide one workgroup's memory stalls behind
+/// another's. A step with at least this many (row, head) pairs never splits.
+pub const SPLIT_TARGET_WORKGROUPS: u32 = 256;
+
+/// Fewest keys a chunk gets from [`choose_splits`]: below a few hundred keys
+/// a chunk's fixed costs (loading q, the partial write, the combine pass)
+/// outweigh the parallelism gained.
+pub const MIN_KEYS_PER_SPLIT: u32 = 256;
+
+/// Most chunks per (row, head); the combine kernel reads every chunk's
+/// (max, sum) per thread, which stays cheap at this count.
+pub const MAX_SPLITS: u32 = 64;
+
+/// How many key chunks a launch cuts each (row, head) into.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Splits {
+    /// [`choose_splits`] decides from the shape (needs [`Attention::scratch`];
+    /// without it the launch is one pass).
+    #[default]
+    Auto,
+    /// Exactly this many chunks (1: the one-pass kernel), for tests and for
+    /// comparing both paths; 1..=[`MAX_SPLITS`].
+    Force(u32),
+}
+
+/// The chunk count [`Splits::Auto`] uses for `rows` rows of `heads` heads
+/// whose longest visible key range is `longest_keys`: 1 (the one-pass
+/// kernel) when `rows * heads` already reaches [`SPLIT_TARGET_WORKGROUPS`];
+/// otherwise enough chunks to reach it, but no more than leave each chunk
+/// [`MIN_KEYS_PER_SPLIT`] keys, and at most [`MAX_SPLITS`].
+pub fn choose_splits(rows: u32, heads: u32, longest_keys: u32) -> u32 {
+    let groups = rows.saturating_mul(heads).max(1);
+    if groups >= SPLIT_TARGET_WORKGROUPS {
+        return 1;
+    }
+    let to_fill = SPLIT_TARGET_WORKGROUPS.div_ceil(groups);
+    let by_keys = longest_keys / MIN_KEYS_PER_SPLIT;
+    let s = to_fill.min(by_keys).min(MAX_SPLITS);
+    if s < 2 { 1 } else { s }
+}
+
+/// Bytes of the split-K scratch for launches of up to `max_rows` rows of
+/// `heads` heads of `head_dim`, under `splits`: each partial holds
+/// `head_dim + 2` f32. Under `Auto`, `rows * heads * choose_splits(..)` stays
+/// below `2 * SPLIT_TARGET_WORKGROUPS` (the split is only taken while
+/// `rows * heads` is under the target, and rounds the target up by less than
+/// one `rows * heads`), whatever the context length. 0 when no launch splits.
+pub fn split_scratch_bytes(max_rows: u32, heads: u32, head_dim: u32, splits: Splits) -> u64 {
+    let groups = u64::from(max_rows) * u64::from(heads);
+    let partials = match splits {
+        Splits::Force(n) if n <= 1 => 0,
+        Splits::Force(n) => groups * u64::from(n),
+        Splits::Auto if groups == 0 => 0,
+        // the largest rows * heads that still splits is target - 1
+        Splits::Auto => (groups.min(u64::from(SPLIT_TARGET_WORKGROUPS) - 1) * u64::from(MAX_SPLITS))
+            .min(2 * u64::from(SPLIT_TARGET_WORKGROUPS)),
+    };
+    partials * (u64::from(head_dim) + 2) * 4
+}
 
 /// Arguments of an attention launch.
 #[derive(Clone, Copy, Debug)]
@@ -61,9 +136,46 @@ pub struct Attention<'a> {
     pub window: u32,
     /// Logit soft-cap (0: none).
     pub softcap: f32,
+    /// An upper bound on any row's visible keys, e.g. the largest `kv_len`
+    /// of the step's sequences (the launcher cannot read the step buffers);
+    /// only [`Splits::Auto`] reads it.
+    pub max_keys: u32,
+    /// Key chunks per (row, head).
+    pub splits: Splits,
+    /// Split-K partials, at least [`split_scratch_bytes`] for this launch's
+    /// rows and splits (a buffer other than every input and `out`); `None`:
+    /// never split under `Auto`, an error under `Force(n > 1)`.
+    pub scratch: Option<BufView<'a>>,
 }
 
 const OP: &str = "attention";
+
+/// The first-pass variant a launch uses on `caps` (the combine pass has one
+/// variant): the workgroup reductions take subgroups whenever the device has
+/// them, for any subgroup size.
+pub(crate) fn key(caps: &crate::caps::Caps, f16: bool, split: bool) -> PipelineKey {
+    PipelineKey::Attention { subgroup: caps.subgroup, f16, split }
+}
+
+impl Attention<'_> {
+    /// The chunk count this launch uses (1: the one-pass kernel).
+    pub fn splits(&self) -> u32 {
+        match self.splits {
+            Splits::Force(n) => n,
+            Splits::Auto if self.scratch.is_none() => 1,
+            Splits::Auto => {
+                // A window bounds a causal row's keys; a tree row adds its
+                // ancestors (at most MAX_TREE) to the windowed prefix.
+                let longest = if self.window > 0 {
+                    self.max_keys.min(self.window.saturating_add(crate::kernels::paged::MAX_TREE))
+                } else {
+                    self.max_keys
+                };
+                choose_splits(self.rows, self.heads, longest)
+            }
+        }
+    }
+}
 
 /// Records the attention.
 pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
@@ -93,9 +205,13 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("rows", a.step.rows)] {
         ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
     }
+    let splits = a.splits();
+    ensure((1..=MAX_SPLITS).contains(&splits), OP, "splits", || format!("{splits} must be in 1..={MAX_SPLITS}"))?;
     let ctx = rec.ctx();
-    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup, f16: l.f16 };
-    let groups = grid(ctx, rows * u64::from(a.heads))?;
+    let split = splits > 1;
+    let key = key(ctx.caps(), l.f16, split);
+    let pairs = rows * u64::from(a.heads);
+    let groups = grid(ctx, pairs * u64::from(splits))?;
     let params = Params::default()
         .u(a.rows)
         .u(a.heads)
@@ -108,7 +224,21 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
         .u(a.out_stride)
         .u(a.out_off)
         .f(a.scale)
-        .f(a.softcap);
+        .f(a.softcap)
+        .u(splits);
+    // The one-pass kernel writes `out`; the split one its partials.
+    let target = if split {
+        let scratch = a.scratch.ok_or_else(|| {
+            crate::error::GpuError::arg(OP, "scratch", format!("{splits} splits need a scratch buffer"))
+        })?;
+        scratch.need_f32(OP, "scratch", pairs * u64::from(splits) * (u64::from(d) + 2))?;
+        for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("out", a.out)] {
+            ensure(v.buffer != scratch.buffer, OP, arg, || "scratch must be a buffer of its own".into())?;
+        }
+        scratch
+    } else {
+        a.out
+    };
     rec.dispatch(
         &key,
         params.bytes()?,
@@ -120,10 +250,15 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
             (5, a.step.seqs),
             (6, a.step.block_table),
             (7, a.step.tree_masks),
-            (8, a.out),
+            (8, target),
         ],
         groups,
-    )
+    )?;
+    if !split {
+        return Ok(());
+    }
+    let params = Params::default().u(a.rows).u(a.heads).u(d).u(splits).u(a.out_stride).u(a.out_off);
+    rec.dispatch(&PipelineKey::AttentionCombine, params.bytes()?, &[(1, target), (2, a.out)], grid(ctx, pairs)?)
 }
 
 /// Host-side arguments of [`reference()`] (the same fields as [`Attention`]

@@ -15,6 +15,8 @@ pub mod attention;
 pub mod elementwise;
 pub mod kv_append;
 pub mod kv_compact;
+#[cfg(test)]
+mod launch_shapes;
 pub mod matmul;
 pub mod moe;
 pub mod paged;

@@ -70,6 +70,13 @@ fn need(v: &RowView, rows: u32) -> u64 {
     (r / h) * u64::from(v.stride) + u64::from(v.off) + (r % h) * u64::from(v.d) + u64::from(v.d)
 }
 
+/// The variant a launch uses on `caps`: the workgroup reduction
+/// (`shaders/lib/reduce.wgsl`) takes subgroups whenever the device has them,
+/// for any subgroup size.
+pub(crate) fn key(caps: &crate::caps::Caps, weight: WeightFormat, gemma: bool, in_place: bool) -> PipelineKey {
+    PipelineKey::RmsNorm { weight, gemma, in_place, subgroup: caps.subgroup }
+}
+
 /// Records the norm.
 pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
     let d = a.x_rows.d;
@@ -103,12 +110,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &RmsNorm<'_>) -> Result<()> {
     let out = a.y.map_or(a.x.buffer, |(y, _)| y.buffer);
     ensure(a.weight.buffer != out, OP, "weight", || "the weight must be in a different buffer from the output".into())?;
     let ctx = rec.ctx();
-    let key = PipelineKey::RmsNorm {
-        weight: a.weight_format,
-        gemma: a.gemma,
-        in_place: a.y.is_none(),
-        subgroup: ctx.caps().subgroup,
-    };
+    let key = key(ctx.caps(), a.weight_format, a.gemma, a.y.is_none());
     let w = rebase(ctx, BufView::new(a.weight.buffer, a.weight.offset, u64::from(d) * eb));
     let (yr, ybind) = match a.y {
         Some((y, yr)) => (yr, Some(y)),

@@ -1,4 +1,4 @@
-use airllm_gpu::kernels::attention::{self, Attention, AttentionShape};
+use airllm_gpu::kernels::attention::{self, Attention, AttentionShape, Splits, split_scratch_bytes};
 use airllm_gpu::kernels::kv_append::{self, KvAppend};
 use airllm_gpu::kernels::paged::{NO_TREE, StepLayout, StepRow, StepSeq, StepViews};
 use airllm_gpu::{BufView, GpuContext, KvCache, KvLayout};
@@ -79,12 +79,16 @@ fn layout(rng: &mut StdRng, c: &Case) -> StepLayout {
 }
 
 /// Fills the cache with random values, appends the step's rows from a fused
-/// qkv buffer with kv_append, runs attention, and checks both against the
-/// references.
-fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
+/// qkv buffer with kv_append, runs attention once per entry of `splits`
+/// (each into its own output), and checks all against the references.
+fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str, splits: &[Splits]) {
+    let step = layout(rng, c);
+    run_step(ctx, rng, c, step, what, splits);
+}
+
+fn run_step(ctx: &GpuContext, rng: &mut StdRng, c: &Case, step: StepLayout, what: &str, splits: &[Splits]) {
     let kl =
         KvLayout { num_blocks: c.num_blocks, block: c.block, kv_heads: c.kv_heads, head_dim: c.head_dim, f16: c.f16 };
-    let step = layout(rng, c);
     let rows = step.rows.len() as u32;
     let d = c.head_dim;
     let (qw, kvw) = (c.heads * d, c.kv_heads * d);
@@ -117,7 +121,10 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     };
     let out_stride = qw + 5;
     let out_len = (rows * out_stride) as usize;
-    let gout = ctx.upload_f32("out", &vec![3.0; out_len]);
+    let gouts: Vec<_> = splits.iter().map(|_| ctx.upload_f32("out", &vec![3.0; out_len])).collect();
+    let scratch_bytes = splits.iter().map(|&sp| split_scratch_bytes(rows, c.heads, d, sp)).max().unwrap_or(0);
+    let scratch = ctx.create_storage_buffer("attention scratch", scratch_bytes.max(16));
+    let max_keys = step.seqs.iter().map(|s| s.kv_len).max().unwrap_or(0);
 
     let mut rec = ctx.recorder("attention");
     kv_append::launch(
@@ -138,9 +145,9 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     )
     .expect("kv_append");
     let scale = 1.0 / (d as f32).sqrt();
-    attention::launch(
-        &mut rec,
-        &Attention {
+    let mut used = Vec::new();
+    for (sp, gout) in splits.iter().zip(&gouts) {
+        let a = Attention {
             layout: kl,
             rows,
             heads: c.heads,
@@ -150,15 +157,19 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
             q_off: 0,
             k_cache: kv,
             v_cache: vv,
-            out: BufView::whole(&gout),
+            out: BufView::whole(gout),
             out_stride,
             out_off: 2,
             scale,
             window: c.window,
             softcap: c.softcap,
-        },
-    )
-    .expect("attention");
+            max_keys,
+            splits: *sp,
+            scratch: Some(BufView::whole(&scratch)),
+        };
+        used.push(a.splits());
+        attention::launch(&mut rec, &a).expect("attention");
+    }
     rec.submit().expect("submit");
 
     kv_append::reference(&kl, &step, &qkv, stride, qw, &mut k_cache);
@@ -181,10 +192,16 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     };
     let mut want = vec![3.0; out_len];
     attention::reference(&shape, &step, &qkv, &k_cache, &v_cache, &mut want);
-    let got = read(ctx, &gout, out_len);
-    // outputs are convex combinations of v (|v| <= 1): error relative to 1
-    assert_close(what, &got, &want, &vec![1.0; out_len], TOL);
+    for ((sp, gout), n) in splits.iter().zip(&gouts).zip(used) {
+        let got = read(ctx, gout, out_len);
+        // outputs are convex combinations of v (|v| <= 1): error relative to 1
+        assert_close(&format!("{what}, {sp:?} ({n} chunks)"), &got, &want, &vec![1.0; out_len], TOL);
+    }
 }
+
+/// What every ragged case runs: the one-pass kernel, the automatic choice,
+/// and a forced split of 3 (rows with fewer keys than chunks included).
+const RAGGED_SPLITS: [Splits; 3] = [Splits::Force(1), Splits::Auto, Splits::Force(3)];
 
 /// Cache contents as uploaded: f32, or packed f16.
 fn cache_bytes(v: &[f32], f16: bool) -> Vec<u8> {
@@ -267,14 +284,14 @@ fn attention_ragged_steps() {
             },
         ];
         for (i, c) in cases.iter().enumerate() {
-            run(ctx, &mut rng, c, &format!("attention {name} case {i}"));
+            run(ctx, &mut rng, c, &format!("attention {name} case {i}"), &RAGGED_SPLITS);
             // The same with an f16 cache (its reference rounds k and v to f16 too).
             let c16 = Case {
                 f16: true,
                 seqs: c.seqs.iter().map(|s| SeqCase { past: s.past, new: s.new, tree: s.tree.clone() }).collect(),
                 ..*c
             };
-            run(ctx, &mut rng, &c16, &format!("attention {name} case {i} f16 cache"));
+            run(ctx, &mut rng, &c16, &format!("attention {name} case {i} f16 cache"), &RAGGED_SPLITS);
         }
     }
 }
@@ -303,6 +320,111 @@ fn attention_tree_masks() {
             softcap: 0.0,
             f16: false,
         };
-        run(ctx, &mut rng, &c, &format!("tree attention {name}"));
+        run(ctx, &mut rng, &c, &format!("tree attention {name}"), &[Splits::Force(1), Splits::Force(5)]);
+    }
+}
+
+/// Split-K against the reference at odd sizes: forced chunk counts from 2 to
+/// more chunks than keys (empty chunks), the automatic choice on a long
+/// decode (where it does split), windows, soft-capping, f16 caches and trees.
+#[test]
+fn attention_split_k() {
+    let contexts = contexts();
+    let mut rng = rng("attention_split_k");
+    for (name, ctx) in &contexts {
+        // A long decode of one sequence beside a short one: Auto splits
+        // (2 rows x 3 heads is far below the target, 1100 keys > 4 x 256).
+        let long = Case {
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 72,
+            block: 16,
+            num_blocks: 80,
+            seqs: vec![seq(1099, 1), seq(6, 1)],
+            window: 0,
+            softcap: 0.0,
+            f16: false,
+        };
+        assert_eq!(attention::choose_splits(2, 3, 1100), 4, "the long case must split under Auto");
+        let splits = [Splits::Auto, Splits::Force(2), Splits::Force(7), Splits::Force(64)];
+        run(ctx, &mut rng, &long, &format!("split {name} long decode"), &splits);
+        // f16 cache (pairs: head_dim even), soft-cap, a prompt chunk over blocks of 7
+        let c = Case {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 38,
+            block: 7,
+            num_blocks: 60,
+            seqs: vec![seq(300, 3), seq(2, 1)],
+            window: 0,
+            softcap: 20.0,
+            f16: true,
+        };
+        run(ctx, &mut rng, &c, &format!("split {name} f16 softcap"), &[Splits::Force(1), Splits::Force(6)]);
+        // a sliding window shorter than the context, chunks of a few keys
+        let c = Case {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 256,
+            block: 16,
+            num_blocks: 30,
+            seqs: vec![seq(400, 1), seq(30, 2)],
+            window: 45,
+            softcap: 0.0,
+            f16: false,
+        };
+        run(ctx, &mut rng, &c, &format!("split {name} window"), &[Splits::Force(1), Splits::Force(9)]);
+        // a token tree of 40 nodes over a 260-slot prefix, MQA, odd head_dim
+        let n = 40u32;
+        let mut parents = vec![u32::MAX];
+        for j in 1..n {
+            parents.push(rng.random_range(0..j));
+        }
+        let c = Case {
+            heads: 5,
+            kv_heads: 1,
+            head_dim: 27,
+            block: 16,
+            num_blocks: 24,
+            seqs: vec![SeqCase { past: 260, new: n, tree: Some(parents) }, seq(3, 1)],
+            window: 0,
+            softcap: 0.0,
+            f16: false,
+        };
+        run(ctx, &mut rng, &c, &format!("split {name} tree"), &[Splits::Force(4), Splits::Force(64)]);
+    }
+}
+
+/// Rows with no visible key get zeros on both paths: tree rows whose masks
+/// are cleared, under a window of 1 that hides the prefix from every node
+/// below the root's depth.
+#[test]
+fn attention_rows_without_keys() {
+    let contexts = contexts();
+    let mut rng = rng("attention_rows_without_keys");
+    for (name, ctx) in &contexts {
+        let n = 6u32;
+        let c = Case {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 16,
+            block: 8,
+            num_blocks: 8,
+            // a chain: node j's parent is j - 1, so node j sits at depth j
+            seqs: vec![SeqCase { past: 20, new: n, tree: Some((0..n).map(|j| j.wrapping_sub(1)).collect()) }],
+            window: 1,
+            softcap: 0.0,
+            f16: false,
+        };
+        let mut step = layout(&mut rng, &c);
+        let mut cleared = 0;
+        for r in 1..step.rows.len() {
+            if r % 2 == 1 {
+                step.tree_masks[step.rows[r].mask as usize] = 0;
+                cleared += 1;
+            }
+        }
+        assert!((0..step.rows.len()).filter(|&r| step.visible_slots(r, c.window).is_empty()).count() == cleared);
+        run_step(ctx, &mut rng, &c, step, &format!("empty rows {name}"), &[Splits::Force(1), Splits::Force(3)]);
     }
 }

@@ -87,6 +87,10 @@ pub struct EngineConfig {
     pub cost_model: bool,
     /// Activation precision of the CPU executor's quantized matmuls.
     pub cpu_precision: airllm_quant::dot::Precision,
+    /// Split-K chunks of GPU attention: `Auto` (split long contexts when a
+    /// step has too few rows x heads to fill the device), or `Force(n)` to
+    /// compare paths (`Force(1)`: never split). The scratch is sized for it.
+    pub attention_splits: airllm_gpu::kernels::attention::Splits,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +112,7 @@ impl Default for EngineConfig {
             cpu_layers: o.cpu_layers,
             cost_model: false,
             cpu_precision: o.cpu_precision,
+            attention_splits: Default::default(),
         }
     }
 }
@@ -124,6 +129,7 @@ impl EngineConfig {
             kv_tokens: self.kv_tokens.unwrap_or(self.max_context).max(1),
             kv_block: self.kv_block.max(1),
             kv_dtype: self.kv_dtype,
+            attention_splits: self.attention_splits,
         }
     }
 }
@@ -548,7 +554,7 @@ impl Engine {
                     Some(sl) if n[1] > 0 => Some(KvCache::new(&ctx, n[1], sl)?),
                     _ => None,
                 };
-                let act = GpuActivations::new(&ctx, &spec, cap.rows as u32, cap.logit_rows as u32);
+                let act = GpuActivations::new(&ctx, &spec, &cap);
                 let inputs = StepBuffers::new(&ctx, &spec, &cap);
                 let ropes =
                     spec.distinct_ropes().into_iter().map(|r| (r, ctx.upload_f32("inv_freq", &r.inv_freq()))).collect();
@@ -1151,6 +1157,8 @@ impl Engine {
         // What a CPU-placed sliding layer reads: the step with its block tables.
         let sliding_layout = (!s.sliding_block_table.is_empty() && self.cpu.is_some())
             .then(|| StepLayout { block_table: s.sliding_block_table.clone(), ..s.layout.clone() });
+        // Bounds every row's visible keys (GPU attention's split choice).
+        let max_kv_len = s.layout.seqs.iter().map(|q| q.kv_len).max().unwrap_or(0);
         for ui in 0..self.units.len() {
             let sliding = matches!(self.units[ui].unit, Unit::Layer(l) if self.layer_sliding[l as usize]);
             let layer_kv = match (&self.swa, sliding) {
@@ -1264,6 +1272,7 @@ impl Engine {
                     ropes: &g.ropes,
                     kv,
                     rows,
+                    max_kv_len,
                 };
                 if !skip {
                     run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;

@@ -40,6 +40,11 @@ pub fn unit_values(format: WeightFormat) -> u64 {
 /// teams). `None` when no team size fits the subgroups.
 pub fn team(format: WeightFormat, n: u32, k: u32, tokens: u8, caps: &Caps, subgroup: bool) -> Option<u16> {
     let units = format.padded_cols(u64::from(k)) / unit_values(format);
+    // The subgroup variant keeps one partial per subgroup in WG / 4 slots
+    // (shaders/gemv.wgsl), so subgroups narrower than 4 lanes would overrun it.
+    if subgroup && caps.subgroup_min != 0 && caps.subgroup_min < GEMV_MIN_SUBGROUP {
+        return None;
+    }
     // an unreported maximum counts as the largest in use (Adreno: 128)
     let sg = if caps.subgroup_max == 0 { 128 } else { caps.subgroup_max };
     let min = if subgroup { u64::from(sg) } else { 0 };
@@ -56,17 +61,34 @@ pub fn team(format: WeightFormat, n: u32, k: u32, tokens: u8, caps: &Caps, subgr
 /// Workgroups a GEMV launch aims for at least (see [`team`]).
 pub const MIN_GROUPS: u32 = 16;
 
-pub(crate) fn dispatch(rec: &mut Recorder<'_>, m: &Matmul<'_>, s: &Split<'_>) -> Result<()> {
-    let ctx = rec.ctx();
-    let caps = ctx.caps();
-    let tokens = bucket(m.shape.t);
-    let team_for = |sg: bool| team(m.format, s.rows, m.shape.k, tokens, caps, sg);
+/// Narrowest subgroup the subgroup variant handles (see [`team`]).
+pub const GEMV_MIN_SUBGROUP: u32 = 4;
+
+/// The variant a launch of `t` tokens over `n` rows of `k` columns uses on
+/// `caps`: the subgroup reduction when the caps allow it and some team fits
+/// the subgroups, the shared-memory one otherwise. Also returns the rows
+/// one workgroup of that variant covers.
+pub(crate) fn key(
+    caps: &Caps,
+    format: WeightFormat,
+    n: u32,
+    k: u32,
+    t: u32,
+    wide: bool,
+    x_vec4: bool,
+) -> (PipelineKey, u32) {
+    let tokens = bucket(t);
+    let team_for = |sg: bool| team(format, n, k, tokens, caps, sg);
     let (subgroup, team) = match team_for(caps.subgroup) {
         Some(t) if caps.subgroup => (true, t),
         _ => (false, team_for(false).unwrap_or(GEMV_TEAMS[0])),
     };
-    let key = PipelineKey::Gemv { format: m.format, tokens, wide: s.wide, x_vec4: s.x_vec4, subgroup, team };
-    let rows = PipelineKey::gemv_rows_per_group(tokens, team);
+    (PipelineKey::Gemv { format, tokens, wide, x_vec4, subgroup, team }, PipelineKey::gemv_rows_per_group(tokens, team))
+}
+
+pub(crate) fn dispatch(rec: &mut Recorder<'_>, m: &Matmul<'_>, s: &Split<'_>) -> Result<()> {
+    let ctx = rec.ctx();
+    let (key, rows) = key(ctx.caps(), m.format, s.rows, m.shape.k, m.shape.t, s.wide, s.x_vec4);
     let groups = grid(ctx, u64::from(s.rows).div_ceil(u64::from(rows)))?;
     let bias = m.bias.unwrap_or(crate::pool::BufView::whole(&ctx.dummy));
     let params = s.params(m);

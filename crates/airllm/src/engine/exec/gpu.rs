@@ -4,7 +4,7 @@
 
 use airllm_format::{Activation, AttentionSpec, ModelSpec, MoeSpec, NormKind, Role, RopeSpec, RopeStyle};
 use airllm_gpu::kernels::act_mul::{self, ActMul};
-use airllm_gpu::kernels::attention::{self, Attention};
+use airllm_gpu::kernels::attention::{self, Attention, Splits};
 use airllm_gpu::kernels::elementwise::{self, Mat};
 use airllm_gpu::kernels::kv_append::{self, KvAppend};
 use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
@@ -26,17 +26,31 @@ pub struct GpuActivations {
     /// Logit rows the head buffers hold.
     pub logit_rows: u32,
     bufs: Vec<(Buf, wgpu::Buffer)>,
+    /// Split-K attention's partials, shared by every layer (None: no launch
+    /// can split). GPU only, so not a [`Buf`].
+    attn_partials: Option<wgpu::Buffer>,
+    /// The split setting the partials are sized for.
+    attention_splits: Splits,
 }
 
 impl GpuActivations {
-    /// Buffers for `rows` token rows and `logit_rows` logit rows, with the
-    /// sizes [`crate::sizing::activation_buffers`] gives (the planner's numbers).
-    pub fn new(ctx: &airllm_gpu::GpuContext, spec: &ModelSpec, rows: u32, logit_rows: u32) -> Self {
-        let bufs = crate::sizing::activation_buffers(spec, rows as usize, logit_rows as usize)
+    /// Buffers for `cap`'s token and logit rows, with the sizes
+    /// [`crate::sizing::activation_buffers`] and
+    /// [`crate::sizing::attention_scratch_bytes`] give (the planner's numbers).
+    pub fn new(ctx: &airllm_gpu::GpuContext, spec: &ModelSpec, cap: &crate::sizing::StepCapacity) -> Self {
+        let bufs = crate::sizing::activation_buffers(spec, cap.rows, cap.logit_rows)
             .into_iter()
             .map(|(b, bytes)| (b, ctx.create_storage_buffer(&format!("{b:?}"), bytes)))
             .collect();
-        GpuActivations { rows, logit_rows, bufs }
+        let scratch = crate::sizing::attention_scratch_bytes(spec, cap);
+        let attn_partials = (scratch > 0).then(|| ctx.create_storage_buffer("attention partials", scratch));
+        GpuActivations {
+            rows: cap.rows as u32,
+            logit_rows: cap.logit_rows as u32,
+            bufs,
+            attn_partials,
+            attention_splits: cap.attention_splits,
+        }
     }
 
     /// The buffer behind `b`.
@@ -47,7 +61,7 @@ impl GpuActivations {
 
     /// Bytes allocated.
     pub fn bytes(&self) -> u64 {
-        self.bufs.iter().map(|(_, b)| b.size()).sum()
+        self.bufs.iter().map(|(_, b)| b.size()).sum::<u64>() + self.attn_partials.as_ref().map_or(0, |b| b.size())
     }
 }
 
@@ -83,6 +97,9 @@ pub struct GpuExec<'r, 'c, 'a> {
     pub kv: Option<GpuKv<'a>>,
     /// Token rows of the step.
     pub rows: u32,
+    /// The most slots any sequence of the step has filled (bounds every
+    /// row's visible keys: attention's split choice reads it).
+    pub max_kv_len: u32,
 }
 
 fn view(act: &GpuActivations, v: View) -> BufView<'_> {
@@ -233,6 +250,9 @@ impl Exec for GpuExec<'_, '_, '_> {
                 scale: a.scale,
                 window: a.window.unwrap_or(0) as u32,
                 softcap: a.softcap.unwrap_or(0.0),
+                max_keys: self.max_kv_len,
+                splits: act.attention_splits,
+                scratch: act.attn_partials.as_ref().map(BufView::whole),
             },
         )?;
         Ok(())
