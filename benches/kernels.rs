@@ -270,8 +270,8 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
     // The one-pass kernel, then split-K as the launcher would choose it (when it splits).
     let auto = Attention { splits: Splits::Auto, ..one_pass };
     let kv_bytes = 2 * u64::from(past + 1) * u64::from(layout.kv_heads) * 128 * 4;
-    for (a, name) in [(one_pass, String::new()), (auto, format!("/split{}", auto.splits()))] {
-        if !name.is_empty() && auto.splits() == 1 {
+    for (a, name) in [(one_pass, String::new()), (auto, format!("/split{}", auto.chunk_count()))] {
+        if !name.is_empty() && auto.chunk_count() == 1 {
             continue;
         }
         let mut g = group(c, format!("{adapter}/kernels/attention/f32/decode-{past}{name}{suffix}"), kv_bytes);

@@ -159,7 +159,7 @@ pub(crate) fn key(caps: &crate::caps::Caps, f16: bool, split: bool) -> PipelineK
 
 impl Attention<'_> {
     /// The chunk count this launch uses (1: the one-pass kernel).
-    pub fn splits(&self) -> u32 {
+    pub fn chunk_count(&self) -> u32 {
         match self.splits {
             Splits::Force(n) => n,
             Splits::Auto if self.scratch.is_none() => 1,
@@ -205,7 +205,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     for (arg, v) in [("q", a.q), ("k_cache", a.k_cache), ("v_cache", a.v_cache), ("rows", a.step.rows)] {
         ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
     }
-    let splits = a.splits();
+    let splits = a.chunk_count();
     ensure((1..=MAX_SPLITS).contains(&splits), OP, "splits", || format!("{splits} must be in 1..={MAX_SPLITS}"))?;
     let ctx = rec.ctx();
     let split = splits > 1;

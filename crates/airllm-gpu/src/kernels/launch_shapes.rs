@@ -164,3 +164,35 @@ fn attention_split_choice() {
     assert_eq!(split_scratch_bytes(8, 4, 64, Splits::Force(1)), 0);
     assert_eq!(split_scratch_bytes(8, 4, 64, Splits::Force(5)), 8 * 4 * 5 * 66 * 4);
 }
+
+/// The cooperative-matrix GEMM is chosen only with the feature and subgroup
+/// sizes whose subgroups tile its 64 invocations and deal out its 16 blocks
+/// evenly; otherwise the tiled GEMM, and both choices are listed variants.
+#[test]
+fn gemm_coop_only_where_subgroups_fit() {
+    use crate::kernels::matmul::gemm;
+    use crate::pipeline::WG_GEMM_COOP;
+    let all = variants();
+    let blocks = (gemm::COOP_TILE / 8) * (gemm::COOP_TILE / 8);
+    for ((min, max), usable) in
+        [((32, 32), true), ((64, 64), true), ((8, 32), true), ((4, 128), false), ((1, 32), false)]
+    {
+        for coop_matrix in [false, true] {
+            let caps = Caps { coop_matrix, ..Caps::for_tests(min, max) };
+            for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Quant(Codec::Q4K)] {
+                let (key, tokens, rows) = gemm::key(&caps, format, 100, false, true);
+                let what = format!("{} coop {coop_matrix}: {key}", caps.adapter_name);
+                assert!(all.contains(&key), "{what} is not among the translated variants");
+                assert_eq!(key.uses_coop_matrix(), coop_matrix && usable, "{what}");
+                assert!(key.supported_by(&caps), "{what}: chosen but not supported");
+                if key.uses_coop_matrix() {
+                    assert_eq!((tokens, rows), (gemm::COOP_TILE, gemm::COOP_TILE), "{what}");
+                    for s in sizes(&caps) {
+                        assert!(WG_GEMM_COOP.is_multiple_of(s), "{what}: partial subgroup of {s}");
+                        assert!(blocks.is_multiple_of(WG_GEMM_COOP / s), "{what}: {s}-lane subgroups");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -167,7 +167,7 @@ fn run_step(ctx: &GpuContext, rng: &mut StdRng, c: &Case, step: StepLayout, what
             splits: *sp,
             scratch: Some(BufView::whole(&scratch)),
         };
-        used.push(a.splits());
+        used.push(a.chunk_count());
         attention::launch(&mut rec, &a).expect("attention");
     }
     rec.submit().expect("submit");

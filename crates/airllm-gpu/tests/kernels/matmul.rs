@@ -98,20 +98,48 @@ fn gemv_all_formats() {
     }
 }
 
+/// GEMM cases of every format at odd sizes (partial tiles on both edges).
+fn gemm_cases(ctx: &GpuContext, rng: &mut StdRng, name: &str) {
+    for format in WeightFormat::ALL {
+        for k in k_for(format, rng) {
+            for (t, n) in [(9u32, 37u32), (70, 65), (130, 131)] {
+                let shape = MatmulShape { t, n, k, x_stride: k, y_stride: n + 3, y_off: 1, accumulate: t == 70 };
+                let case = Case { format, shape, bias: t != 9, w_offset: 0 };
+                run_case(ctx, rng, &case, &format!("{name} {format} t={t} n={n} k={k}"));
+            }
+        }
+    }
+}
+
+/// The tiled `gemm.wgsl` (cooperative matrices off, so it runs on every adapter).
 #[test]
 fn gemm_all_formats() {
     let contexts = contexts();
     let Some((_, ctx)) = contexts.first() else { return };
-    let mut rng = rng("gemm_all_formats");
-    for format in WeightFormat::ALL {
-        for k in k_for(format, &mut rng) {
-            for (t, n) in [(9u32, 37u32), (70, 65), (130, 131)] {
-                let shape = MatmulShape { t, n, k, x_stride: k, y_stride: n + 3, y_off: 1, accumulate: t == 70 };
-                let case = Case { format, shape, bias: t != 9, w_offset: 0 };
-                run_case(ctx, &mut rng, &case, &format!("gemm {format} t={t} n={n} k={k}"));
-            }
-        }
+    let ctx = ctx.with_caps(|c| c.coop_matrix = false);
+    gemm_cases(&ctx, &mut rng("gemm_all_formats"), "gemm");
+}
+
+/// `gemm_coop.wgsl` on 8x8 f32 cooperative matrices, where the adapter has
+/// them (lavapipe does not: skipped with the reason printed).
+#[test]
+fn gemm_coop_all_formats() {
+    let contexts = contexts();
+    let Some((_, ctx)) = contexts.first() else { return };
+    let caps = ctx.caps();
+    if !matmul::gemm::coop_usable(caps) {
+        let why = if !caps.coop_matrix {
+            "the adapter offers no 8x8x8 f32 cooperative matrices (EXPERIMENTAL_COOPERATIVE_MATRIX)".to_string()
+        } else {
+            format!(
+                "subgroups {}..={} (enabled: {}) do not fit its 64-thread workgroups (needs 4..=64)",
+                caps.subgroup_min, caps.subgroup_max, caps.subgroup
+            )
+        };
+        eprintln!("skipping gemm_coop on {}: {why}", caps.adapter_name);
+        return;
     }
+    gemm_cases(ctx, &mut rng("gemm_coop_all_formats"), "gemm_coop");
 }
 
 /// Weights at an offset inside a larger buffer (a layer slot) that is not a
