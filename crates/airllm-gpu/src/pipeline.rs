@@ -450,11 +450,7 @@ impl fmt::Display for PipelineKey {
                 f.write_str(if interleaved { "/interleaved" } else { "/half" })?;
             }
             PipelineKey::ActMul { act } => write!(f, "/{}", act.name())?,
-            PipelineKey::KvAppend { f16 } => {
-                if f16 {
-                    f.write_str("/kv_f16")?;
-                }
-            }
+            PipelineKey::KvAppend { f16: true } => f.write_str("/kv_f16")?,
             PipelineKey::Attention { f16, split, .. } => {
                 if f16 {
                     f.write_str("/kv_f16")?;

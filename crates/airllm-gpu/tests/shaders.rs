@@ -1,5 +1,6 @@
 //! Offline shader validation: every PipelineKey variant is preprocessed and
-//! validated with naga (f16 and subgroup capabilities on). No GPU needed.
+//! validated with naga (f16, subgroup and cooperative-matrix capabilities
+//! on). No GPU needed.
 
 use airllm_gpu::{PipelineKey, validate_all_shaders};
 
@@ -25,9 +26,16 @@ fn labels_are_unique() {
 
 #[test]
 fn subgroup_variants_declare_the_feature() {
+    use airllm_gpu::wgpu::Features;
     for k in PipelineKey::all_variants() {
         let src = k.wgsl().unwrap();
-        assert_eq!(src.contains("subgroupAdd(") || src.contains("subgroupMax("), k.uses_subgroup(), "{k}");
-        assert_eq!(k.required_features().contains(airllm_gpu::wgpu::Features::SUBGROUP), k.uses_subgroup());
+        // subgroup reductions, or the subgroup ids (the coop GEMM deals its
+        // blocks out by subgroup)
+        let subgroup = ["subgroupAdd(", "subgroupMax(", "ids.sg_id", "ids.n_sg"].iter().any(|p| src.contains(p));
+        assert_eq!(subgroup, k.uses_subgroup(), "{k}");
+        assert_eq!(k.required_features().contains(Features::SUBGROUP), k.uses_subgroup(), "{k}");
+        let coop = src.contains("coopMultiplyAdd(");
+        assert_eq!(coop, k.uses_coop_matrix(), "{k}");
+        assert_eq!(k.required_features().contains(Features::EXPERIMENTAL_COOPERATIVE_MATRIX), coop, "{k}");
     }
 }
