@@ -252,20 +252,26 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
             out.push((u, Role::PostAttnNorm, vec![h]));
         }
         out.push((u, Role::MlpNorm, vec![h]));
-        if let Some(m) = spec.moe {
-            out.push((u, Role::Router, vec![m.num_experts, h]));
-            for e in 0..m.num_experts as u32 {
-                out.push((u, Role::ExpertGate(e), vec![i, h]));
-                out.push((u, Role::ExpertUp(e), vec![i, h]));
-                out.push((u, Role::ExpertDown(e), vec![h, i]));
+        match spec.layer(l as usize).mlp {
+            crate::layers::MlpSpec::Moe(m) => {
+                out.push((u, Role::Router, vec![m.num_experts, h]));
+                for e in 0..m.num_experts as u32 {
+                    out.push((u, Role::ExpertGate(e), vec![i, h]));
+                    out.push((u, Role::ExpertUp(e), vec![i, h]));
+                    out.push((u, Role::ExpertDown(e), vec![h, i]));
+                }
             }
-        } else if matches!(spec.family, crate::spec::Family::Phi3 | crate::spec::Family::Glm) {
-            out.push((u, Role::GateUp, vec![2 * i, h]));
-            out.push((u, Role::Down, vec![h, i]));
-        } else {
-            out.push((u, Role::Gate, vec![i, h]));
-            out.push((u, Role::Up, vec![i, h]));
-            out.push((u, Role::Down, vec![h, i]));
+            // A dense layer of a sparse model (Qwen3-MoE `mlp_only_layers`) has its own width.
+            crate::layers::MlpSpec::Dense { intermediate: i } => {
+                if matches!(spec.family, crate::spec::Family::Phi3 | crate::spec::Family::Glm) {
+                    out.push((u, Role::GateUp, vec![2 * i, h]));
+                    out.push((u, Role::Down, vec![h, i]));
+                } else {
+                    out.push((u, Role::Gate, vec![i, h]));
+                    out.push((u, Role::Up, vec![i, h]));
+                    out.push((u, Role::Down, vec![h, i]));
+                }
+            }
         }
         if sandwich {
             out.push((u, Role::PostMlpNorm, vec![h]));

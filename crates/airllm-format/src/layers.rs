@@ -163,6 +163,14 @@ impl ModelSpec {
         if let Some(&bad) = o.dense_layers.iter().find(|&&l| l >= self.num_layers) {
             return Err(format!("dense layer {bad} is past num_hidden_layers {}", self.num_layers));
         }
+        if let Some(w) = o.dense_intermediate_size
+            && (w == 0 || w > crate::spec::limits::MAX_INTERMEDIATE)
+        {
+            return Err(format!(
+                "intermediate_size {w} of the dense layers must be in 1..={}",
+                crate::spec::limits::MAX_INTERMEDIATE
+            ));
+        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - [`ModelSpec`]: one architecture-neutral description of a decoder-only model,
 //!   parsed from a Hugging Face `config.json` (transformers 4 or 5 key layout) for
-//!   the families llama, mistral, qwen2, qwen3, mixtral, phi3, gemma, gemma2, gemma3
+//!   the families llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, phi3, gemma, gemma2, gemma3
 //!   and glm.
 //! - [`Checkpoint`]: a memory-mapped Hugging Face safetensors checkpoint (one file or
 //!   an index with several), every tensor assigned a [`Unit`] and [`Role`].

@@ -332,7 +332,23 @@ pub fn classify_hf(name: &str) -> Option<(Unit, Role)> {
         "mlp.up_proj.bias" => Role::UpBias,
         "mlp.down_proj.bias" => Role::DownBias,
         "block_sparse_moe.gate.weight" => Role::Router,
+        // Qwen3-MoE (and the Qwen2-MoE / DeepSeek layout): `mlp.gate` is the router,
+        // `mlp.experts.E.{gate,up,down}_proj` the experts.
+        "mlp.gate.weight" => Role::Router,
         other => {
+            if let Some(e) = other.strip_prefix("mlp.experts.") {
+                let (e, w) = e.split_once('.')?;
+                let e: u32 = e.parse().ok()?;
+                return Some((
+                    unit,
+                    match w {
+                        "gate_proj.weight" => Role::ExpertGate(e),
+                        "up_proj.weight" => Role::ExpertUp(e),
+                        "down_proj.weight" => Role::ExpertDown(e),
+                        _ => return None,
+                    },
+                ));
+            }
             let e = other.strip_prefix("block_sparse_moe.experts.")?;
             let (e, w) = e.split_once('.')?;
             let e: u32 = e.parse().ok()?;
@@ -408,6 +424,10 @@ pub fn hf_name(family: Family, unit: Unit, role: Role) -> String {
         Role::GateBias => "mlp.gate_proj.bias".into(),
         Role::UpBias => "mlp.up_proj.bias".into(),
         Role::DownBias => "mlp.down_proj.bias".into(),
+        Role::Router if family == Family::Qwen3Moe => "mlp.gate.weight".into(),
+        Role::ExpertGate(e) if family == Family::Qwen3Moe => format!("mlp.experts.{e}.gate_proj.weight"),
+        Role::ExpertUp(e) if family == Family::Qwen3Moe => format!("mlp.experts.{e}.up_proj.weight"),
+        Role::ExpertDown(e) if family == Family::Qwen3Moe => format!("mlp.experts.{e}.down_proj.weight"),
         Role::Router => "block_sparse_moe.gate.weight".into(),
         Role::ExpertGate(e) => format!("block_sparse_moe.experts.{e}.w1.weight"),
         Role::ExpertUp(e) => format!("block_sparse_moe.experts.{e}.w3.weight"),
@@ -429,6 +449,11 @@ mod name_tests {
             assert_eq!(classify_hf(&n), Some((Unit::Layer(3), role)), "{n}");
             assert_eq!(classify_hf_for(Family::Llama, &n), Some((Unit::Layer(3), role)), "{n}");
         }
+        for role in [Role::Router, Role::ExpertGate(5), Role::ExpertUp(0), Role::ExpertDown(127), Role::Down] {
+            let n = hf_name(Family::Qwen3Moe, Unit::Layer(1), role);
+            assert_eq!(classify_hf_for(Family::Qwen3Moe, &n), Some((Unit::Layer(1), role)), "{n}");
+        }
+        assert_eq!(hf_name(Family::Qwen3Moe, Unit::Layer(0), Role::Router), "model.layers.0.mlp.gate.weight");
         let head = hf_name(Family::Llama, Unit::LmHead, Role::LmHead);
         assert_eq!(classify_hf(&head), Some((Unit::LmHead, Role::LmHead)));
         for family in [Family::Gemma2, Family::Gemma3] {

@@ -26,6 +26,10 @@ pub enum Family {
     Qwen3,
     /// `MixtralForCausalLM` (sparse MoE).
     Mixtral,
+    /// `Qwen3MoeForCausalLM`: Qwen3 attention (q/k norm, explicit head_dim) with a
+    /// sparse MoE of many narrow experts; `mlp_only_layers` / `decoder_sparse_step`
+    /// make some layers dense MLPs of `intermediate_size`.
+    Qwen3Moe,
     /// `Phi3ForCausalLM` (fused qkv and gate_up).
     Phi3,
     /// `GemmaForCausalLM` (`1 + w` norms, GELU-tanh, scaled embeddings).
@@ -42,12 +46,13 @@ pub enum Family {
 
 impl Family {
     /// Every family, in documentation order.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
         Family::Qwen3,
         Family::Mixtral,
+        Family::Qwen3Moe,
         Family::Phi3,
         Family::Gemma,
         Family::Gemma2,
@@ -63,6 +68,7 @@ impl Family {
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Qwen3 => "Qwen3ForCausalLM",
             Family::Mixtral => "MixtralForCausalLM",
+            Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Phi3 => "Phi3ForCausalLM",
             Family::Gemma => "GemmaForCausalLM",
             Family::Glm => "GlmForCausalLM",
@@ -79,6 +85,7 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Mixtral => "mixtral",
+            Family::Qwen3Moe => "qwen3_moe",
             Family::Phi3 => "phi3",
             Family::Gemma => "gemma",
             Family::Glm => "glm",
@@ -107,6 +114,24 @@ impl Family {
     /// their checkpoints name the four norms of a layer differently from Llama's two.
     pub const fn has_sandwich_norms(self) -> bool {
         matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
+
+    /// Sparse mixture-of-experts families (their spec carries a [`MoeSpec`]).
+    pub const fn is_moe(self) -> bool {
+        matches!(self, Family::Mixtral | Family::Qwen3Moe)
+    }
+
+    /// Per-head RMSNorm on q and k before RoPE.
+    pub const fn has_qk_norm(self) -> bool {
+        matches!(self, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3)
+    }
+
+    /// The config.json key of the expert count (for error messages).
+    pub const fn experts_key(self) -> &'static str {
+        match self {
+            Family::Qwen3Moe => "num_experts",
+            _ => "num_local_experts",
+        }
     }
 
     /// Comma-separated class names, for error messages.
@@ -411,9 +436,13 @@ impl ModelSpec {
         };
         // GLM's attention_bias covers q/k/v only; Llama's covers o as well.
         let o_bias = match family {
-            Family::Llama | Family::Mistral | Family::Qwen3 | Family::Gemma | Family::Gemma2 | Family::Gemma3 => {
-                attention_bias.unwrap_or(false)
-            }
+            Family::Llama
+            | Family::Mistral
+            | Family::Qwen3
+            | Family::Qwen3Moe
+            | Family::Gemma
+            | Family::Gemma2
+            | Family::Gemma3 => attention_bias.unwrap_or(false),
             _ => false,
         };
         let mlp_bias = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
@@ -426,7 +455,20 @@ impl ModelSpec {
                 top_k: cfg.usize("num_experts_per_tok")?,
                 renormalize: true,
             }),
+            // Hub key layout: `num_experts`, `num_experts_per_tok`; transformers'
+            // Qwen3MoeConfig defaults `norm_topk_prob` to false.
+            Family::Qwen3Moe => Some(MoeSpec {
+                num_experts: cfg.usize("num_experts")?,
+                top_k: cfg.usize("num_experts_per_tok")?,
+                renormalize: cfg.opt_bool("norm_topk_prob")?.unwrap_or(false),
+            }),
             _ => None,
+        };
+        // Qwen3-MoE: the spec's `intermediate_size` is the expert width
+        // (`moe_intermediate_size`); the dense layers keep `intermediate_size`.
+        let (intermediate_size, dense_mlp) = match family {
+            Family::Qwen3Moe => (cfg.usize("moe_intermediate_size")?, Some(qwen3_moe_dense_layers(cfg, num_layers)?)),
+            _ => (intermediate_size, None),
         };
         // transformers computes sqrt(hidden) in the activation dtype: f32 here.
         let embedding_scale = family.is_gemma().then(|| (hidden_size as f32).sqrt());
@@ -447,7 +489,7 @@ impl ModelSpec {
             qkv_bias,
             o_bias,
             mlp_bias,
-            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            qk_norm: family.has_qk_norm(),
             tie_word_embeddings,
             sliding_window,
             moe,
@@ -461,10 +503,15 @@ impl ModelSpec {
             ),
             layers: cfg.layer_overrides(num_layers)?,
         };
-        let spec = match family {
+        let mut spec = match family {
             Family::Gemma2 | Family::Gemma3 => gemma::hf_overrides(spec, cfg)?,
             _ => spec,
         };
+        if let Some(dense_layers) = dense_mlp {
+            let dense_width = cfg.usize("intermediate_size")?;
+            spec.layers.dense_layers = dense_layers;
+            spec.layers.dense_intermediate_size = (dense_width != spec.intermediate_size).then_some(dense_width);
+        }
         spec.validate().map_err(|m| cfg.err(&m))?;
         Ok(spec)
     }
@@ -511,7 +558,8 @@ impl ModelSpec {
         }
         if let Some(m) = self.moe {
             if m.num_experts == 0 || m.num_experts > MAX_EXPERTS {
-                return Err(format!("num_local_experts {} must be in 1..={MAX_EXPERTS}", m.num_experts));
+                let key = self.family.experts_key();
+                return Err(format!("{key} {} must be in 1..={MAX_EXPERTS}", m.num_experts));
             }
             if m.top_k == 0 || m.top_k > m.num_experts {
                 return Err(format!("num_experts_per_tok {} must be in 1..={}", m.top_k, m.num_experts));
@@ -548,13 +596,13 @@ impl ModelSpec {
                 self.embedding_scale
             ));
         }
-        if self.qk_norm != matches!(f, Family::Qwen3 | Family::Gemma3) {
+        if self.qk_norm != f.has_qk_norm() {
             return Err(format!("qk_norm {} disagrees with the {f} family", self.qk_norm));
         }
         if f == Family::Qwen2 && !self.qkv_bias {
             return Err("qkv_bias false disagrees with the qwen2 family (its q/k/v projections have biases)".into());
         }
-        if self.moe.is_some() != (f == Family::Mixtral) {
+        if self.moe.is_some() != f.is_moe() {
             return Err(format!(
                 "a mixture of experts is {} for the {f} family",
                 if self.moe.is_some() { "set" } else { "missing" }
@@ -580,15 +628,35 @@ impl ModelSpec {
         let mut per_layer: usize = 1 + 1 + 1; // attention norm, o, mlp norm
         per_layer += if self.family == Family::Phi3 { 1 } else { 3 + if self.qkv_bias { 3 } else { 0 } };
         per_layer += usize::from(self.o_bias) + if self.qk_norm { 2 } else { 0 };
-        per_layer += match self.moe {
-            Some(m) => m.num_experts.saturating_mul(3).saturating_add(1),
-            None if matches!(self.family, Family::Phi3 | Family::Glm) => 2,
-            None => 3,
+        let dense_mlp = if matches!(self.family, Family::Phi3 | Family::Glm) { 2 } else { 3 };
+        // Layers listed in `dense_layers` of a sparse model have a dense MLP
+        // (counted from the list, not by walking every layer, so a damaged layer
+        // count costs nothing here).
+        let (moe_layers, dense_layers, moe_mlp) = match self.moe {
+            Some(m) => {
+                let dense = self.dense_layer_count();
+                (self.num_layers - dense, dense, m.num_experts.saturating_mul(3).saturating_add(1))
+            }
+            None => (0, self.num_layers, 0),
         };
         let head = usize::from(!self.tie_word_embeddings);
         // Sandwich norms (post-attention, post-MLP) where a layer has them.
         let sandwiched = if self.layers.sandwich_norms { self.num_layers } else { 0 };
-        per_layer.saturating_mul(self.num_layers).saturating_add(sandwiched.saturating_mul(2)).saturating_add(2 + head)
+        per_layer
+            .saturating_mul(self.num_layers)
+            .saturating_add(moe_layers.saturating_mul(moe_mlp))
+            .saturating_add(dense_layers.saturating_mul(dense_mlp))
+            .saturating_add(sandwiched.saturating_mul(2))
+            .saturating_add(2 + head)
+    }
+
+    /// Layers of a sparse model whose MLP is dense (distinct entries of
+    /// `layers.dense_layers` below `num_layers`).
+    fn dense_layer_count(&self) -> usize {
+        let mut d: Vec<usize> = self.layers.dense_layers.iter().copied().filter(|&l| l < self.num_layers).collect();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
     }
 
     /// Width of the q projection output.
@@ -617,14 +685,19 @@ impl ModelSpec {
         if self.qk_norm {
             attn += 2 * self.head_dim as u64;
         }
-        let mlp_one = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let mlp = match self.moe {
-            Some(m) => m.num_experts as u64 * mlp_one + m.num_experts as u64 * h,
-            None => mlp_one,
+        let mlp_of = |i: u64| 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        let dense_i = self.layers.dense_intermediate_size.unwrap_or(self.intermediate_size) as u64;
+        let (moe_layers, moe_mlp) = match self.moe {
+            Some(m) => {
+                let n = (self.num_layers - self.dense_layer_count()) as u64;
+                (n, m.num_experts as u64 * mlp_of(i) + m.num_experts as u64 * h)
+            }
+            None => (0, 0),
         };
-        let per_layer = attn + mlp;
+        let dense_layers = self.num_layers as u64 - moe_layers;
+        let dense_mlp = if self.moe.is_some() { mlp_of(dense_i) } else { mlp_of(i) };
         let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_layers as u64 * per_layer + h + head
+        v * h + self.num_layers as u64 * attn + moe_layers * moe_mlp + dense_layers * dense_mlp + h + head
     }
 }
 
@@ -650,6 +723,38 @@ pub mod limits {
     pub const MAX_CONTEXT: usize = 1 << 30;
     /// End-of-sequence ids.
     pub const MAX_EOS_IDS: usize = 64;
+}
+
+/// Qwen3-MoE's dense layers, by transformers' rule (`Qwen3MoeDecoderLayer`): a
+/// layer is sparse unless it is listed in `mlp_only_layers` or
+/// `(layer + 1) % decoder_sparse_step != 0`.
+fn qwen3_moe_dense_layers(cfg: &Cfg<'_>, num_layers: usize) -> Result<Vec<usize>> {
+    let step = cfg.opt_usize("decoder_sparse_step")?.unwrap_or(1);
+    if step == 0 {
+        return Err(cfg.err("field `decoder_sparse_step` must be at least 1 (every step-th layer is sparse)"));
+    }
+    let mut only = Vec::new();
+    match cfg.v.get("mlp_only_layers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, x) in a.iter().enumerate() {
+                match x.as_u64() {
+                    Some(l) if (l as usize) < num_layers => only.push(l as usize),
+                    _ => {
+                        return Err(cfg.err(&format!(
+                            "mlp_only_layers[{i}] is {}; it must be a layer index below num_hidden_layers \
+                             ({num_layers})",
+                            excerpt(x)
+                        )));
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(cfg.err(&format!("field `mlp_only_layers` must be a list of layer indices, found {}", excerpt(other))));
+        }
+    }
+    Ok((0..num_layers.min(limits::MAX_LAYERS)).filter(|l| only.contains(l) || (l + 1) % step != 0).collect())
 }
 
 /// A padding id outside the vocabulary is dropped with a warning rather than refused:
@@ -881,6 +986,65 @@ mod tests {
         let e = parse(v).unwrap_err().to_string();
         assert!(e.contains("FalconForCausalLM") && e.contains("MixtralForCausalLM"), "{e}");
         assert!(e.contains("Gemma2ForCausalLM") && e.contains("Gemma3ForCausalLM"), "{e}");
+        assert!(e.contains("Qwen3MoeForCausalLM"), "{e}");
+    }
+
+    fn qwen3_moe() -> Value {
+        json!({
+            "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 64, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+            "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": true,
+            "decoder_sparse_step": 1, "mlp_only_layers": [1], "vocab_size": 512, "rms_norm_eps": 1e-6,
+            "rope_theta": 1e6
+        })
+    }
+
+    #[test]
+    fn qwen3_moe_layers_experts_and_widths() {
+        let s = parse(qwen3_moe()).unwrap();
+        assert_eq!(s.family, Family::Qwen3Moe);
+        assert_eq!(s.moe, Some(MoeSpec { num_experts: 8, top_k: 2, renormalize: true }));
+        assert!(s.qk_norm);
+        assert_eq!(s.head_dim, 32);
+        assert_eq!(s.intermediate_size, 32, "the expert width");
+        use crate::layers::MlpSpec;
+        assert_eq!(s.layer(0).mlp, MlpSpec::Moe(s.moe.unwrap()));
+        assert_eq!(s.layer(1).mlp, MlpSpec::Dense { intermediate: 128 });
+        // decoder_sparse_step 2: only layers 1 and 3 ((l + 1) % 2 == 0) are sparse, minus mlp_only_layers.
+        let mut v = qwen3_moe();
+        v["decoder_sparse_step"] = json!(2);
+        v["mlp_only_layers"] = json!([]);
+        let s = parse(v).unwrap();
+        let sparse: Vec<usize> = (0..4).filter(|&l| matches!(s.layer(l).mlp, MlpSpec::Moe(_))).collect();
+        assert_eq!(sparse, vec![1, 3]);
+        // 3 attention + 2 norms + 2 q/k norms per layer, + 25 per sparse layer, 3 per dense one.
+        assert_eq!(s.expected_tensor_count(), 4 * 7 + 2 * 25 + 2 * 3 + 3);
+        assert_eq!(s.expected_tensor_count(), crate::checkpoint::expected_tensors(&s).len());
+        // transformers' default: no renormalisation.
+        let mut v = qwen3_moe();
+        v.as_object_mut().unwrap().remove("norm_topk_prob");
+        assert!(!parse(v).unwrap().moe.unwrap().renormalize);
+    }
+
+    #[test]
+    fn qwen3_moe_bad_configs_name_the_key() {
+        let cases = [
+            ("num_experts_per_tok", json!(9), "num_experts_per_tok"),
+            ("num_experts", json!(0), "num_experts"),
+            ("decoder_sparse_step", json!(0), "decoder_sparse_step"),
+            ("mlp_only_layers", json!([7]), "mlp_only_layers"),
+            ("mlp_only_layers", json!("1"), "mlp_only_layers"),
+        ];
+        for (key, value, named) in cases {
+            let mut v = qwen3_moe();
+            v[key] = value;
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains(named) && e.contains("config.json"), "{key}: {e}");
+        }
+        let mut v = qwen3_moe();
+        v.as_object_mut().unwrap().remove("moe_intermediate_size");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("moe_intermediate_size"), "{e}");
     }
 
     #[test]

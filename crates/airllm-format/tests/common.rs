@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub const FAMILIES: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "glm"];
+pub const FAMILIES: [&str; 9] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "phi3", "gemma", "glm"];
 
 /// `testdata/tiny/<family>` in the repository.
 pub fn fixture(family: &str) -> PathBuf {

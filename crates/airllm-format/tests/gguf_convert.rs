@@ -28,6 +28,7 @@ fn gguf_arch(family: Family) -> &'static str {
         Family::Llama | Family::Mistral | Family::Mixtral => "llama",
         Family::Qwen2 => "qwen2",
         Family::Qwen3 => "qwen3",
+        Family::Qwen3Moe => "qwen3moe",
         Family::Gemma => "gemma",
         Family::Phi3 => "phi3",
         Family::Gemma2 => "gemma2",
@@ -102,7 +103,9 @@ fn convert(family_dir: &Path, out: &Path) {
         .kv(&k("block_count"), GgufValue::U32(s.num_layers as u32))
         .kv(&k("context_length"), GgufValue::U32(s.max_position_embeddings as u32))
         .kv(&k("embedding_length"), GgufValue::U32(s.hidden_size as u32))
-        .kv(&k("feed_forward_length"), GgufValue::U32(s.intermediate_size as u32))
+        // Qwen3-MoE: feed_forward_length is the dense layers' width (convert_hf_to_gguf.py
+        // writes intermediate_size there and moe_intermediate_size as the expert width).
+        .kv(&k("feed_forward_length"), GgufValue::U32(s.layers.dense_intermediate_size.unwrap_or(s.intermediate_size) as u32))
         .kv(&k("attention.head_count"), GgufValue::U32(s.num_heads as u32))
         .kv(&k("attention.head_count_kv"), GgufValue::U32(s.num_kv_heads as u32))
         .kv(&k("attention.key_length"), GgufValue::U32(s.head_dim as u32))
@@ -111,8 +114,11 @@ fn convert(family_dir: &Path, out: &Path) {
         .kv(&k("rope.freq_base"), GgufValue::F32(s.rope.theta))
         .kv(&k("rope.dimension_count"), GgufValue::U32(s.rope.rotary_dim as u32));
     if let Some(m) = s.moe {
-        b.kv("llama.expert_count", GgufValue::U32(m.num_experts as u32));
-        b.kv("llama.expert_used_count", GgufValue::U32(m.top_k as u32));
+        b.kv(&k("expert_count"), GgufValue::U32(m.num_experts as u32));
+        b.kv(&k("expert_used_count"), GgufValue::U32(m.top_k as u32));
+        if s.family == Family::Qwen3Moe {
+            b.kv(&k("expert_feed_forward_length"), GgufValue::U32(s.intermediate_size as u32));
+        }
     }
     if let airllm_format::RopeScaling::Llama3 {
         factor,
@@ -224,7 +230,7 @@ fn convert(family_dir: &Path, out: &Path) {
 
 #[test]
 fn converted_fixtures_shard_to_the_same_weights_spec_and_tokens() {
-    for family in ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma"] {
+    for family in ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "phi3", "gemma"] {
         let tmp = tempfile::tempdir().unwrap();
         let gguf = tmp.path().join(format!("{family}.gguf"));
         convert(&fixture(family), &gguf);
@@ -277,6 +283,12 @@ fn converted_fixtures_shard_to_the_same_weights_spec_and_tokens() {
                 assert_eq!(entry.format, t.format, "{family} {}", t.name);
                 assert!(got == &want[..], "{family}: {} differs after GGUF -> shards", t.name);
             }
+        }
+        if family == "qwen3_moe" {
+            // Layer 1 is dense (mlp_only_layers): no router in the GGUF, so a dense layer there too.
+            assert_eq!(src.spec().layers.dense_layers, vec![1]);
+            let e = src.tensors().iter().find(|t| t.role == Role::ExpertUp(7) && t.unit == Unit::Layer(2)).unwrap();
+            assert_eq!(e.name, "blk.2.ffn_up_exps.weight[7]");
         }
         if family == "mixtral" {
             let e = src.tensors().iter().find(|t| t.role == Role::ExpertDown(3)).unwrap();

@@ -19,8 +19,20 @@ use airllm::{AutoModel, Device, GenerateOptions, Options, Prompt};
 use airllm_quant::Compression;
 use safetensors::SafeTensors;
 
-const FAMILIES: [&str; 11] =
-    ["llama", "mistral", "qwen2", "qwen2_bf16", "qwen3", "mixtral", "phi3", "gemma", "gemma2", "gemma3", "glm"];
+const FAMILIES: [&str; 12] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen2_bf16",
+    "qwen3",
+    "mixtral",
+    "qwen3_moe",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "glm",
+];
 /// The fixtures README's bound for an independent f32 implementation.
 const TOL: f32 = 1e-4;
 
@@ -189,7 +201,7 @@ macro_rules! family_tests {
     )*};
 }
 
-family_tests!(llama, mistral, qwen2, qwen2_bf16, qwen3, mixtral, phi3, gemma, gemma2, gemma3, glm);
+family_tests!(llama, mistral, qwen2, qwen2_bf16, qwen3, mixtral, qwen3_moe, phi3, gemma, gemma2, gemma3, glm);
 
 #[test]
 fn families_list_is_complete() {

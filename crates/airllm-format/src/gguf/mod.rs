@@ -20,7 +20,8 @@
 //! - [`GgufSource`]: a [`TensorSource`](crate::TensorSource) for
 //!   [`write_shards`](crate::write_shards). Architectures: `llama` (Llama,
 //!   Mistral, SmolLM; Mixtral when `llama.expert_count` is set), `qwen2`,
-//!   `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`. llama.cpp stores Gemma's norm
+//!   `qwen3`, `qwen3moe` (Qwen3-MoE: stacked `ffn_*_exps` experts, layers
+//!   without `ffn_gate_inp` dense), `gemma`, `gemma2`, `gemma3`, `phi3`. llama.cpp stores Gemma's norm
 //!   weights (all of them, q/k and sandwich norms included) as `1 + w`, so those
 //!   specs say [`NormKind::Rms`](crate::NormKind::Rms). llama.cpp
 //!   permutes llama-architecture Q and K rows for its adjacent-pair RoPE; the

@@ -6,7 +6,7 @@ use crate::layers::{LayerOverrides, LayerType, layer_types_from_pattern};
 use crate::spec::{Activation, Family, ModelSpec, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
 
 /// GGUF architectures this reader maps, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, gemma, gemma2, gemma3, phi3";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama (Llama 1-3, Mistral, SmolLM, ...; with llama.expert_count: Mixtral), qwen2, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3";
 
 /// How a GGUF architecture maps onto a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,7 @@ pub fn arch_info(meta: &GgufMetadata) -> Result<(String, ArchInfo)> {
         }
         "qwen2" => info(Family::Qwen2, false, false),
         "qwen3" => info(Family::Qwen3, false, false),
+        "qwen3moe" => info(Family::Qwen3Moe, false, false),
         "gemma" => info(Family::Gemma, false, false),
         "gemma2" => info(Family::Gemma2, false, false),
         "gemma3" => info(Family::Gemma3, false, false),
@@ -137,7 +138,14 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
     {
         return Err(meta.err(format!("attention.value_length {v} differs from key_length {head_dim}; not supported")));
     }
-    let intermediate_size = required(meta, &k("feed_forward_length"))?;
+    // Qwen3-MoE: the spec's intermediate_size is the expert width; the dense
+    // MLP width (`feed_forward_length`) is kept for layers without a router.
+    let (intermediate_size, dense_width) = match family {
+        Family::Qwen3Moe => {
+            (required(meta, &k("expert_feed_forward_length"))?, count(meta, &k("feed_forward_length"))?)
+        }
+        _ => (required(meta, &k("feed_forward_length"))?, None),
+    };
     let vocab_size = match meta.tensor("token_embd.weight") {
         Some(t) => bounded(meta, "token_embd.weight rows", t.shape().first().copied().unwrap_or(0))?,
         None => match meta.get_array("tokenizer.ggml.tokens") {
@@ -183,6 +191,13 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             top_k: required(meta, "llama.expert_used_count")?,
             renormalize: true,
         }),
+        // llama.cpp's qwen3moe graph always renormalises the kept weights
+        // (Qwen3-MoE checkpoints set norm_topk_prob); a file that says otherwise wins.
+        Family::Qwen3Moe => Some(MoeSpec {
+            num_experts: required(meta, &k("expert_count"))?,
+            top_k: required(meta, &k("expert_used_count"))?,
+            renormalize: meta.get_bool(&k("expert_weights_norm")).unwrap_or(true),
+        }),
         _ => None,
     };
     let mut eos_token_ids = Vec::new();
@@ -219,7 +234,7 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         qkv_bias: family == Family::Qwen2 || has("blk.0.attn_q.bias") || has("blk.0.attn_qkv.bias"),
         o_bias: has("blk.0.attn_output.bias"),
         mlp_bias: has("blk.0.ffn_down.bias"),
-        qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+        qk_norm: family.has_qk_norm(),
         tie_word_embeddings: !has("output.weight"),
         sliding_window: match (family, count(meta, &k("attention.sliding_window"))?) {
             // llama.cpp's default for Gemma 2 files that do not say.
@@ -234,7 +249,22 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         pad_token_id: crate::spec::usable_pad(token_id(meta, "tokenizer.ggml.padding_token_id")?, vocab_size),
         layers: Default::default(),
     };
-    let spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };
+    let mut spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };
+    if family == Family::Qwen3Moe {
+        // A layer without a router (`ffn_gate_inp`) is a dense MLP (Qwen3-MoE's
+        // `mlp_only_layers`); GGUF has no key for the list, the tensors say it.
+        spec.layers.dense_layers = (0..num_layers.min(crate::spec::limits::MAX_LAYERS))
+            .filter(|l| !has(&format!("blk.{l}.ffn_gate_inp.weight")))
+            .collect();
+        if !spec.layers.dense_layers.is_empty() && dense_width.is_none() {
+            return Err(meta.err(format!(
+                "layers {:?} have no router (dense MLPs) but {} is missing",
+                spec.layers.dense_layers,
+                k("feed_forward_length")
+            )));
+        }
+        spec.layers.dense_intermediate_size = dense_width.filter(|&w| w != intermediate_size);
+    }
     spec.validate().map_err(|m| meta.err(m))?;
     Ok(spec)
 }
