@@ -1017,8 +1017,9 @@ mod tests {
         let s = parse(v).unwrap();
         let sparse: Vec<usize> = (0..4).filter(|&l| matches!(s.layer(l).mlp, MlpSpec::Moe(_))).collect();
         assert_eq!(sparse, vec![1, 3]);
-        // 3 attention + 2 norms + 2 q/k norms per layer, + 25 per sparse layer, 3 per dense one.
-        assert_eq!(s.expected_tensor_count(), 4 * 7 + 2 * 25 + 2 * 3 + 3);
+        // q, k, v, o, 2 norms, 2 q/k norms per layer; + 25 per sparse layer (router, 8 x 3
+        // experts), 3 per dense one; + embedding, final norm, lm_head.
+        assert_eq!(s.expected_tensor_count(), 4 * 8 + 2 * 25 + 2 * 3 + 3);
         assert_eq!(s.expected_tensor_count(), crate::checkpoint::expected_tensors(&s).len());
         // transformers' default: no renormalisation.
         let mut v = qwen3_moe();
