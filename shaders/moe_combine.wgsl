@@ -1,7 +1,7 @@
 // Mixture-of-experts combine for expert e:
 //   out[t, out_off + c] += w[t * E + e] * y[t, y_off + c]
-// (the facade runs each expert's MLP densely over all tokens; tokens that did
-// not pick expert e have weight 0).
+// (for an expert run densely over all tokens; tokens that did not pick expert
+// e have weight 0. The engine runs experts sparsely: moe_gather/moe_scatter).
 #include common
 
 struct Params {

@@ -149,6 +149,10 @@ pub enum PipelineKey {
     MoeRoute,
     /// MoE combine.
     MoeCombine,
+    /// Sparse MoE row gather.
+    MoeGather,
+    /// Sparse MoE weighted row scatter-add.
+    MoeScatter,
 }
 
 /// Threads per workgroup of the row/element kernels.
@@ -176,6 +180,8 @@ impl PipelineKey {
             PipelineKey::Softcap => Shader::Softcap,
             PipelineKey::MoeRoute => Shader::MoeRoute,
             PipelineKey::MoeCombine => Shader::MoeCombine,
+            PipelineKey::MoeGather => Shader::MoeGather,
+            PipelineKey::MoeScatter => Shader::MoeScatter,
         }
     }
 
@@ -333,6 +339,8 @@ impl PipelineKey {
             PipelineKey::Softcap,
             PipelineKey::MoeRoute,
             PipelineKey::MoeCombine,
+            PipelineKey::MoeGather,
+            PipelineKey::MoeScatter,
         ]);
         v
     }

@@ -49,11 +49,15 @@ pub enum Shader {
     MoeRoute,
     /// MoE weighted combine (`shaders/moe_combine.wgsl`).
     MoeCombine,
+    /// Sparse MoE: gather an expert's token rows (`shaders/moe_gather.wgsl`).
+    MoeGather,
+    /// Sparse MoE: weighted scatter-add of an expert's output rows (`shaders/moe_scatter.wgsl`).
+    MoeScatter,
 }
 
 impl Shader {
     /// Every shader.
-    pub const ALL: [Shader; 14] = [
+    pub const ALL: [Shader; 16] = [
         Shader::Gemv,
         Shader::Gemm,
         Shader::RmsNorm,
@@ -68,6 +72,8 @@ impl Shader {
         Shader::Softcap,
         Shader::MoeRoute,
         Shader::MoeCombine,
+        Shader::MoeGather,
+        Shader::MoeScatter,
     ];
 
     /// The op name, as in file names, labels and bench ids.
@@ -87,6 +93,8 @@ impl Shader {
             Shader::Softcap => "softcap",
             Shader::MoeRoute => "moe_route",
             Shader::MoeCombine => "moe_combine",
+            Shader::MoeGather => "moe_gather",
+            Shader::MoeScatter => "moe_scatter",
         }
     }
 
@@ -112,6 +120,8 @@ impl Shader {
             Shader::Softcap => include_str!("../../../shaders/softcap.wgsl"),
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::MoeCombine => include_str!("../../../shaders/moe_combine.wgsl"),
+            Shader::MoeGather => include_str!("../../../shaders/moe_gather.wgsl"),
+            Shader::MoeScatter => include_str!("../../../shaders/moe_scatter.wgsl"),
         }
     }
 }

@@ -161,6 +161,7 @@ pub fn activation_buffers(spec: &ModelSpec, rows: usize, logit_rows: usize) -> V
         .max()
         .unwrap_or(spec.intermediate_size);
     let experts = spec.moe.map(|m| m.num_experts).unwrap_or(1);
+    let top_k = spec.moe.map(|m| m.top_k).unwrap_or(1);
     vec![
         (Buf::X, r * f(h)),
         (Buf::H, r * f(h)),
@@ -169,6 +170,10 @@ pub fn activation_buffers(spec: &ModelSpec, rows: usize, logit_rows: usize) -> V
         (Buf::Gu, r * f(2 * inter)),
         (Buf::Act, r * f(inter)),
         (Buf::ExpertOut, if spec.moe.is_some() { r * f(h) } else { 16 }),
+        (Buf::ExpertIn, if spec.moe.is_some() { r * f(h) } else { 16 }),
+        // The (row, expert) pairs of the sparse dispatch: u32 rows and f32 weights.
+        (Buf::MoeRows, r * f(top_k)),
+        (Buf::MoeWeights, r * f(top_k)),
         (Buf::RouterLogits, r * f(experts)),
         (Buf::RouterWeights, r * f(experts)),
         (Buf::LastX, lr * f(h)),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};
 use safetensors::SafeTensors;
 
-const FAMILIES: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "glm"];
+const FAMILIES: [&str; 9] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "phi3", "gemma", "glm"];
 /// The fixtures README's bound for an independent f32 implementation.
 const TOL: f32 = 1e-4;
 
@@ -176,11 +176,11 @@ macro_rules! family_tests {
     )*};
 }
 
-family_tests!(llama, mistral, qwen2, qwen3, mixtral, phi3, gemma, glm);
+family_tests!(llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, phi3, gemma, glm);
 
 #[test]
 fn families_list_is_complete() {
-    assert_eq!(FAMILIES.len(), 8);
+    assert_eq!(FAMILIES.len(), 9);
 }
 
 /// An lm_head split into row parts (as large models get automatically, so ring
@@ -259,5 +259,73 @@ fn f16_kv_cache_stays_close() {
         let opts = GenerateOptions { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
         let (gens, _) = model.generate(&[Prompt::Ids(p0)], &opts, |_| {}).unwrap();
         assert_eq!(gens[0].new_ids, g.ids("greedy.prompt0.new_ids"), "{family}: f16 KV greedy");
+    }
+}
+
+/// Sparse experts: only the experts the router chose run. Over one prompt
+/// forward and a greedy decode, the (row, expert) pairs computed are exactly
+/// rows x top_k per MoE layer (not rows x experts), the GPU reads the routing
+/// back once per GPU-placed MoE layer and pass, and the logits still match
+/// transformers: resident, streamed, on the CPU and mixed.
+#[test]
+fn moe_computes_only_the_routed_experts() {
+    for family in ["mixtral", "qwen3_moe"] {
+        let g = Golden::load(family);
+        let tmp = tempfile::tempdir().unwrap();
+        for (what, device, resident_layers, cpu_layers) in [
+            ("resident", airllm::Device::Gpu, None, None),
+            ("streamed", airllm::Device::Gpu, Some(0), None),
+            ("cpu", airllm::Device::Cpu, None, None),
+            ("mixed", airllm::Device::Gpu, Some(0), Some(1)),
+        ] {
+            let Some(mut m) = load_on(family, tmp.path(), resident_layers, device, cpu_layers) else { return };
+            let spec = m.spec().clone();
+            let moe = spec.moe.unwrap();
+            let moe_layers: Vec<usize> =
+                (0..spec.num_layers).filter(|&l| matches!(spec.layer(l).mlp, airllm_format::MlpSpec::Moe(_))).collect();
+            if family == "qwen3_moe" {
+                assert_eq!(moe_layers, vec![0, 2], "mlp_only_layers [1] is dense");
+            }
+            // MoE layers the plan put on the GPU (each reads its routing back once per pass).
+            let gpu_moe_layers = m
+                .engine()
+                .placements()
+                .iter()
+                .filter(|(u, _, p)| {
+                    matches!(u, airllm_format::Unit::Layer(l) if moe_layers.contains(&(*l as usize)))
+                        && *p != airllm::planner::Placement::Cpu
+                })
+                .count() as u64;
+            let p0 = g.ids("prompt0.input_ids");
+            let before = m.engine().stats();
+            let logits = m.forward_logits(std::slice::from_ref(&p0)).unwrap().remove(0);
+            let s = before.since(&m.engine().stats()).moe;
+            let d = max_abs(&logits, &g.f32("prompt0.logits"));
+            assert!(d <= TOL, "{family} {what}: logits differ by {d}");
+            let (rows, layers) = (p0.len() as u64, moe_layers.len() as u64);
+            assert_eq!(s.layers, layers, "{family} {what}");
+            assert_eq!(s.pairs, rows * moe.top_k as u64 * layers, "{family} {what}: pairs = rows x top_k per layer");
+            assert!(s.pairs < rows * moe.num_experts as u64 * layers, "{family} {what}: fewer than every expert");
+            assert!(s.experts_run <= moe.num_experts as u64 * layers);
+            assert_eq!(s.readbacks, gpu_moe_layers, "{family} {what}: one routing readback per GPU MoE layer");
+            if what == "cpu" {
+                assert_eq!(s.readback_bytes, 0);
+            }
+            // Greedy decode: one row per step, so top_k pairs per MoE layer and step.
+            let before = m.engine().stats();
+            let opts = GenerateOptions { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
+            let (gens, _) = m.generate(&[Prompt::Ids(p0.clone())], &opts, |_| {}).unwrap();
+            assert_eq!(gens[0].new_ids, g.ids("greedy.prompt0.new_ids"), "{family} {what}: greedy");
+            let st = before.since(&m.engine().stats());
+            let decode_rows = st.rows - rows;
+            assert_eq!(
+                st.moe.pairs,
+                st.rows * moe.top_k as u64 * layers,
+                "{family} {what}: {} passes, {decode_rows} decode rows",
+                st.passes
+            );
+            // A decode step computes at most top_k experts per MoE layer, of num_experts.
+            assert!(st.moe.experts_run <= st.moe.pairs);
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod kv_append;
 pub mod kv_compact;
 pub mod matmul;
 pub mod moe;
+pub mod moe_sparse;
 pub mod paged;
 pub mod rmsnorm;
 pub mod rope;

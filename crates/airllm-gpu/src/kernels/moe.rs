@@ -3,8 +3,10 @@
 //! all experts in f32, keep the top k, optionally renormalise: Mixtral
 //! semantics; unselected experts get 0), and [`combine`]
 //! (`shaders/moe_combine.wgsl`) adds `w[t, e] * y[t, :]` of one expert's
-//! output into the running sum. The facade runs each expert's MLP densely
-//! over all tokens and combines with these weights.
+//! output into the running sum (a dense combine over all tokens). The facade
+//! reads the routing weights back and runs only the chosen experts on their
+//! tokens' rows ([`crate::kernels::moe_sparse`]); `combine` stays for callers
+//! that run an expert on every token.
 
 use crate::error::Result;
 use crate::kernels::elementwise::Mat;

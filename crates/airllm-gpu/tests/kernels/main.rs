@@ -8,4 +8,5 @@ mod elementwise;
 mod infra;
 mod kv_compact;
 mod matmul;
+mod moe_sparse;
 mod norm_rope;

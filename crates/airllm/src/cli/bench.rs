@@ -88,6 +88,21 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
             "draft_s": s.draft.as_secs_f64(),
             "verify_s": t.decode.saturating_sub(s.draft).as_secs_f64(),
         })),
+        // Sparse experts: (row, expert) pairs computed (rows x top_k per MoE layer)
+        // and the routing readbacks that choose them (one per GPU MoE layer and pass).
+        "moe": model.spec().moe.map(|m| {
+            let s = &t.engine.moe;
+            serde_json::json!({
+                "experts": m.num_experts,
+                "top_k": m.top_k,
+                "moe_layers_run": s.layers,
+                "expert_row_pairs": s.pairs,
+                "experts_run": s.experts_run,
+                "router_readbacks": s.readbacks,
+                "router_readback_s": s.readback.as_secs_f64(),
+                "router_readback_bytes": s.readback_bytes,
+            })
+        }),
         "per_pass_s": t.per_pass(),
         "gpu_pass": t.engine.gpu_passes.to_json(),
         "decode_pass": t.engine.decode_passes.to_json(),
@@ -98,17 +113,18 @@ pub fn timings_json(model: &AutoModel, t: &Timings, prompt_tokens: usize) -> ser
 pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
     let e = model.engine();
     let g = &t.engine;
-    let accounted = g.io_wait + g.remap_wait + g.upload + g.host + g.readback;
+    let accounted = g.io_wait + g.remap_wait + g.upload + g.host + g.readback + g.moe.readback;
     let mut s = format!(
         "profile: forward {:.3} s = io wait {:.3} s + staging remap {:.3} s + upload (staging -> slot) {:.3} s + \
-         host (embeddings, inputs) {:.3} s + waiting for the GPU and reading logits {:.3} s + recording/submitting \
-         {:.3} s; streamed {} in {} passes",
+         host (embeddings, inputs) {:.3} s + waiting for the GPU and reading logits {:.3} s + MoE router readbacks \
+         {:.3} s + recording/submitting {:.3} s; streamed {} in {} passes",
         g.forward.as_secs_f64(),
         g.io_wait.as_secs_f64(),
         g.remap_wait.as_secs_f64(),
         g.upload.as_secs_f64(),
         g.host.as_secs_f64(),
         g.readback.as_secs_f64(),
+        g.moe.readback.as_secs_f64(),
         g.forward.saturating_sub(accounted).as_secs_f64(),
         human_bytes(g.streamed_bytes),
         g.passes
@@ -139,6 +155,21 @@ pub fn profile_text(model: &AutoModel, t: &Timings) -> String {
             let b = ctx.bind_group_stats();
             s += &format!("\nbind groups: {} reused, {} created, {} cached", b.hits, b.created, b.entries);
         }
+    }
+    if let Some(m) = model.spec().moe {
+        let mo = &g.moe;
+        s += &format!(
+            "\nmoe: {} (row, expert) pairs computed in {} MoE layer runs (top-{} of {} experts per row), {} expert \
+             MLPs run; {} router readbacks, {:.3} s, {}",
+            mo.pairs,
+            mo.layers,
+            m.top_k,
+            m.num_experts,
+            mo.experts_run,
+            mo.readbacks,
+            mo.readback.as_secs_f64(),
+            human_bytes(mo.readback_bytes)
+        );
     }
     if g.cpu > std::time::Duration::ZERO || g.transfer_bytes > 0 {
         s += &format!(

@@ -68,15 +68,22 @@ pub fn decoder_layer<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Res
             let weights = View::new(Buf::RouterWeights, n, ne);
             e.linear(Role::Router, None, hv, logits, false)?;
             e.moe_route(logits, weights, &m)?;
-            let gu = View::new(Buf::Gu, n, 2 * i);
-            let act = View::new(Buf::Act, n, i);
-            let out = View::new(Buf::ExpertOut, n, h);
-            for ex in 0..ne {
-                e.linear(Role::ExpertGate(ex), None, hv, View::cols(Buf::Gu, n, 2 * i, 0), false)?;
-                e.linear(Role::ExpertUp(ex), None, hv, View::cols(Buf::Gu, n, 2 * i, i), false)?;
+            // Sparse: only the experts some row chose run, each on the rows of
+            // its tokens (gathered into `ExpertIn`), and their outputs are added
+            // into the residual with the routing weights, in expert order.
+            let d = e.moe_dispatch(weights, &m, l.index)?;
+            for g in &d.groups {
+                let r = g.rows;
+                let xin = View::new(Buf::ExpertIn, r, h);
+                e.moe_gather(hv, xin, &d, g)?;
+                let gu = View::new(Buf::Gu, r, 2 * i);
+                e.linear(Role::ExpertGate(g.expert), None, xin, View::cols(Buf::Gu, r, 2 * i, 0), false)?;
+                e.linear(Role::ExpertUp(g.expert), None, xin, View::cols(Buf::Gu, r, 2 * i, i), false)?;
+                let act = View::new(Buf::Act, r, i);
                 e.act_mul(spec.activation, gu, act)?;
-                e.linear(Role::ExpertDown(ex), None, act, out, false)?;
-                e.moe_combine(out, x, weights, ex, ne)?;
+                let out = View::new(Buf::ExpertOut, r, h);
+                e.linear(Role::ExpertDown(g.expert), None, act, out, false)?;
+                e.moe_scatter(out, x, &d, g)?;
             }
         }
     }

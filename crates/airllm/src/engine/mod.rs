@@ -21,6 +21,7 @@ pub mod embedding;
 pub mod exec;
 pub mod graph;
 pub mod kv;
+pub mod moe;
 pub mod pass_times;
 pub mod step;
 pub mod weights;
@@ -191,6 +192,8 @@ pub struct EngineStats {
     pub gpu_passes: PassTimes,
     /// The same for decode passes alone (one token row per item).
     pub decode_passes: PassTimes,
+    /// Sparse expert compute: (row, expert) pairs computed, routing readbacks.
+    pub moe: moe::MoeStats,
 }
 
 impl EngineStats {
@@ -213,6 +216,7 @@ impl EngineStats {
             early_passes: later.early_passes - self.early_passes,
             gpu_passes: self.gpu_passes.since(&later.gpu_passes),
             decode_passes: self.decode_passes.since(&later.decode_passes),
+            moe: self.moe.since(&later.moe),
         }
     }
 }
@@ -303,6 +307,8 @@ struct GpuSide {
     readback: airllm_gpu::LogitsReadback,
     /// The step inputs go up through these (host memory, reused).
     belt: airllm_gpu::UploadBelt,
+    /// MoE routing readback (host memory, reused by every MoE layer).
+    moe: exec::gpu::GpuMoe,
 }
 
 /// The CPU side: host activations, RAM KV of CPU-placed layers, threads.
@@ -566,6 +572,7 @@ impl Engine {
                     ropes,
                     readback,
                     belt,
+                    moe: exec::gpu::GpuMoe::default(),
                 })
             }
         };
@@ -1147,7 +1154,8 @@ impl Engine {
         let t_loop = Instant::now();
         let compile_before = ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default();
         let mut submit_t = Duration::ZERO;
-        let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits());
+        // The MoE routing readbacks (their submits and waits) are not recording either.
+        let side_before = (self.stats.cpu, self.stats.transfer, self.ring_waits(), self.stats.moe.readback);
         // What a CPU-placed sliding layer reads: the step with its block tables.
         let sliding_layout = (!s.sliding_block_table.is_empty() && self.cpu.is_some())
             .then(|| StepLayout { block_table: s.sliding_block_table.clone(), ..s.layout.clone() });
@@ -1220,6 +1228,7 @@ impl Engine {
                     pool: cpu.pool,
                     scratch: &mut cpu.scratch,
                     precision: self.cfg.cpu_precision,
+                    moe_stats: &mut self.stats.moe,
                 };
                 run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
                 self.stats.cpu += t.elapsed();
@@ -1264,6 +1273,8 @@ impl Engine {
                     ropes: &g.ropes,
                     kv,
                     rows,
+                    moe: &mut g.moe,
+                    moe_stats: &mut self.stats.moe,
                 };
                 if !skip {
                     run_unit(&mut ex, &self.spec, &self.layers, unit, &s.logit_rows, row_start as u32, last_part)?;
@@ -1301,9 +1312,11 @@ impl Engine {
             // Everything this pass recorded is submitted: re-map its upload buffer.
             g.belt.submitted();
         }
-        let side_after = (self.stats.cpu, self.stats.transfer, self.ring_waits());
-        let elsewhere =
-            (side_after.0 - side_before.0) + (side_after.1 - side_before.1) + (side_after.2 - side_before.2);
+        let side_after = (self.stats.cpu, self.stats.transfer, self.ring_waits(), self.stats.moe.readback);
+        let elsewhere = (side_after.0 - side_before.0)
+            + (side_after.1 - side_before.1)
+            + (side_after.2 - side_before.2)
+            + (side_after.3 - side_before.3);
         let compile =
             ctx.as_ref().map(|c| c.pipeline_compile_time()).unwrap_or_default().saturating_sub(compile_before);
         let record = t_loop.elapsed().saturating_sub(submit_t + elsewhere + compile);

@@ -17,9 +17,10 @@ use airllm_quant::pool::ThreadPool;
 
 use super::cpu_ops::{self, AttnArgs};
 use super::{Buf, Exec, NormShape, View};
+use crate::engine::moe::{ExpertGroup, MoeDispatch, MoeStats};
 use crate::error::{EngineError, Result};
 
-const BUFS: [Buf; 12] = [
+const BUFS: [Buf; 15] = [
     Buf::X,
     Buf::H,
     Buf::Qkv,
@@ -27,6 +28,9 @@ const BUFS: [Buf; 12] = [
     Buf::Gu,
     Buf::Act,
     Buf::ExpertOut,
+    Buf::ExpertIn,
+    Buf::MoeRows,
+    Buf::MoeWeights,
     Buf::RouterLogits,
     Buf::RouterWeights,
     Buf::LastX,
@@ -164,6 +168,8 @@ pub struct CpuExec<'a> {
     pub scratch: &'a mut Scratch,
     /// Activation precision of the quantized matmuls.
     pub precision: airllm_quant::dot::Precision,
+    /// Sparse expert counters.
+    pub moe_stats: &'a mut MoeStats,
 }
 
 /// The f32 vector of `role` in a CPU unit.
@@ -360,19 +366,48 @@ impl Exec for CpuExec<'_> {
         Ok(())
     }
 
-    fn moe_combine(&mut self, expert_out: View, out: View, weights: View, expert: u32, experts: u32) -> Result<()> {
-        let mut ob = self.act.take(out.buf);
-        let (eb, wb) = (self.act.get(expert_out.buf), self.act.get(weights.buf));
-        for r in 0..out.rows as usize {
-            let w = wb[r * experts as usize + expert as usize];
-            if w == 0.0 {
-                continue;
-            }
-            for c in 0..out.stride as usize {
-                ob[r * out.stride as usize + c] += w * eb[r * expert_out.stride as usize + c];
+    fn moe_dispatch(&mut self, weights: View, m: &MoeSpec, layer: usize) -> Result<MoeDispatch> {
+        if weights.stride as usize != m.num_experts || weights.off != 0 {
+            return Err(EngineError::invalid("graph", "moe_dispatch: routing weights must be contiguous [rows, experts]"));
+        }
+        let d = MoeDispatch::from_dense(
+            self.act.get(weights.buf),
+            weights.rows as usize,
+            m.num_experts,
+            m.top_k,
+            layer,
+        )?;
+        self.moe_stats.add(&d);
+        Ok(d)
+    }
+
+    fn moe_gather(&mut self, from: View, to: View, d: &MoeDispatch, g: &ExpertGroup) -> Result<()> {
+        let mut tb = self.act.take(to.buf);
+        let fb = self.act.get(from.buf);
+        let cols = to.stride as usize;
+        let (fs, fo, ts, to_off) = (from.stride as usize, from.off as usize, to.stride as usize, to.off as usize);
+        for j in 0..g.rows as usize {
+            let r = d.rows[g.start as usize + j] as usize;
+            tb[j * ts + to_off..][..cols].copy_from_slice(&fb[r * fs + fo..][..cols]);
+        }
+        self.act.put(to.buf, tb);
+        Ok(())
+    }
+
+    fn moe_scatter(&mut self, from: View, to: View, d: &MoeDispatch, g: &ExpertGroup) -> Result<()> {
+        let mut tb = self.act.take(to.buf);
+        let fb = self.act.get(from.buf);
+        let cols = from.stride as usize;
+        let (fs, fo, ts, to_off) = (from.stride as usize, from.off as usize, to.stride as usize, to.off as usize);
+        for j in 0..g.rows as usize {
+            let p = g.start as usize + j;
+            let (r, w) = (d.rows[p] as usize, d.weights[p]);
+            let dst = &mut tb[r * ts + to_off..][..cols];
+            for (o, v) in dst.iter_mut().zip(&fb[j * fs + fo..][..cols]) {
+                *o += w * v;
             }
         }
-        self.act.put(out.buf, ob);
+        self.act.put(to.buf, tb);
         Ok(())
     }
 

@@ -9,12 +9,14 @@ use airllm_gpu::kernels::elementwise::{self, Mat};
 use airllm_gpu::kernels::kv_append::{self, KvAppend};
 use airllm_gpu::kernels::matmul::{self, Matmul, MatmulShape};
 use airllm_gpu::kernels::moe;
+use airllm_gpu::kernels::moe_sparse::{self, Group};
 use airllm_gpu::kernels::paged::StepViews;
 use airllm_gpu::kernels::rmsnorm::{self, RmsNorm, RowView};
 use airllm_gpu::kernels::rope::{self, Rope};
-use airllm_gpu::{BufView, KvLayout, Recorder, wgpu};
+use airllm_gpu::{BufView, KvLayout, LogitsReadback, Recorder, wgpu};
 
 use super::{Buf, Exec, NormShape, View};
+use crate::engine::moe::{ExpertGroup, MoeDispatch, MoeStats};
 use crate::engine::weights::UnitWeights;
 use crate::error::{EngineError, Result};
 
@@ -51,6 +53,20 @@ impl GpuActivations {
     }
 }
 
+/// What the GPU executor keeps between MoE layers: the readback buffers of
+/// the routing weights and the host copy they are read into (both reused).
+#[derive(Default)]
+pub struct GpuMoe {
+    readback: LogitsReadback,
+    host: Vec<f32>,
+}
+
+impl std::fmt::Debug for GpuMoe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuMoe").field("readback_bytes", &self.readback.bytes()).finish()
+    }
+}
+
 /// One layer's KV cache on the GPU.
 #[derive(Clone, Copy, Debug)]
 pub struct GpuKv<'a> {
@@ -83,6 +99,10 @@ pub struct GpuExec<'r, 'c, 'a> {
     pub kv: Option<GpuKv<'a>>,
     /// Token rows of the step.
     pub rows: u32,
+    /// Routing readback state (MoE layers).
+    pub moe: &'r mut GpuMoe,
+    /// Sparse expert counters.
+    pub moe_stats: &'r mut MoeStats,
 }
 
 fn view(act: &GpuActivations, v: View) -> BufView<'_> {
@@ -288,17 +308,60 @@ impl Exec for GpuExec<'_, '_, '_> {
         Ok(())
     }
 
-    fn moe_combine(&mut self, expert_out: View, out: View, weights: View, expert: u32, experts: u32) -> Result<()> {
+    fn moe_dispatch(&mut self, weights: View, m: &MoeSpec, layer: usize) -> Result<MoeDispatch> {
+        let t0 = std::time::Instant::now();
+        if weights.stride as usize != m.num_experts || weights.off != 0 {
+            return Err(EngineError::invalid("graph", "moe_dispatch: routing weights must be contiguous [rows, experts]"));
+        }
+        let ctx = self.rec.ctx();
+        let bytes = u64::from(weights.rows) * u64::from(weights.stride) * 4;
+        // Submit what is recorded so far (the pass up to this router), with the
+        // copy of the routing weights at its end, and record the experts into a
+        // fresh recorder that the engine submits as it would have the old one.
+        let mut upto_router = std::mem::replace(&mut *self.rec, ctx.recorder("moe.experts"));
+        let mut ticket = self.moe.readback.copy(ctx, upto_router.encoder(), self.act.buffer(weights.buf), bytes)?;
+        let index = upto_router.submit()?;
+        self.moe.readback.map(&mut ticket, index);
+        self.moe.readback.wait(ctx, &ticket)?;
+        self.moe.readback.read(ticket, &mut self.moe.host)?;
+        let d = MoeDispatch::from_dense(&self.moe.host, weights.rows as usize, m.num_experts, m.top_k, layer)?;
+        // Lands before the next submit, which carries the gathers and scatters
+        // below; every earlier use of these buffers is already done (waited above).
+        let queue = ctx.queue();
+        queue.write_buffer(self.act.buffer(Buf::MoeRows), 0, bytemuck::cast_slice(&d.rows));
+        queue.write_buffer(self.act.buffer(Buf::MoeWeights), 0, bytemuck::cast_slice(&d.weights));
+        self.moe_stats.add(&d);
+        self.moe_stats.readbacks += 1;
+        self.moe_stats.readback_bytes += bytes;
+        self.moe_stats.readback += t0.elapsed();
+        Ok(d)
+    }
+
+    fn moe_gather(&mut self, from: View, to: View, _d: &MoeDispatch, g: &ExpertGroup) -> Result<()> {
         let act = self.act;
-        moe::combine(
+        moe_sparse::gather(
             self.rec,
-            out.rows,
-            out.stride,
-            experts,
-            expert,
-            mat(act, out),
-            mat(act, expert_out),
-            view(act, weights),
+            Group { start: g.start, n: g.rows },
+            to.stride - to.off,
+            mat(act, from),
+            from.rows,
+            mat(act, to),
+            view(act, View::new(Buf::MoeRows, 0, 0)),
+        )?;
+        Ok(())
+    }
+
+    fn moe_scatter(&mut self, from: View, to: View, _d: &MoeDispatch, g: &ExpertGroup) -> Result<()> {
+        let act = self.act;
+        moe_sparse::scatter_add(
+            self.rec,
+            Group { start: g.start, n: g.rows },
+            from.stride - from.off,
+            mat(act, from),
+            mat(act, to),
+            to.rows,
+            view(act, View::new(Buf::MoeRows, 0, 0)),
+            view(act, View::new(Buf::MoeWeights, 0, 0)),
         )?;
         Ok(())
     }

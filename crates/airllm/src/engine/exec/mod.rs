@@ -17,6 +17,7 @@ pub mod gpu;
 
 use airllm_format::{Activation, AttentionSpec, MoeSpec, Role, RopeSpec};
 
+use crate::engine::moe::{ExpertGroup, MoeDispatch};
 use crate::error::Result;
 
 /// The activation buffers every executor has.
@@ -34,8 +35,16 @@ pub enum Buf {
     Gu,
     /// Activated MLP `[rows, inter]`.
     Act,
-    /// One expert's output `[rows, hidden]`.
+    /// One expert's output `[rows, hidden]` (its rows only: the first `n` rows
+    /// for an expert chosen by `n` tokens).
     ExpertOut,
+    /// The rows of the tokens routed to one expert, gathered `[rows, hidden]`.
+    ExpertIn,
+    /// Token row of each (row, expert) pair of a MoE layer, grouped by expert
+    /// `[rows * top_k]` (u32; written by [`Exec::moe_dispatch`] on the GPU).
+    MoeRows,
+    /// Routing weight of each pair, aligned with `MoeRows` `[rows * top_k]`.
+    MoeWeights,
     /// Router logits `[rows, experts]`.
     RouterLogits,
     /// Routing weights `[rows, experts]`.
@@ -121,8 +130,22 @@ pub trait Exec {
     /// Top-k routing weights from router logits (softmax, keep top-k, renormalise if asked).
     fn moe_route(&mut self, logits: View, weights: View, moe: &MoeSpec) -> Result<()>;
 
-    /// `out += weights[:, expert] * expert_out`.
-    fn moe_combine(&mut self, expert_out: View, out: View, weights: View, expert: u32, experts: u32) -> Result<()>;
+    /// Brings the dense routing `weights` (`[rows, experts]`, from
+    /// [`moe_route`](Exec::moe_route)) of MoE layer `layer` to the host and
+    /// groups each row's `top_k` experts by expert ([`MoeDispatch::from_dense`]),
+    /// so that only the chosen experts run. The GPU executor submits the work
+    /// recorded so far, reads the weights back (one readback per MoE layer and
+    /// pass) and uploads the grouped rows and weights for
+    /// [`moe_gather`](Exec::moe_gather) / [`moe_scatter`](Exec::moe_scatter).
+    fn moe_dispatch(&mut self, weights: View, moe: &MoeSpec, layer: usize) -> Result<MoeDispatch>;
+
+    /// Row `j` of `to` = row `d.rows[g.start + j]` of `from` (`to.stride` columns),
+    /// for the `g.rows` rows of expert group `g`.
+    fn moe_gather(&mut self, from: View, to: View, d: &MoeDispatch, g: &ExpertGroup) -> Result<()>;
+
+    /// Row `d.rows[g.start + j]` of `to` += `d.weights[g.start + j]` x row `j`
+    /// of `from` (`from.stride` columns), for the rows of group `g`.
+    fn moe_scatter(&mut self, from: View, to: View, d: &MoeDispatch, g: &ExpertGroup) -> Result<()>;
 
     /// Copies rows `rows` of `from` (in order) to the first rows of `to`.
     fn gather_rows(&mut self, from: View, to: View, rows: &[u32]) -> Result<()>;
