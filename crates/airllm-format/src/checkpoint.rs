@@ -66,6 +66,10 @@ pub struct Checkpoint {
     tensors: Vec<SourceTensor>,
     /// (file index, absolute byte range) per tensor, parallel to `tensors`.
     ranges: Vec<(usize, usize, usize)>,
+    /// DeepSeek-V3: per layer, the checkpoint tensors the absorbed MLA
+    /// projections are computed from (they are not offered themselves), with
+    /// their byte ranges.
+    mla_inputs: BTreeMap<u32, (crate::mla::AbsorbInputs, [(usize, usize, usize); 3])>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -106,7 +110,7 @@ impl Checkpoint {
             let map = unsafe { Mmap::map(&file) }.at("memory-mapping", path)?;
             let header = parse_safetensors_header(&map, path)?;
             for (name, (dtype, shape, (b, e))) in header.tensors {
-                if hf_ignored_for(spec.family, &name) {
+                if hf_ignored_for(spec.family, &name) || crate::roles::beyond_layers(&spec, &name) {
                     continue;
                 }
                 let Some((unit, role)) = classify_hf_for(spec.family, &name) else {
@@ -136,7 +140,20 @@ impl Checkpoint {
             files.push(SourceFile { path: path.clone(), size });
             maps.push(Some(MappedFile { path: path.clone(), map }));
         }
-        let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges };
+        // DeepSeek-V3: the query, kv_b and output projections become the absorbed pair.
+        let mut mla_inputs = BTreeMap::new();
+        if let Some(mla) = spec.mla {
+            let range_of: BTreeMap<String, (usize, usize, usize)> =
+                tensors.iter().zip(&ranges).map(|(t, r)| (t.name.clone(), *r)).collect();
+            let inputs = crate::mla::replace_with_absorbed(&spec, &mla, &mut tensors, dir)?;
+            ranges = tensors.iter().map(|t| range_of.get(&t.name).copied().unwrap_or((0, 0, 0))).collect();
+            for (l, inp) in inputs {
+                let r = |t: &SourceTensor| range_of.get(&t.name).copied().unwrap_or((0, 0, 0));
+                let rs = [r(&inp.q), r(&inp.kv_b), r(&inp.o)];
+                mla_inputs.insert(l, (inp, rs));
+            }
+        }
+        let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges, mla_inputs };
         ck.sort()?;
         if !partial {
             check_tensors(&ck.spec, &ck.tensors, &ck.dir)?;
@@ -227,6 +244,10 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
     for l in 0..spec.num_layers as u32 {
         let u = Unit::Layer(l);
         out.push((u, Role::AttnNorm, vec![h]));
+        if let Some(mla) = spec.mla {
+            deepseek_layer(spec, &mla, u, &mut out);
+            continue;
+        }
         if spec.family == crate::spec::Family::Phi3 {
             out.push((u, Role::Qkv, vec![q + 2 * kv, h]));
         } else {
@@ -276,6 +297,39 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(Unit, Role, Vec<usize>)> {
         out.push((Unit::LmHead, Role::LmHead, vec![spec.vocab_size, h]));
     }
     out
+}
+
+/// The rest of a DeepSeek-V3 layer (after its attention norm): absorbed latent
+/// attention, then a dense MLP or routed experts with a router bias and shared experts.
+fn deepseek_layer(spec: &ModelSpec, mla: &crate::spec::MlaSpec, u: Unit, out: &mut Vec<(Unit, Role, Vec<usize>)>) {
+    let h = spec.hidden_size;
+    for (role, shape) in crate::mla::attention_tensors(spec, mla) {
+        out.push((u, role, shape));
+    }
+    out.push((u, Role::MlpNorm, vec![h]));
+    let Unit::Layer(l) = u else { return };
+    match spec.layer(l as usize).mlp {
+        crate::layers::MlpSpec::Dense { intermediate: i } => {
+            out.push((u, Role::Gate, vec![i, h]));
+            out.push((u, Role::Up, vec![i, h]));
+            out.push((u, Role::Down, vec![h, i]));
+        }
+        crate::layers::MlpSpec::Moe(m) => {
+            let i = spec.intermediate_size;
+            out.push((u, Role::Router, vec![m.num_experts, h]));
+            out.push((u, Role::RouterBias, vec![m.num_experts]));
+            for e in 0..m.num_experts as u32 {
+                out.push((u, Role::ExpertGate(e), vec![i, h]));
+                out.push((u, Role::ExpertUp(e), vec![i, h]));
+                out.push((u, Role::ExpertDown(e), vec![h, i]));
+            }
+            if let Some(s) = m.shared_intermediate {
+                out.push((u, Role::SharedGate, vec![s, h]));
+                out.push((u, Role::SharedUp, vec![s, h]));
+                out.push((u, Role::SharedDown, vec![h, s]));
+            }
+        }
+    }
 }
 
 /// The weight files of a checkpoint directory: those named by the index, or
@@ -349,6 +403,28 @@ impl TensorSource for Checkpoint {
         &self.files
     }
     fn read(&self, tensor: &SourceTensor) -> Result<Cow<'_, [u8]>> {
+        if let (Some(mla), Role::QAbsorbed | Role::OAbsorbed, Unit::Layer(l)) = (self.spec.mla, tensor.role, tensor.unit)
+        {
+            let (inputs, ranges) = self.mla_inputs.get(&l).ok_or_else(|| FormatError::MissingTensor {
+                path: self.dir.clone(),
+                tensor: tensor.name.clone(),
+                why: "its input projections are not in this checkpoint".into(),
+            })?;
+            let names = [&inputs.q.name, &inputs.kv_b.name, &inputs.o.name];
+            let mut raw: [&[u8]; 3] = [&[], &[], &[]];
+            for (k, &(fi, b, e)) in ranges.iter().enumerate() {
+                let m = self.maps.get(fi).and_then(Option::as_ref).ok_or_else(|| FormatError::MissingTensor {
+                    path: self.dir.clone(),
+                    tensor: names[k].clone(),
+                    why: "its file was deleted".into(),
+                })?;
+                raw[k] = m.map.get(b..e).ok_or_else(|| FormatError::Safetensors {
+                    path: m.path.clone(),
+                    reason: format!("tensor {} lies outside the file", names[k]),
+                })?;
+            }
+            return crate::mla::absorb(&self.spec, &mla, tensor.role, inputs, raw).map(Cow::Owned);
+        }
         let &(fi, b, e) = self
             .ranges
             .get(tensor.index)

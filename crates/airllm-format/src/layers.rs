@@ -108,7 +108,11 @@ impl ModelSpec {
             (LayerType::Sliding, Some(local)) => local,
             _ => self.rope,
         };
-        let scale = 1.0 / o.query_pre_attn_scalar.unwrap_or(self.head_dim as f32).sqrt();
+        let scale = match self.mla {
+            // Latent attention scores over (nope + rope) dims, whatever the cached row's width.
+            Some(m) => m.softmax_scale,
+            None => 1.0 / o.query_pre_attn_scalar.unwrap_or(self.head_dim as f32).sqrt(),
+        };
         let mlp = match self.moe {
             Some(m) if !o.dense_layers.contains(&index) => MlpSpec::Moe(m),
             _ => MlpSpec::Dense { intermediate: o.dense_intermediate_size.unwrap_or(self.intermediate_size) },

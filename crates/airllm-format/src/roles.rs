@@ -115,6 +115,32 @@ pub enum Role {
     FinalNorm,
     /// Output projection `[vocab, hidden]`.
     LmHead,
+    // --- DeepSeek-V3: multi-head latent attention and shared experts. ---
+    /// MLA query compression `q_a_proj` `[q_lora_rank, hidden]`.
+    QA,
+    /// RMSNorm of the compressed query (`q_a_layernorm`).
+    QANorm,
+    /// MLA `kv_a_proj_with_mqa` `[kv_lora_rank + rope, hidden]`: the latent and the shared RoPE key.
+    KvA,
+    /// RMSNorm of the latent (`kv_a_layernorm`).
+    KvANorm,
+    /// MLA `kv_b_proj` `[heads * (nope + v), kv_lora_rank]` as the checkpoint stores it;
+    /// folded into [`Role::QAbsorbed`] and [`Role::OAbsorbed`] when the checkpoint is
+    /// opened, never written to a shard.
+    KvB,
+    /// MLA query projection with `kv_b_proj`'s key part absorbed: per head
+    /// `[q_lat (kv_lora_rank) | q_rope (rope)]` rows, `[heads * (kv_lora + rope), q_lora_rank or hidden]`.
+    QAbsorbed,
+    /// MLA output projection with `kv_b_proj`'s value part absorbed: `[hidden, heads * kv_lora_rank]`.
+    OAbsorbed,
+    /// DeepSeek's router `e_score_correction_bias` `[experts]` (added to the scores for choosing only).
+    RouterBias,
+    /// Shared expert gate projection `[shared_inter, hidden]`.
+    SharedGate,
+    /// Shared expert up projection `[shared_inter, hidden]`.
+    SharedUp,
+    /// Shared expert down projection `[hidden, shared_inter]`.
+    SharedDown,
 }
 
 impl Role {
@@ -136,6 +162,13 @@ impl Role {
                 | Role::ExpertUp(_)
                 | Role::ExpertDown(_)
                 | Role::LmHead
+                | Role::QA
+                | Role::KvA
+                | Role::QAbsorbed
+                | Role::OAbsorbed
+                | Role::SharedGate
+                | Role::SharedUp
+                | Role::SharedDown
         )
     }
 }
@@ -173,6 +206,17 @@ impl fmt::Display for Role {
             Role::ExpertDown(e) => return write!(f, "expert.{e}.down"),
             Role::FinalNorm => "final_norm",
             Role::LmHead => "lm_head",
+            Role::QA => "q_a",
+            Role::QANorm => "q_a_norm",
+            Role::KvA => "kv_a",
+            Role::KvANorm => "kv_a_norm",
+            Role::KvB => "kv_b",
+            Role::QAbsorbed => "q_absorbed",
+            Role::OAbsorbed => "o_absorbed",
+            Role::RouterBias => "router_bias",
+            Role::SharedGate => "shared.gate",
+            Role::SharedUp => "shared.up",
+            Role::SharedDown => "shared.down",
         };
         f.write_str(s)
     }
@@ -219,6 +263,17 @@ impl FromStr for Role {
             "router" => Role::Router,
             "final_norm" => Role::FinalNorm,
             "lm_head" => Role::LmHead,
+            "q_a" => Role::QA,
+            "q_a_norm" => Role::QANorm,
+            "kv_a" => Role::KvA,
+            "kv_a_norm" => Role::KvANorm,
+            "kv_b" => Role::KvB,
+            "q_absorbed" => Role::QAbsorbed,
+            "o_absorbed" => Role::OAbsorbed,
+            "router_bias" => Role::RouterBias,
+            "shared.gate" => Role::SharedGate,
+            "shared.up" => Role::SharedUp,
+            "shared.down" => Role::SharedDown,
             _ => return Err(format!("unknown role {s:?}")),
         };
         Ok(r)
@@ -240,6 +295,18 @@ impl<'de> Deserialize<'de> for Role {
 /// Whether a Hugging Face tensor is known to be unused by inference (and can be skipped).
 pub fn hf_ignored(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attn.bias")
+}
+
+/// A DeepSeek-V3 tensor of a layer past `num_hidden_layers`: the multi-token
+/// prediction module (`num_nextn_predict_layers`) that official checkpoints
+/// append as extra layers; plain decoding does not use it.
+pub fn beyond_layers(spec: &crate::spec::ModelSpec, name: &str) -> bool {
+    spec.family == Family::DeepseekV3
+        && name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, _)| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= spec.num_layers)
 }
 
 /// Prefixes of the image parts of Gemma 3's multimodal checkpoints
@@ -279,6 +346,9 @@ fn gemma3_text_name(name: &str) -> std::borrow::Cow<'_, str> {
 /// the MLP input norm ([`Role::MlpNorm`]) and `post_feedforward_layernorm` the
 /// norm of the MLP output ([`Role::PostMlpNorm`]).
 pub fn classify_hf_for(family: Family, name: &str) -> Option<(Unit, Role)> {
+    if family == Family::DeepseekV3 {
+        return classify_deepseek(name).or_else(|| classify_hf(name));
+    }
     if !family.has_sandwich_norms() {
         return classify_hf(name);
     }
@@ -294,6 +364,39 @@ pub fn classify_hf_for(family: Family, name: &str) -> Option<(Unit, Role)> {
         Some((Unit::Layer(idx.parse().ok()?), role))
     });
     sandwich.or_else(|| classify_hf(&name))
+}
+
+/// DeepSeek-V3's own tensor names (MLA projections, router bias, `mlp.experts.E.*`,
+/// shared experts); the rest are Llama's.
+fn classify_deepseek(name: &str) -> Option<(Unit, Role)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let unit = Unit::Layer(idx.parse().ok()?);
+    let role = match rest {
+        "self_attn.q_a_proj.weight" => Role::QA,
+        "self_attn.q_a_layernorm.weight" => Role::QANorm,
+        // The full query projection, from the compressed query or (q_lora_rank null) `q_proj`.
+        "self_attn.q_b_proj.weight" | "self_attn.q_proj.weight" => Role::Q,
+        "self_attn.kv_a_proj_with_mqa.weight" => Role::KvA,
+        "self_attn.kv_a_layernorm.weight" => Role::KvANorm,
+        "self_attn.kv_b_proj.weight" => Role::KvB,
+        "mlp.gate.weight" => Role::Router,
+        "mlp.gate.e_score_correction_bias" => Role::RouterBias,
+        "mlp.shared_experts.gate_proj.weight" => Role::SharedGate,
+        "mlp.shared_experts.up_proj.weight" => Role::SharedUp,
+        "mlp.shared_experts.down_proj.weight" => Role::SharedDown,
+        other => {
+            let (e, w) = other.strip_prefix("mlp.experts.")?.split_once('.')?;
+            let e: u32 = e.parse().ok()?;
+            match w {
+                "gate_proj.weight" => Role::ExpertGate(e),
+                "up_proj.weight" => Role::ExpertUp(e),
+                "down_proj.weight" => Role::ExpertDown(e),
+                _ => return None,
+            }
+        }
+    };
+    Some((unit, role))
 }
 
 /// Map a Hugging Face tensor name to its unit and role, with the norm names of
@@ -381,7 +484,26 @@ pub fn hf_name(family: Family, unit: Unit, role: Role) -> String {
         Unit::Layer(i) => i,
     };
     let sandwich = family.has_sandwich_norms();
+    let deepseek = family == Family::DeepseekV3;
     let rest = match role {
+        // DeepSeek-V3's names. The absorbed MLA matrices are never in a checkpoint
+        // (they are computed when one is opened); their names here only label them.
+        Role::Q if deepseek => "self_attn.q_b_proj.weight".into(),
+        Role::Router if deepseek => "mlp.gate.weight".into(),
+        Role::ExpertGate(e) if deepseek => format!("mlp.experts.{e}.gate_proj.weight"),
+        Role::ExpertUp(e) if deepseek => format!("mlp.experts.{e}.up_proj.weight"),
+        Role::ExpertDown(e) if deepseek => format!("mlp.experts.{e}.down_proj.weight"),
+        Role::QA => "self_attn.q_a_proj.weight".into(),
+        Role::QANorm => "self_attn.q_a_layernorm.weight".into(),
+        Role::KvA => "self_attn.kv_a_proj_with_mqa.weight".into(),
+        Role::KvANorm => "self_attn.kv_a_layernorm.weight".into(),
+        Role::KvB => "self_attn.kv_b_proj.weight".into(),
+        Role::QAbsorbed => "self_attn.q_absorbed.weight".into(),
+        Role::OAbsorbed => "self_attn.o_absorbed.weight".into(),
+        Role::RouterBias => "mlp.gate.e_score_correction_bias".into(),
+        Role::SharedGate => "mlp.shared_experts.gate_proj.weight".into(),
+        Role::SharedUp => "mlp.shared_experts.up_proj.weight".into(),
+        Role::SharedDown => "mlp.shared_experts.down_proj.weight".into(),
         Role::AttnNorm => "input_layernorm.weight".to_string(),
         Role::MlpNorm if sandwich => "pre_feedforward_layernorm.weight".into(),
         Role::MlpNorm => "post_attention_layernorm.weight".into(),

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod deepseek;
 mod gemma;
 
 use crate::error::{FormatError, IoContext, Result, excerpt};
@@ -38,11 +39,16 @@ pub enum Family {
     /// `Gemma3ForCausalLM` (and the text part of `Gemma3ForConditionalGeneration`):
     /// sandwich norms, q/k norm, per-layer sliding/global attention with a local RoPE base.
     Gemma3,
+    /// `DeepseekV3ForCausalLM`: multi-head latent attention (a compressed KV
+    /// latent plus a shared RoPE key), YaRN RoPE, sigmoid group-limited routing
+    /// with shared experts, and dense leading layers.
+    #[serde(rename = "deepseek_v3")]
+    DeepseekV3,
 }
 
 impl Family {
     /// Every family, in documentation order.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -53,6 +59,7 @@ impl Family {
         Family::Gemma2,
         Family::Gemma3,
         Family::Glm,
+        Family::DeepseekV3,
     ];
 
     /// The transformers class name in `architectures`.
@@ -68,6 +75,7 @@ impl Family {
             Family::Glm => "GlmForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
+            Family::DeepseekV3 => "DeepseekV3ForCausalLM",
         }
     }
 
@@ -84,6 +92,7 @@ impl Family {
             Family::Glm => "glm",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3",
+            Family::DeepseekV3 => "deepseek_v3",
         }
     }
 
@@ -173,6 +182,27 @@ pub enum RopeScaling {
         /// Context length of the original training.
         original_max_position_embeddings: f32,
     },
+    /// YaRN (DeepSeek-V3 and others), as transformers' `_compute_yarn_parameters`:
+    /// each frequency is blended between itself (extrapolation) and itself
+    /// divided by `factor` (interpolation) by a linear ramp over the dimension
+    /// index between the correction dimensions of `beta_fast` and `beta_slow`
+    /// rotations at `original_max_position_embeddings`; cos and sin are then
+    /// multiplied by `attention_factor`.
+    Yarn {
+        /// Scale factor.
+        factor: f32,
+        /// Context length of the original training.
+        original_max_position_embeddings: f32,
+        /// Rotations that bound the extrapolated (high-frequency) end of the ramp.
+        beta_fast: f32,
+        /// Rotations that bound the interpolated (low-frequency) end of the ramp.
+        beta_slow: f32,
+        /// Multiplier of cos and sin (transformers' `attention_factor`, from
+        /// `mscale` / `mscale_all_dim` when the config does not give it).
+        attention_factor: f32,
+        /// Round the correction range outward to whole dimensions (transformers' default).
+        truncate: bool,
+    },
 }
 
 /// Rotary position embedding parameters.
@@ -220,8 +250,30 @@ impl RopeSpec {
                     ));
                 }
             }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate: _,
+            } => {
+                positive("factor", factor)?;
+                positive("original_max_position_embeddings", original_max_position_embeddings)?;
+                positive("beta_fast", beta_fast)?;
+                positive("beta_slow", beta_slow)?;
+                positive("attention_factor", attention_factor)?;
+            }
         }
         Ok(())
+    }
+
+    /// The multiplier of cos and sin: YaRN's `attention_factor`, else 1.
+    pub fn attention_factor(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Yarn { attention_factor, .. } => attention_factor,
+            _ => 1.0,
+        }
     }
 
     /// Inverse frequencies (`rotary_dim / 2` of them), scaled, computed as transformers does
@@ -255,12 +307,45 @@ impl RopeSpec {
                     })
                     .collect()
             }
+            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, truncate, .. } => {
+                // transformers computes the correction range in Python floats
+                // (f64) and the ramp and blend in f32 tensors.
+                let (dim, theta, orig) = (d as f64, f64::from(self.theta), f64::from(original_max_position_embeddings));
+                let correction_dim = |rotations: f64| {
+                    dim * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (correction_dim(f64::from(beta_fast)), correction_dim(f64::from(beta_slow)));
+                if truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0) as f32;
+                let mut high = high.min(dim - 1.0) as f32;
+                if low == high {
+                    high += 0.001; // transformers' guard against a zero-width ramp
+                }
+                (0..d / 2)
+                    .map(|i| {
+                        let pos = self.theta.powf((2 * i) as f32 / d as f32);
+                        let (extrapolated, interpolated) = (1.0 / pos, 1.0 / (factor * pos));
+                        let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation_weight = 1.0 - ramp;
+                        interpolated * (1.0 - extrapolation_weight) + extrapolated * extrapolation_weight
+                    })
+                    .collect()
+            }
         }
     }
 }
 
+/// The `yarn_get_mscale` of DeepSeek's and transformers' YaRN code:
+/// `0.1 * mscale * ln(scale) + 1`, or 1 when `scale <= 1`.
+pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 { 1.0 } else { 0.1 * mscale * scale.ln() + 1.0 }
+}
+
 /// Sparse mixture-of-experts parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoeSpec {
     /// Experts per layer.
     pub num_experts: usize,
@@ -268,6 +353,71 @@ pub struct MoeSpec {
     pub top_k: usize,
     /// Renormalise the kept routing weights to sum to one (Mixtral: yes).
     pub renormalize: bool,
+    // --- DeepSeek-V3 additions (routing variant, shared experts). Both default
+    // --- to Mixtral's behaviour, so manifests written before them still parse.
+    /// How router logits become expert weights.
+    #[serde(default)]
+    pub routing: MoeRouting,
+    /// Inner width of the always-applied shared expert MLP
+    /// (`moe_intermediate_size * n_shared_experts`), if the model has one.
+    #[serde(default)]
+    pub shared_intermediate: Option<usize>,
+}
+
+/// How router logits become the dense per-token expert weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MoeRouting {
+    /// Mixtral / Qwen-MoE: softmax over all experts, keep the top k.
+    #[default]
+    Softmax,
+    /// DeepSeek-V3 (`noaux_tc`): sigmoid scores; experts are *chosen* by score
+    /// plus the router's `e_score_correction_bias` ([`Role::RouterBias`](crate::Role)),
+    /// first the `topk_group` best of `n_group` groups (group score: the sum of
+    /// its two best), then the top k experts inside them; the weights are the
+    /// chosen experts' sigmoid scores *without* the bias, renormalised when
+    /// [`MoeSpec::renormalize`], times `scaling` (`routed_scaling_factor`).
+    SigmoidGrouped {
+        /// Groups the experts are split into (`n_group`).
+        n_group: usize,
+        /// Groups kept per token (`topk_group`).
+        topk_group: usize,
+        /// Multiplier of the final weights (`routed_scaling_factor`).
+        scaling: f32,
+    },
+}
+
+// --- DeepSeek-V3 multi-head latent attention ---------------------------------
+
+/// Multi-head latent attention (DeepSeek-V2/V3). The engine runs it in the
+/// "absorbed" form: the key part of `kv_b_proj` is folded into the query
+/// projection and its value part into `o_proj` when a checkpoint is opened
+/// (see `airllm_format::mla`), so every head attends over one shared cached
+/// row `[c_kv (kv_lora_rank) | k_rope (qk_rope_head_dim)]` whose first
+/// `kv_lora_rank` values are also the value. With MLA the spec's `head_dim`
+/// is that row's width (`kv_lora_rank + qk_rope_head_dim`) and
+/// `num_kv_heads` is 1: the KV cache holds only the latent and the RoPE key.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MlaSpec {
+    /// Rank of the query compression (`q_a_proj`), or None for a plain `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    /// Width of the cached latent `c_kv`.
+    pub kv_lora_rank: usize,
+    /// Per-head query/key dimensions without RoPE.
+    pub qk_nope_head_dim: usize,
+    /// Per-head query/key dimensions with RoPE (the shared key's width).
+    pub qk_rope_head_dim: usize,
+    /// Per-head value dimension.
+    pub v_head_dim: usize,
+    /// Softmax scale: `(nope + rope)^-0.5`, times YaRN's `mscale_all_dim` factor squared.
+    pub softmax_scale: f32,
+}
+
+impl MlaSpec {
+    /// Width of the cached row (and of one absorbed query head).
+    pub fn cache_dim(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
 }
 
 /// Everything a forward pass needs, independent of the checkpoint format.
@@ -324,6 +474,9 @@ pub struct ModelSpec {
     /// What differs between layers (empty for uniform models); see [`ModelSpec::layer`].
     #[serde(default)]
     pub layers: LayerOverrides,
+    /// Multi-head latent attention (DeepSeek-V3), if the model uses it.
+    #[serde(default)]
+    pub mla: Option<MlaSpec>,
 }
 
 impl ModelSpec {
@@ -425,6 +578,8 @@ impl ModelSpec {
                 num_experts: cfg.usize("num_local_experts")?,
                 top_k: cfg.usize("num_experts_per_tok")?,
                 renormalize: true,
+                routing: MoeRouting::Softmax,
+                shared_intermediate: None,
             }),
             _ => None,
         };
@@ -460,9 +615,11 @@ impl ModelSpec {
                 vocab_size,
             ),
             layers: cfg.layer_overrides(num_layers)?,
+            mla: None,
         };
         let spec = match family {
             Family::Gemma2 | Family::Gemma3 => gemma::hf_overrides(spec, cfg)?,
+            Family::DeepseekV3 => deepseek::hf_overrides(spec, cfg)?,
             _ => spec,
         };
         spec.validate().map_err(|m| cfg.err(&m))?;
@@ -516,6 +673,10 @@ impl ModelSpec {
             if m.top_k == 0 || m.top_k > m.num_experts {
                 return Err(format!("num_experts_per_tok {} must be in 1..={}", m.top_k, m.num_experts));
             }
+            deepseek::validate_moe(&m)?;
+        }
+        if let Some(mla) = self.mla {
+            deepseek::validate_mla(self, &mla)?;
         }
         self.validate_layers()?;
         if self.sliding_window == Some(0) {
@@ -554,14 +715,21 @@ impl ModelSpec {
         if f == Family::Qwen2 && !self.qkv_bias {
             return Err("qkv_bias false disagrees with the qwen2 family (its q/k/v projections have biases)".into());
         }
-        if self.moe.is_some() != (f == Family::Mixtral) {
+        if self.moe.is_some() != matches!(f, Family::Mixtral | Family::DeepseekV3) {
             return Err(format!(
                 "a mixture of experts is {} for the {f} family",
                 if self.moe.is_some() { "set" } else { "missing" }
             ));
         }
+        if self.mla.is_some() != (f == Family::DeepseekV3) {
+            return Err(format!(
+                "multi-head latent attention is {} for the {f} family",
+                if self.mla.is_some() { "set" } else { "missing" }
+            ));
+        }
         let style = if f == Family::Glm { RopeStyle::Interleaved } else { RopeStyle::HalfRotation };
-        if self.rope.style != style {
+        // DeepSeek checkpoints say which layout they use (`rope_interleave`).
+        if self.rope.style != style && f != Family::DeepseekV3 {
             return Err(format!(
                 "rope style {:?} disagrees with the {f} family (it must be {style:?})",
                 self.rope.style
@@ -577,6 +745,9 @@ impl ModelSpec {
     /// this spec, computed without building the list (so a damaged layer or expert count
     /// is refused before anything is allocated for it). Saturates.
     pub fn expected_tensor_count(&self) -> usize {
+        if let Some(mla) = self.mla {
+            return deepseek::expected_tensor_count(self, &mla);
+        }
         let mut per_layer: usize = 1 + 1 + 1; // attention norm, o, mlp norm
         per_layer += if self.family == Family::Phi3 { 1 } else { 3 + if self.qkv_bias { 3 } else { 0 } };
         per_layer += usize::from(self.o_bias) + if self.qk_norm { 2 } else { 0 };
@@ -602,6 +773,9 @@ impl ModelSpec {
 
     /// Total parameter count implied by the spec (embedding counted once when tied).
     pub fn parameter_count(&self) -> u64 {
+        if self.mla.is_some() {
+            return self.mla_parameter_count();
+        }
         let h = self.hidden_size as u64;
         let i = self.intermediate_size as u64;
         let v = self.vocab_size as u64;
@@ -625,6 +799,34 @@ impl ModelSpec {
         let per_layer = attn + mlp;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_layers as u64 * per_layer + h + head
+    }
+}
+
+impl ModelSpec {
+    /// [`ModelSpec::parameter_count`] of a latent-attention model, as the engine
+    /// stores it (absorbed query and output projections, per-layer dense or MoE MLPs).
+    fn mla_parameter_count(&self) -> u64 {
+        let Some(m) = self.mla else { return 0 };
+        let (h, heads, v) = (self.hidden_size as u64, self.num_heads as u64, self.vocab_size as u64);
+        let (c, r) = (m.kv_lora_rank as u64, m.qk_rope_head_dim as u64);
+        let q_in = m.q_lora_rank.map_or(h, |q| q as u64);
+        let mut attn = 2 * h + (c + r) * h + c + heads * (c + r) * q_in + h * heads * c;
+        if let Some(q) = m.q_lora_rank {
+            attn += q as u64 * h + q as u64;
+        }
+        let mut total = v * h + h + if self.tie_word_embeddings { 0 } else { v * h };
+        for l in 0..self.num_layers {
+            let mlp = match self.layer(l).mlp {
+                crate::layers::MlpSpec::Dense { intermediate } => 3 * h * intermediate as u64,
+                crate::layers::MlpSpec::Moe(moe) => {
+                    let e = moe.num_experts as u64;
+                    let shared = moe.shared_intermediate.map_or(0, |s| 3 * h * s as u64);
+                    e * 3 * h * self.intermediate_size as u64 + e * h + e + shared
+                }
+            };
+            total += attn + mlp;
+        }
+        total
     }
 }
 
@@ -842,9 +1044,10 @@ impl Cfg<'_> {
                         high_freq_factor: f("high_freq_factor")?,
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
+                    "yarn" => self.yarn(s)?,
                     other => {
                         return Err(self.err(&format!(
-                            "rope scaling type {} is not supported (default, linear, llama3)",
+                            "rope scaling type {} is not supported (default, linear, llama3, yarn)",
                             crate::error::quote(other)
                         )));
                     }
@@ -852,8 +1055,55 @@ impl Cfg<'_> {
             }
         };
         let rotary_dim = ((head_dim as f64) * partial) as usize;
+        // DeepSeek's `rope_interleave` (default true) is handled by its parser.
         let style = if family == Family::Glm { RopeStyle::Interleaved } else { RopeStyle::HalfRotation };
         Ok(RopeSpec { theta: theta as f32, scaling, rotary_dim, style })
+    }
+}
+
+impl Cfg<'_> {
+    /// YaRN scaling from a `rope_scaling` / `rope_parameters` object, with
+    /// transformers' defaults: `factor` from `max_position_embeddings /
+    /// original_max_position_embeddings` when absent, beta_fast 32, beta_slow 1,
+    /// `attention_factor` from `mscale` and `mscale_all_dim`.
+    fn yarn(&self, s: &Value) -> Result<RopeScaling> {
+        let orig = self.opt_f64_in(s, "original_max_position_embeddings")?.ok_or_else(|| {
+            self.err("rope scaling `yarn` needs field `original_max_position_embeddings` (the pre-training context)")
+        })?;
+        let factor = match self.opt_f64_in(s, "factor")? {
+            Some(f) => f,
+            None => self.opt_usize("max_position_embeddings")?.ok_or_else(|| {
+                self.err("rope scaling `yarn` needs `factor` (or `max_position_embeddings` to derive it)")
+            })? as f64 / orig,
+        };
+        let attention_factor = match self.opt_f64_in(s, "attention_factor")? {
+            Some(a) => a,
+            None => {
+                let mscale = self.opt_f64_in(s, "mscale")?.filter(|m| *m != 0.0);
+                let mscale_all_dim = self.opt_f64_in(s, "mscale_all_dim")?.filter(|m| *m != 0.0);
+                match (mscale, mscale_all_dim) {
+                    (Some(m), Some(a)) => yarn_mscale(factor, m) / yarn_mscale(factor, a),
+                    _ => yarn_mscale(factor, 1.0),
+                }
+            }
+        };
+        // transformers reads `x or default`: a 0 means the default too.
+        let beta = |k: &str, d: f64| -> Result<f64> { Ok(self.opt_f64_in(s, k)?.filter(|b| *b != 0.0).unwrap_or(d)) };
+        let truncate = match s.get("truncate") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(self.err(&format!("rope scaling field `truncate` must be true or false, found {}", excerpt(other))));
+            }
+        };
+        Ok(RopeScaling::Yarn {
+            factor: factor as f32,
+            original_max_position_embeddings: orig as f32,
+            beta_fast: beta("beta_fast", 32.0)? as f32,
+            beta_slow: beta("beta_slow", 1.0)? as f32,
+            attention_factor: attention_factor as f32,
+            truncate,
+        })
     }
 }
 

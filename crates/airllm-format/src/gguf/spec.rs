@@ -182,6 +182,8 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
             num_experts: required(meta, "llama.expert_count")?,
             top_k: required(meta, "llama.expert_used_count")?,
             renormalize: true,
+            routing: Default::default(),
+            shared_intermediate: None,
         }),
         _ => None,
     };
@@ -233,6 +235,7 @@ pub fn spec_from_metadata(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Re
         eos_token_ids,
         pad_token_id: crate::spec::usable_pad(token_id(meta, "tokenizer.ggml.padding_token_id")?, vocab_size),
         layers: Default::default(),
+        mla: None,
     };
     let spec = if family.has_sandwich_norms() { gemma_layers(meta, &arch, spec)? } else { spec };
     spec.validate().map_err(|m| meta.err(m))?;
