@@ -225,7 +225,7 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
     use airllm_gpu::kernels::paged::{NO_TREE, StepRow, StepSeq, StepViews};
     let block = 16u32;
     let blocks = (past + 1).div_ceil(block);
-    let layout = KvLayout { num_blocks: blocks, block, kv_heads: 8, head_dim: 128, f16: false };
+    let layout = KvLayout { num_blocks: blocks, block, kv_heads: 8, head_dim: 128, f16: false, k_only: false };
     let heads = 32u32;
     let cache = KvCache::new(ctx, 1, layout).expect("cache");
     let q = ctx.create_storage_buffer("q", u64::from(heads * 128) * 4);
@@ -262,6 +262,7 @@ fn bench_attention(c: &mut Criterion, ctx: &GpuContext, adapter: &str, past: u32
         scale: 1.0 / (128f32).sqrt(),
         window: 0,
         softcap: 0.0,
+        v_dim: 128,
     };
     let kv_bytes = 2 * u64::from(past + 1) * u64::from(layout.kv_heads) * 128 * 4;
     let mut g = group(c, format!("{adapter}/kernels/attention/f32/decode-{past}{suffix}"), kv_bytes);

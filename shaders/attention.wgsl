@@ -25,7 +25,11 @@
 // stored. f32 throughout. A row with no visible key gets zeros.
 //
 // q: row r of q (stride q_stride), head h at column q_off + h * head_dim.
-// out: row r, head h at column out_off + h * head_dim (the layout o_proj reads).
+// out: row r, head h at column out_off + h * v_dim (the layout o_proj reads).
+// The value of a slot is the first v_dim values of its v row (v_dim ==
+// head_dim for ordinary attention). Multi-head latent attention binds the k
+// cache as v as well: its rows are [latent | rope key] and the value is the
+// latent, v_dim = kv_lora_rank. WIDE_HEAD: head_dim up to 1024 (else 256).
 #include common
 #include reduce
 #include math
@@ -43,6 +47,10 @@ struct Params {
     out_off: u32,
     scale: f32,
     softcap: f32,    // 0: none
+    v_dim: u32,      // values per head of the output (<= head_dim)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 struct Row {
@@ -93,7 +101,11 @@ fn v_at(i: u32) -> f32 {
 @group(0) @binding(7) var<storage, read> tree_masks: array<u32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 
+#ifdef WIDE_HEAD
+const MAX_D: u32 = 1024u;
+#else
 const MAX_D: u32 = 256u;
+#endif
 const DPT: u32 = MAX_D / WG;
 const NONE: u32 = 0xffffffffu;
 
@@ -203,7 +215,7 @@ fn main(ids: Ids) {
             let vb = slot_base(sq, kvh, s);
             for (var j = 0u; j < DPT; j++) {
                 let dd = ids.lid + j * WG;
-                if (dd < d) {
+                if (dd < P.v_dim) {
                     o[j] += pv * v_at(vb + dd);
                 }
             }
@@ -214,11 +226,11 @@ fn main(ids: Ids) {
     }
 
     if (valid) {
-        let ob = r * P.out_stride + P.out_off + h * d;
+        let ob = r * P.out_stride + P.out_off + h * P.v_dim;
         let inv = select(0.0, 1.0 / l, l > 0.0);
         for (var j = 0u; j < DPT; j++) {
             let dd = ids.lid + j * WG;
-            if (dd < d) {
+            if (dd < P.v_dim) {
                 out[ob + dd] = o[j] * inv;
             }
         }

@@ -20,7 +20,11 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> moves: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;
+#ifdef K_ONLY
+// Latent attention: only k is stored (the value is part of each k row).
+#else
 @group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;
+#endif
 
 fn word(blk: u32, h: u32, off: u32, w: u32) -> u32 {
     return ((blk * P.kv_heads + h) * P.block + off) * P.head_words + w;
@@ -33,17 +37,27 @@ fn main(ids: Ids) {
     let h1 = g / P.head_words;
     let h = h1 % P.kv_heads;
     let t = h1 / P.kv_heads;
+#ifdef K_ONLY
+    if (t >= 1u) {
+        return;
+    }
+#else
     if (t >= 2u) {
         return;
     }
+#endif
     for (var i = 0u; i < P.moves; i++) {
         let m = moves[i];
         let src = word(m.x, h, m.y, w);
         let dst = word(m.z, h, m.w, w);
+#ifdef K_ONLY
+        k_cache[dst] = k_cache[src];
+#else
         if (t == 0u) {
             k_cache[dst] = k_cache[src];
         } else {
             v_cache[dst] = v_cache[src];
         }
+#endif
     }
 }

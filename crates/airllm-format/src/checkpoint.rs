@@ -70,6 +70,8 @@ pub struct Checkpoint {
     /// projections are computed from (they are not offered themselves), with
     /// their byte ranges.
     mla_inputs: BTreeMap<u32, (crate::mla::AbsorbInputs, [(usize, usize, usize); 3])>,
+    /// Tensors offered as f32 whose stored dtype is this (DeepSeek's router bias).
+    widened: BTreeMap<String, DType>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -153,7 +155,18 @@ impl Checkpoint {
                 mla_inputs.insert(l, (inp, rs));
             }
         }
-        let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges, mla_inputs };
+        // The router's correction bias is read as f32 by the routing kernels;
+        // bf16/f16 checkpoints store it in their dtype: it is widened when read.
+        let mut widened = BTreeMap::new();
+        for t in &mut tensors {
+            if let (Role::RouterBias, StorageFormat::Dense(d)) = (t.role, t.format)
+                && d != DType::F32
+            {
+                widened.insert(t.name.clone(), d);
+                t.format = StorageFormat::Dense(DType::F32);
+            }
+        }
+        let mut ck = Checkpoint { dir: dir.to_owned(), spec, files, maps, tensors, ranges, mla_inputs, widened };
         ck.sort()?;
         if !partial {
             check_tensors(&ck.spec, &ck.tensors, &ck.dir)?;
@@ -441,10 +454,15 @@ impl TensorSource for Checkpoint {
                 why: "its file was deleted".into(),
             });
         };
-        m.map.get(b..e).map(Cow::Borrowed).ok_or_else(|| FormatError::Safetensors {
+        let bytes = m.map.get(b..e).ok_or_else(|| FormatError::Safetensors {
             path: m.path.clone(),
             reason: format!("tensor {} lies outside the file", tensor.name),
-        })
+        })?;
+        if let Some(&d) = self.widened.get(&tensor.name) {
+            let v = crate::dtype::dense_to_f32(d, bytes);
+            return Ok(Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+        Ok(Cow::Borrowed(bytes))
     }
     fn describe(&self) -> String {
         format!("safetensors checkpoint {}", self.dir.display())

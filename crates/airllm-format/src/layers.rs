@@ -64,6 +64,10 @@ pub struct AttentionSpec {
     pub softcap: Option<f32>,
     /// Per-head RMSNorm on q and k before RoPE.
     pub qk_norm: bool,
+    /// Values per head taken from the start of each cached value row, when
+    /// fewer than `head_dim`: latent attention's value is the first
+    /// `kv_lora_rank` values of the cached `[latent | rope key]` row.
+    pub v_dim: Option<usize>,
 }
 
 /// The MLP of one layer.
@@ -119,7 +123,14 @@ impl ModelSpec {
         };
         LayerSpec {
             index,
-            attention: AttentionSpec { window, rope, scale, softcap: o.attn_softcap, qk_norm: self.qk_norm },
+            attention: AttentionSpec {
+                window,
+                rope,
+                scale,
+                softcap: o.attn_softcap,
+                qk_norm: self.qk_norm,
+                v_dim: self.mla.map(|m| m.kv_lora_rank),
+            },
             mlp,
             sandwich_norms: o.sandwich_norms,
         }

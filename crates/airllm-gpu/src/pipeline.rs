@@ -122,15 +122,23 @@ pub enum PipelineKey {
     KvAppend {
         /// The cache holds f16 (packed pairs) instead of f32.
         f16: bool,
+        /// Only k is stored (latent attention; [`KvLayout::k_only`](crate::KvLayout)).
+        k_only: bool,
     },
     /// KV-cache slot moves (any dtype: copied as words).
-    KvCompact,
+    KvCompact {
+        /// Only k is stored (latent attention): no v cache binding.
+        k_only: bool,
+    },
     /// Attention.
     Attention {
         /// Subgroup reductions.
         subgroup: bool,
         /// The cache holds f16 (packed pairs) instead of f32.
         f16: bool,
+        /// Head dimensions up to 1024 instead of 256 (latent attention's cached
+        /// row, DeepSeek-V3: 576), at four times the per-thread accumulators.
+        wide_head: bool,
     },
     /// Gated activation.
     ActMul {
@@ -149,6 +157,9 @@ pub enum PipelineKey {
     MoeRoute,
     /// MoE combine.
     MoeCombine,
+    /// MoE routing, DeepSeek-V3's variant (sigmoid scores, correction bias,
+    /// group-limited top-k, scaled weights): `moe_route.wgsl` with `SIGMOID_GROUPED`.
+    MoeRouteGrouped,
 }
 
 /// Threads per workgroup of the row/element kernels.
@@ -167,14 +178,14 @@ impl PipelineKey {
             PipelineKey::RmsNorm { .. } => Shader::RmsNorm,
             PipelineKey::Rope { .. } => Shader::Rope,
             PipelineKey::KvAppend { .. } => Shader::KvAppend,
-            PipelineKey::KvCompact => Shader::KvCompact,
+            PipelineKey::KvCompact { .. } => Shader::KvCompact,
             PipelineKey::Attention { .. } => Shader::Attention,
             PipelineKey::ActMul { .. } => Shader::ActMul,
             PipelineKey::Add => Shader::Add,
             PipelineKey::BiasAdd => Shader::BiasAdd,
             PipelineKey::Scale => Shader::Scale,
             PipelineKey::Softcap => Shader::Softcap,
-            PipelineKey::MoeRoute => Shader::MoeRoute,
+            PipelineKey::MoeRoute | PipelineKey::MoeRouteGrouped => Shader::MoeRoute,
             PipelineKey::MoeCombine => Shader::MoeCombine,
         }
     }
@@ -184,7 +195,7 @@ impl PipelineKey {
         match self {
             PipelineKey::Gemm { tile, .. } => tile.threads(),
             PipelineKey::Attention { .. } => WG_ATTENTION,
-            PipelineKey::MoeRoute => WG_ROUTE,
+            PipelineKey::MoeRoute | PipelineKey::MoeRouteGrouped => WG_ROUTE,
             _ => WG_DEFAULT,
         }
     }
@@ -230,8 +241,14 @@ impl PipelineKey {
         if self.uses_subgroup() {
             d.push(Define::Flag("SUBGROUP"));
         }
-        if matches!(self, PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. }) {
+        if matches!(self, PipelineKey::KvAppend { f16: true, .. } | PipelineKey::Attention { f16: true, .. }) {
             d.push(Define::Flag("KV_F16"));
+        }
+        if matches!(self, PipelineKey::KvAppend { k_only: true, .. } | PipelineKey::KvCompact { k_only: true }) {
+            d.push(Define::Flag("K_ONLY"));
+        }
+        if matches!(self, PipelineKey::Attention { wide_head: true, .. }) {
+            d.push(Define::Flag("WIDE_HEAD"));
         }
         match *self {
             PipelineKey::Gemv { format, tokens, wide, x_vec4, team, .. } => {
@@ -262,6 +279,7 @@ impl PipelineKey {
                 }
             }
             PipelineKey::Rope { interleaved: true } => d.push(Define::Flag("INTERLEAVED")),
+            PipelineKey::MoeRouteGrouped => d.push(Define::Flag("SIGMOID_GROUPED")),
             PipelineKey::ActMul { act } => d.push(Define::Flag(match act {
                 Activation::Silu => "SILU",
                 Activation::GeluTanh => "GELU_TANH",
@@ -319,11 +337,16 @@ impl PipelineKey {
         v.push(PipelineKey::Rope { interleaved: false });
         v.push(PipelineKey::Rope { interleaved: true });
         for f16 in [false, true] {
-            v.push(PipelineKey::KvAppend { f16 });
-            v.push(PipelineKey::Attention { subgroup: false, f16 });
-            v.push(PipelineKey::Attention { subgroup: true, f16 });
+            for k_only in [false, true] {
+                v.push(PipelineKey::KvAppend { f16, k_only });
+            }
+            for wide_head in [false, true] {
+                v.push(PipelineKey::Attention { subgroup: false, f16, wide_head });
+                v.push(PipelineKey::Attention { subgroup: true, f16, wide_head });
+            }
         }
-        v.push(PipelineKey::KvCompact);
+        v.push(PipelineKey::KvCompact { k_only: false });
+        v.push(PipelineKey::KvCompact { k_only: true });
         v.push(PipelineKey::ActMul { act: Activation::Silu });
         v.push(PipelineKey::ActMul { act: Activation::GeluTanh });
         v.extend([
@@ -333,6 +356,7 @@ impl PipelineKey {
             PipelineKey::Softcap,
             PipelineKey::MoeRoute,
             PipelineKey::MoeCombine,
+            PipelineKey::MoeRouteGrouped,
         ]);
         v
     }
@@ -396,7 +420,24 @@ impl fmt::Display for PipelineKey {
                 f.write_str(if interleaved { "/interleaved" } else { "/half" })?;
             }
             PipelineKey::ActMul { act } => write!(f, "/{}", act.name())?,
-            PipelineKey::KvAppend { f16: true } | PipelineKey::Attention { f16: true, .. } => f.write_str("/kv_f16")?,
+            PipelineKey::KvAppend { f16, k_only } => {
+                if f16 {
+                    f.write_str("/kv_f16")?;
+                }
+                if k_only {
+                    f.write_str("/k_only")?;
+                }
+            }
+            PipelineKey::Attention { f16, wide_head, .. } => {
+                if f16 {
+                    f.write_str("/kv_f16")?;
+                }
+                if wide_head {
+                    f.write_str("/wide_head")?;
+                }
+            }
+            PipelineKey::MoeRouteGrouped => f.write_str("/sigmoid_grouped")?,
+            PipelineKey::KvCompact { k_only: true } => f.write_str("/k_only")?,
             _ => {}
         }
         if self.uses_subgroup() {

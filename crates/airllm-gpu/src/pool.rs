@@ -102,6 +102,10 @@ pub struct KvLayout {
     pub head_dim: u32,
     /// Store f16 instead of f32 (half the memory; head_dim must be even).
     pub f16: bool,
+    /// Only a K tensor is stored (multi-head latent attention): each cached row
+    /// is `[latent | rope key]` and the value is its first values, read from the
+    /// same tensor, so nothing is stored twice. [`KvCache::v`] is then the K tensor.
+    pub k_only: bool,
 }
 
 impl KvLayout {
@@ -121,9 +125,17 @@ impl KvLayout {
             * 4
     }
 
-    /// Bytes one layer's buffer takes (k, then v at an aligned offset).
+    /// Bytes one layer's buffer takes (k, then v at an aligned offset; k alone when `k_only`).
     pub fn layer_bytes(&self) -> u64 {
+        if self.k_only {
+            return self.tensor_bytes();
+        }
         self.tensor_bytes().div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN + self.tensor_bytes()
+    }
+
+    /// Tensors stored per layer: 2 (k and v), or 1 when `k_only`.
+    pub fn tensors_per_layer(&self) -> u64 {
+        if self.k_only { 1 } else { 2 }
     }
 
     /// Index (in values) of `(block, head, offset in block, 0)`.
@@ -164,8 +176,9 @@ impl KvCache {
                 ),
             ));
         }
-        let v_offset = t.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-        let layers = (0..layers).map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), v_offset + t)).collect();
+        // A k-only cache's "v" is its k tensor (offset 0).
+        let v_offset = if layout.k_only { 0 } else { t.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN };
+        let layers = (0..layers).map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), layout.layer_bytes())).collect();
         Ok(KvCache { layout, v_offset, layers })
     }
 
@@ -184,7 +197,7 @@ impl KvCache {
         self.layers.get(layer).map(|b| BufView::new(b, 0, self.layout.tensor_bytes()))
     }
 
-    /// The v tensor of `layer`.
+    /// The v tensor of `layer` (the k tensor itself when the layout is `k_only`).
     pub fn v(&self, layer: usize) -> Option<BufView<'_>> {
         self.layers.get(layer).map(|b| BufView::new(b, self.v_offset, self.layout.tensor_bytes()))
     }
@@ -289,7 +302,7 @@ mod tests {
 
     #[test]
     fn kv_index() {
-        let l = KvLayout { num_blocks: 2, block: 5, kv_heads: 3, head_dim: 4, f16: false };
+        let l = KvLayout { num_blocks: 2, block: 5, kv_heads: 3, head_dim: 4, f16: false, k_only: false };
         assert_eq!(l.index(1, 2, 3), ((3 + 2) * 5 + 3) * 4);
         assert_eq!(l.tensor_bytes(), 2 * 3 * 5 * 4 * 4);
         assert_eq!(l.layer_bytes(), 512 + 480);

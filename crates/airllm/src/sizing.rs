@@ -41,6 +41,9 @@ pub fn kv_layout(spec: &ModelSpec, cap: &StepCapacity) -> KvLayout {
         head_dim: spec.head_dim as u32,
         // An f16 cache packs pairs, so it needs an even head_dim (all supported models have one).
         f16: cap.kv_dtype == KvDtype::F16 && spec.head_dim.is_multiple_of(2),
+        // Latent attention caches one row [latent | rope key] per slot and reads
+        // the value from it: no v tensor.
+        k_only: spec.mla.is_some(),
     }
 }
 
@@ -109,7 +112,7 @@ impl KvSummary {
             global_layers: spec.num_layers - sliding_layers,
             sliding_layers,
             window: kv_window(spec, cap),
-            slot_bytes: 2 * u64::from(g.kv_heads) * u64::from(g.head_dim) * g.elem_bytes(),
+            slot_bytes: g.tensors_per_layer() * u64::from(g.kv_heads) * u64::from(g.head_dim) * g.elem_bytes(),
             block: g.block as usize,
             global_blocks: g.num_blocks as usize,
             sliding_blocks: sliding_kv_layout(spec, cap).map(|l| l.num_blocks as usize).unwrap_or(0),
@@ -156,16 +159,23 @@ pub fn activation_buffers(spec: &ModelSpec, rows: usize, logit_rows: usize) -> V
     let inter = (0..spec.num_layers)
         .map(|l| match spec.layer(l).mlp {
             airllm_format::MlpSpec::Dense { intermediate } => intermediate,
-            airllm_format::MlpSpec::Moe(_) => spec.intermediate_size,
+            // DeepSeek's shared expert runs through the same gate|up buffers.
+            airllm_format::MlpSpec::Moe(m) => spec.intermediate_size.max(m.shared_intermediate.unwrap_or(0)),
         })
         .max()
         .unwrap_or(spec.intermediate_size);
+    // Latent attention also holds the compressed query and the heads' latent
+    // outputs in the attention buffer (see `graph::mla_attention`).
+    let attn = match spec.mla {
+        Some(m) => spec.q_dim().max(m.q_lora_rank.unwrap_or(0)).max(spec.num_heads * m.kv_lora_rank),
+        None => spec.q_dim(),
+    };
     let experts = spec.moe.map(|m| m.num_experts).unwrap_or(1);
     vec![
         (Buf::X, r * f(h)),
         (Buf::H, r * f(h)),
         (Buf::Qkv, r * f(spec.q_dim() + 2 * spec.kv_dim())),
-        (Buf::Attn, r * f(spec.q_dim())),
+        (Buf::Attn, r * f(attn)),
         (Buf::Gu, r * f(2 * inter)),
         (Buf::Act, r * f(inter)),
         (Buf::ExpertOut, if spec.moe.is_some() { r * f(h) } else { 16 }),
@@ -265,6 +275,25 @@ mod tests {
             kv_block: 16,
             kv_dtype: KvDtype::F16,
         }
+    }
+
+    /// DeepSeek-V3's latent attention caches one row `[latent | rope key]`
+    /// (16 + 8 values in the fixture) per slot and layer, no v: the KV figures
+    /// count exactly that, against 4 heads x (24 key + 16 value) values per
+    /// slot for the same model with plain multi-head attention.
+    #[test]
+    fn latent_attention_kv_is_one_row_per_slot() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/deepseek_v3");
+        use airllm_format::TensorSource;
+        let spec = airllm_format::Checkpoint::open(&dir).expect("the deepseek_v3 fixture").spec().clone();
+        let c = cap(4096, 2);
+        let layout = kv_layout(&spec, &c);
+        assert!(layout.k_only);
+        assert_eq!((layout.kv_heads, layout.head_dim), (1, 24));
+        let kv = KvSummary::new(&spec, &c);
+        assert_eq!(kv.slot_bytes, 24 * 2, "one f16 row of 24 values per slot");
+        assert_eq!(kv_bytes(&spec, &c), 3 * storage_size(256 * 16 * 24 * 2));
+        assert_eq!(kv.sequence_bytes(4096), 3 * 4096 * 24 * 2);
     }
 
     /// The fixture: two sliding layers (window 8) and one global. At a 32k

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use airllm::{AutoModel, GenerateOptions, Options, Prompt};
 use safetensors::SafeTensors;
 
-const FAMILIES: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "glm"];
+const FAMILIES: [&str; 9] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "phi3", "gemma", "glm", "deepseek_v3"];
 /// The fixtures README's bound for an independent f32 implementation.
 const TOL: f32 = 1e-4;
 
@@ -176,11 +176,11 @@ macro_rules! family_tests {
     )*};
 }
 
-family_tests!(llama, mistral, qwen2, qwen3, mixtral, phi3, gemma, glm);
+family_tests!(llama, mistral, qwen2, qwen3, mixtral, phi3, gemma, glm, deepseek_v3);
 
 #[test]
 fn families_list_is_complete() {
-    assert_eq!(FAMILIES.len(), 8);
+    assert_eq!(FAMILIES.len(), 9);
 }
 
 /// An lm_head split into row parts (as large models get automatically, so ring

@@ -140,6 +140,10 @@ pub(crate) fn validate_moe(m: &MoeSpec) -> std::result::Result<(), String> {
         return Err(format!("shared expert width {w} must be in 1..={}", crate::spec::limits::MAX_INTERMEDIATE));
     }
     if let MoeRouting::SigmoidGrouped { n_group, topk_group, scaling } = m.routing {
+        // The routing kernels keep per-token masks of at most 256 experts (DeepSeek-V3 has 256).
+        if m.num_experts > 256 {
+            return Err(format!("n_routed_experts {} is more than the 256 sigmoid routing supports", m.num_experts));
+        }
         if n_group == 0 || !m.num_experts.is_multiple_of(n_group) {
             return Err(format!("n_group {n_group} must be positive and divide n_routed_experts {}", m.num_experts));
         }
@@ -224,4 +228,112 @@ pub(crate) fn expected_tensor_count(spec: &ModelSpec, mla: &MlaSpec) -> usize {
         });
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use crate::layers::MlpSpec;
+    use crate::spec::{ModelSpec, MoeRouting, RopeScaling, RopeStyle};
+
+    fn fixture_config() -> Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny/deepseek_v3/config.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    fn parse(v: &Value) -> crate::error::Result<ModelSpec> {
+        ModelSpec::from_config_value(v, Path::new("/models/ds/config.json"))
+    }
+
+    #[test]
+    fn fixture_config_parses_to_the_absorbed_layout() {
+        let s = parse(&fixture_config()).unwrap();
+        let m = s.mla.unwrap();
+        assert_eq!((m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim), (Some(32), 16, 16, 8));
+        assert_eq!((s.head_dim, s.num_kv_heads, s.num_heads), (24, 1, 4));
+        // 24^-0.5 * (0.1 ln 4 + 1)^2 (transformers' yarn_apply_mscale, mscale_all_dim 1).
+        let mscale = 0.1 * 4f64.ln() + 1.0;
+        assert!((f64::from(m.softmax_scale) - 24f64.powf(-0.5) * mscale * mscale).abs() < 1e-7);
+        assert_eq!(s.rope.rotary_dim, 8);
+        assert_eq!(s.rope.style, RopeStyle::Interleaved);
+        assert!(matches!(s.rope.scaling, RopeScaling::Yarn { factor: 4.0, attention_factor: 1.0, .. }));
+        let moe = s.moe.unwrap();
+        assert_eq!((moe.num_experts, moe.top_k, moe.renormalize, moe.shared_intermediate), (8, 2, true, Some(32)));
+        assert_eq!(moe.routing, MoeRouting::SigmoidGrouped { n_group: 4, topk_group: 2, scaling: 2.5 });
+        assert_eq!(s.intermediate_size, 32);
+        assert_eq!(s.layer(0).mlp, MlpSpec::Dense { intermediate: 128 });
+        assert!(matches!(s.layer(1).mlp, MlpSpec::Moe(_)) && matches!(s.layer(2).mlp, MlpSpec::Moe(_)));
+        assert_eq!(s.layer(1).attention.v_dim, Some(16));
+    }
+
+    /// YaRN frequencies worked out by hand for the fixture (dim 8, base 1e4,
+    /// original context 64, beta 32/1): the correction range is [0, 2] after
+    /// truncation, so the ramp is [0, 0.5, 1, 1]: frequency 0 kept, 1 half
+    /// interpolated, 2 and 3 divided by the factor 4.
+    #[test]
+    fn yarn_inv_freq_follows_the_ramp() {
+        let s = parse(&fixture_config()).unwrap();
+        let f = s.rope.inv_freq();
+        let base = [1.0f32, 0.1, 0.01, 0.001];
+        let want = [base[0], 0.5 * base[1] / 4.0 + 0.5 * base[1], base[2] / 4.0, base[3] / 4.0];
+        for (i, (g, w)) in f.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.max(1e-3), "inv_freq[{i}] {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_file_and_key() {
+        let mut v = fixture_config();
+        v.as_object_mut().unwrap().remove("kv_lora_rank");
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("kv_lora_rank") && e.contains("/models/ds/config.json"), "{e}");
+
+        let mut v = fixture_config();
+        v["n_group"] = json!(3);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("n_group") && e.contains("config.json"), "{e}");
+
+        let mut v = fixture_config();
+        v["topk_group"] = json!(5);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("topk_group"), "{e}");
+
+        let mut v = fixture_config();
+        v["scoring_func"] = json!("softmax");
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("scoring_func"), "{e}");
+
+        let mut v = fixture_config();
+        v["first_k_dense_replace"] = json!(9);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("first_k_dense_replace"), "{e}");
+
+        let mut v = fixture_config();
+        v["rope_scaling"].as_object_mut().unwrap().remove("original_max_position_embeddings");
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("original_max_position_embeddings"), "{e}");
+    }
+
+    #[test]
+    fn plain_q_proj_and_moe_layer_freq() {
+        let mut v = fixture_config();
+        v["q_lora_rank"] = Value::Null;
+        v["moe_layer_freq"] = json!(2);
+        v["num_hidden_layers"] = json!(5);
+        let s = parse(&v).unwrap();
+        assert_eq!(s.mla.unwrap().q_lora_rank, None);
+        // Layer 0 dense (first_k_dense_replace), then MoE on even layers only.
+        assert_eq!(s.layers.dense_layers, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn unsupported_architecture_lists_deepseek() {
+        let mut v = fixture_config();
+        v["architectures"] = json!(["FalconForCausalLM"]);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("DeepseekV3ForCausalLM"), "{e}");
+    }
 }

@@ -13,8 +13,12 @@
 //! [`StepLayout::visible_slots`] spells the rule out; the shader follows it.
 //! q is row `r` of a `[rows, q_stride]` buffer (head h at column
 //! `q_off + h * head_dim`, so q can sit in a fused qkv buffer); out is
-//! `[rows, out_stride]` with head h at column `out_off + h * head_dim` (the
-//! layout o_proj reads). head_dim <= 256. Softmax in f32 with a running max
+//! `[rows, out_stride]` with head h at column `out_off + h * v_dim` (the
+//! layout o_proj reads); the value of a slot is the first `v_dim` values of
+//! its v row (`v_dim == head_dim` for ordinary attention; multi-head latent
+//! attention passes the k cache as `v_cache` and `v_dim = kv_lora_rank`, since
+//! its rows are `[latent | rope key]` and the value is the latent).
+//! head_dim <= 256, or up to 1024 with the `wide_head` variant. Softmax in f32 with a running max
 //! (flash-attention style): nothing of size rows x keys is stored. A row
 //! with no visible key gets zeros.
 
@@ -25,8 +29,11 @@ use crate::pipeline::PipelineKey;
 use crate::pool::{BufView, KvLayout};
 use crate::recorder::{Recorder, grid};
 
-/// Largest head dimension the kernel supports.
-pub const MAX_HEAD_DIM: u32 = 256;
+/// Largest head dimension the kernel supports (the `wide_head` variant above 256).
+pub const MAX_HEAD_DIM: u32 = 1024;
+
+/// Largest head dimension of the ordinary variant (fewer per-thread accumulators).
+pub const NARROW_HEAD_DIM: u32 = 256;
 
 /// Arguments of an attention launch.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +68,9 @@ pub struct Attention<'a> {
     pub window: u32,
     /// Logit soft-cap (0: none).
     pub softcap: f32,
+    /// Values per head of the output, read from the start of each v row
+    /// (`head_dim` except for latent attention).
+    pub v_dim: u32,
 }
 
 const OP: &str = "attention";
@@ -78,8 +88,10 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
     ensure(u64::from(a.q_off) + hd <= u64::from(a.q_stride), OP, "q_stride", || {
         format!("q_off + heads x head_dim exceeds {}", a.q_stride)
     })?;
-    ensure(u64::from(a.out_off) + hd <= u64::from(a.out_stride), OP, "out_stride", || {
-        format!("out_off + heads x head_dim exceeds {}", a.out_stride)
+    ensure(a.v_dim > 0 && a.v_dim <= d, OP, "v_dim", || format!("{} must be in 1..={d} (head_dim)", a.v_dim))?;
+    let hv = u64::from(a.heads) * u64::from(a.v_dim);
+    ensure(u64::from(a.out_off) + hv <= u64::from(a.out_stride), OP, "out_stride", || {
+        format!("out_off + heads x v_dim exceeds {}", a.out_stride)
     })?;
     let rows = u64::from(a.rows);
     if rows == 0 || a.heads == 0 {
@@ -94,7 +106,7 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
         ensure(v.buffer != a.out.buffer, OP, arg, || "inputs and out must be different buffers".into())?;
     }
     let ctx = rec.ctx();
-    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup, f16: l.f16 };
+    let key = PipelineKey::Attention { subgroup: ctx.caps().subgroup, f16: l.f16, wide_head: d > NARROW_HEAD_DIM };
     let groups = grid(ctx, rows * u64::from(a.heads))?;
     let params = Params::default()
         .u(a.rows)
@@ -108,7 +120,11 @@ pub fn launch(rec: &mut Recorder<'_>, a: &Attention<'_>) -> Result<()> {
         .u(a.out_stride)
         .u(a.out_off)
         .f(a.scale)
-        .f(a.softcap);
+        .f(a.softcap)
+        .u(a.v_dim)
+        .u(0)
+        .u(0)
+        .u(0);
     rec.dispatch(
         &key,
         params.bytes()?,
@@ -148,6 +164,8 @@ pub struct AttentionShape {
     pub window: u32,
     /// Soft-cap (0: none).
     pub softcap: f32,
+    /// Values per head of the output (see [`Attention::v_dim`]).
+    pub v_dim: u32,
 }
 
 /// CPU reference: a plain masked softmax in f64 over each row's visible slots.
@@ -171,18 +189,19 @@ pub fn reference(s: &AttentionShape, step: &StepLayout, q: &[f32], k: &[f32], v:
                 }
                 scores.push((slot, x));
             }
-            let o = &mut out[r * s.out_stride as usize + s.out_off as usize + h as usize * d..][..d];
+            let dv = s.v_dim as usize;
+            let o = &mut out[r * s.out_stride as usize + s.out_off as usize + h as usize * dv..][..dv];
             if scores.is_empty() {
                 o.fill(0.0);
                 continue;
             }
             let m = scores.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = scores.iter().map(|p| (p.1 - m).exp()).sum();
-            let mut acc = vec![0f64; d];
+            let mut acc = vec![0f64; dv];
             for (slot, x) in &scores {
                 let p = (x - m).exp() / sum;
                 let (blk, off) = step.locate(row.seq, *slot, l.block);
-                let vv = &v[l.index(blk, kvh, off) as usize..][..d];
+                let vv = &v[l.index(blk, kvh, off) as usize..][..dv];
                 for (a, vi) in acc.iter_mut().zip(vv) {
                     *a += p * f64::from(*vi);
                 }

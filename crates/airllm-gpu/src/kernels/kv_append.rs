@@ -56,16 +56,18 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
         return Ok(());
     }
     a.k_src.need_f32(OP, "k_src", rows * u64::from(a.k_stride))?;
-    a.v_src.need_f32(OP, "v_src", rows * u64::from(a.v_stride))?;
     a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
-    a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
+    if !l.k_only {
+        a.v_src.need_f32(OP, "v_src", rows * u64::from(a.v_stride))?;
+        a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
+    }
     a.step.rows.need_f32(OP, "rows", rows * 4)?;
     for (arg, c) in [("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
         ensure(c.buffer != a.k_src.buffer && c.buffer != a.v_src.buffer, OP, arg, || {
             "cache and source must be different buffers".into()
         })?;
     }
-    let key = PipelineKey::KvAppend { f16: l.f16 };
+    let key = PipelineKey::KvAppend { f16: l.f16, k_only: l.k_only };
     // An f16 cache is written in packed pairs: one invocation per two values.
     let per_row = if l.f16 { row / 2 } else { row };
     let groups = groups_for(rec.ctx(), rows * per_row, key.workgroup_size())?;
@@ -78,20 +80,14 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvAppend<'_>) -> Result<()> {
         .u(a.k_off)
         .u(a.v_stride)
         .u(a.v_off);
-    rec.dispatch(
-        &key,
-        params.bytes()?,
-        &[
-            (1, a.k_src),
-            (2, a.v_src),
-            (3, a.step.rows),
-            (4, a.step.seqs),
-            (5, a.step.block_table),
-            (6, a.k_cache),
-            (7, a.v_cache),
-        ],
-        groups,
-    )
+    let step = [(3, a.step.rows), (4, a.step.seqs), (5, a.step.block_table), (6, a.k_cache)];
+    if l.k_only {
+        // No v source or v cache: the K_ONLY variant does not declare them.
+        let b = [(1, a.k_src), step[0], step[1], step[2], step[3]];
+        return rec.dispatch(&key, params.bytes()?, &b, groups);
+    }
+    let b = [(1, a.k_src), (2, a.v_src), step[0], step[1], step[2], step[3], (7, a.v_cache)];
+    rec.dispatch(&key, params.bytes()?, &b, groups)
 }
 
 /// CPU reference: appends `src` rows (`[rows, stride]`, heads at `off`) into

@@ -43,11 +43,15 @@ pub fn launch(rec: &mut Recorder<'_>, a: &KvCompact<'_>) -> Result<()> {
     }
     a.moves.need_f32(OP, "moves", u64::from(a.n_moves) * 4)?;
     a.k_cache.need_f32(OP, "k_cache", l.tensor_bytes() / 4)?;
-    a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
-    let key = PipelineKey::KvCompact;
-    let threads = 2 * u64::from(l.kv_heads) * u64::from(head_words);
+    let key = PipelineKey::KvCompact { k_only: l.k_only };
+    let threads = l.tensors_per_layer() * u64::from(l.kv_heads) * u64::from(head_words);
     let groups = groups_for(rec.ctx(), threads, key.workgroup_size())?;
     let params = Params::default().u(a.n_moves).u(l.kv_heads).u(head_words).u(l.block);
+    if l.k_only {
+        // `v_cache` is the k tensor itself: the K_ONLY variant has no v binding.
+        return rec.dispatch(&key, params.bytes()?, &[(1, a.moves), (2, a.k_cache)], groups);
+    }
+    a.v_cache.need_f32(OP, "v_cache", l.tensor_bytes() / 4)?;
     rec.dispatch(&key, params.bytes()?, &[(1, a.moves), (2, a.k_cache), (3, a.v_cache)], groups)
 }
 

@@ -73,6 +73,114 @@ pub fn route(rec: &mut Recorder<'_>, a: &Route<'_>) -> Result<()> {
     rec.dispatch(&key, p.bytes()?, &[(1, a.logits.view), (2, a.weights)], groups)
 }
 
+// --- DeepSeek-V3 routing (sigmoid scores, correction bias, group-limited top-k) ---
+
+/// Arguments of a DeepSeek-V3 routing launch ([`route_grouped`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteGrouped<'a> {
+    /// The plain routing arguments (`renormalize`: divide by the chosen scores' sum).
+    pub route: Route<'a>,
+    /// `[E]` f32 `e_score_correction_bias`, added to the scores for choosing only.
+    pub bias: BufView<'a>,
+    /// Groups the experts split into (a divisor of E leaving at least 2 per group).
+    pub n_group: u32,
+    /// Groups kept per token.
+    pub topk_group: u32,
+    /// Multiplier of the final weights (`routed_scaling_factor`).
+    pub scaling: f32,
+}
+
+/// Records DeepSeek-V3's routing (`moe_route.wgsl` with `SIGMOID_GROUPED`; the
+/// rule is in that file and in [`route_grouped_reference`]).
+pub fn route_grouped(rec: &mut Recorder<'_>, a: &RouteGrouped<'_>) -> Result<()> {
+    let r = &a.route;
+    ensure(r.experts > 0 && r.experts <= MAX_EXPERTS, "moe_route", "experts", || {
+        format!("{} must be in 1..={MAX_EXPERTS}", r.experts)
+    })?;
+    ensure(a.n_group > 0 && r.experts.is_multiple_of(a.n_group) && r.experts / a.n_group >= 2, "moe_route", "n_group", || {
+        format!("{} must divide {} experts into groups of at least 2", a.n_group, r.experts)
+    })?;
+    ensure(a.topk_group > 0 && a.topk_group <= a.n_group, "moe_route", "topk_group", || {
+        format!("{} must be in 1..={}", a.topk_group, a.n_group)
+    })?;
+    ensure(r.top_k > 0 && r.top_k <= a.topk_group * (r.experts / a.n_group), "moe_route", "top_k", || {
+        format!("{} must be in 1..={} (the kept groups' experts)", r.top_k, a.topk_group * (r.experts / a.n_group))
+    })?;
+    ensure(u64::from(r.logits.off) + u64::from(r.experts) <= u64::from(r.logits.stride), "moe_route", "logits", || {
+        "off + experts exceeds the stride".into()
+    })?;
+    if r.t == 0 {
+        return Ok(());
+    }
+    r.logits.view.need_f32(
+        "moe_route",
+        "logits",
+        u64::from(r.t - 1) * u64::from(r.logits.stride) + u64::from(r.logits.off) + u64::from(r.experts),
+    )?;
+    r.weights.need_f32("moe_route", "weights", u64::from(r.t) * u64::from(r.experts))?;
+    a.bias.need_f32("moe_route", "bias", u64::from(r.experts))?;
+    ensure(r.weights.buffer != r.logits.view.buffer && r.weights.buffer != a.bias.buffer, "moe_route", "weights", || {
+        "weights must be a different buffer from logits and bias".into()
+    })?;
+    let key = PipelineKey::MoeRouteGrouped;
+    let groups = groups_for(rec.ctx(), u64::from(r.t), key.workgroup_size())?;
+    let p = Params::default()
+        .u(r.t)
+        .u(r.experts)
+        .u(r.top_k)
+        .u(u32::from(r.renormalize))
+        .u(r.logits.stride)
+        .u(r.logits.off)
+        .u(a.n_group)
+        .u(a.topk_group)
+        .f(a.scaling)
+        .u(0)
+        .u(0)
+        .u(0);
+    rec.dispatch(&key, p.bytes()?, &[(1, r.logits.view), (2, r.weights), (3, a.bias)], groups)
+}
+
+/// CPU reference of [`route_grouped`] on contiguous `[t, e]` logits (f64
+/// sigmoid and sums; ties go to the lower index, as in the kernel): `[t, e]` weights.
+#[allow(clippy::too_many_arguments)]
+pub fn route_grouped_reference(
+    t: u32,
+    e: u32,
+    k: u32,
+    renormalize: bool,
+    n_group: u32,
+    topk_group: u32,
+    scaling: f32,
+    bias: &[f32],
+    logits: &[f32],
+) -> Vec<f32> {
+    let (t, e, k, ng, kg) = (t as usize, e as usize, k as usize, n_group as usize, topk_group as usize);
+    let gs = e / ng;
+    let mut out = vec![0f32; t * e];
+    for r in 0..t {
+        let s: Vec<f64> = logits[r * e..(r + 1) * e].iter().map(|&x| 1.0 / (1.0 + (-f64::from(x)).exp())).collect();
+        let c: Vec<f64> = s.iter().zip(bias).map(|(s, b)| s + f64::from(*b)).collect();
+        let group_score = |g: usize| {
+            let mut v: Vec<f64> = c[g * gs..(g + 1) * gs].to_vec();
+            v.sort_by(|a, b| b.total_cmp(a));
+            v[0] + v[1]
+        };
+        let mut groups: Vec<usize> = (0..ng).collect();
+        // stable: equal scores keep the lower index first
+        groups.sort_by(|a, b| group_score(*b).total_cmp(&group_score(*a)));
+        let kept = &groups[..kg];
+        let mut experts: Vec<usize> = (0..e).filter(|x| kept.contains(&(x / gs))).collect();
+        experts.sort_by(|a, b| c[*b].total_cmp(&c[*a]));
+        let chosen = &experts[..k];
+        let sum: f64 = chosen.iter().map(|&x| s[x]).sum::<f64>() + 1e-20;
+        for &x in chosen {
+            let w = if renormalize { s[x] / sum } else { s[x] };
+            out[r * e + x] = (w * f64::from(scaling)) as f32;
+        }
+    }
+    out
+}
+
 /// Records `out[t, :cols] += weights[t, expert] * y[t, :cols]`.
 #[allow(clippy::too_many_arguments)]
 pub fn combine(

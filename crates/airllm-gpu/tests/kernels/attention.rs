@@ -30,6 +30,10 @@ struct Case {
     softcap: f32,
     /// f16 cache.
     f16: bool,
+    /// Latent attention: k-only cache, values read from the k rows.
+    k_only: bool,
+    /// Values per head (`head_dim` unless `k_only`).
+    v_dim: u32,
 }
 
 /// Builds the step: blocks handed out in a shuffled order (so tables are not
@@ -83,7 +87,7 @@ fn layout(rng: &mut StdRng, c: &Case) -> StepLayout {
 /// references.
 fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     let kl =
-        KvLayout { num_blocks: c.num_blocks, block: c.block, kv_heads: c.kv_heads, head_dim: c.head_dim, f16: c.f16 };
+        KvLayout { num_blocks: c.num_blocks, block: c.block, kv_heads: c.kv_heads, head_dim: c.head_dim, f16: c.f16, k_only: c.k_only };
     let step = layout(rng, c);
     let rows = step.rows.len() as u32;
     let d = c.head_dim;
@@ -103,7 +107,9 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
     let cache = KvCache::new(ctx, 1, kl).expect("cache");
     let (kv, vv) = (cache.k(0).expect("k"), cache.v(0).expect("v"));
     ctx.queue().write_buffer(kv.buffer, kv.offset, &cache_bytes(&k_cache, c.f16));
-    ctx.queue().write_buffer(vv.buffer, vv.offset, &cache_bytes(&v_cache, c.f16));
+    if !c.k_only {
+        ctx.queue().write_buffer(vv.buffer, vv.offset, &cache_bytes(&v_cache, c.f16));
+    }
     let gqkv = ctx.upload_f32("qkv", &qkv);
     let g_rows = ctx.create_buffer_init("rows", bytemuck::cast_slice(&step.rows));
     let g_seqs = ctx.create_buffer_init("seqs", bytemuck::cast_slice(&step.seqs));
@@ -156,17 +162,23 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
             scale,
             window: c.window,
             softcap: c.softcap,
+            v_dim: c.v_dim,
         },
     )
     .expect("attention");
     rec.submit().expect("submit");
 
     kv_append::reference(&kl, &step, &qkv, stride, qw, &mut k_cache);
-    kv_append::reference(&kl, &step, &qkv, stride, qw + kvw, &mut v_cache);
     let got_k = read_cache(ctx, kv, tensor, c.f16);
-    let got_v = read_cache(ctx, vv, tensor, c.f16);
     assert_eq!(got_k, k_cache, "{what}: k cache");
-    assert_eq!(got_v, v_cache, "{what}: v cache");
+    if c.k_only {
+        // The value is the first v_dim values of each k row.
+        v_cache = k_cache.clone();
+    } else {
+        kv_append::reference(&kl, &step, &qkv, stride, qw + kvw, &mut v_cache);
+        let got_v = read_cache(ctx, vv, tensor, c.f16);
+        assert_eq!(got_v, v_cache, "{what}: v cache");
+    }
 
     let shape = AttentionShape {
         layout: kl,
@@ -178,6 +190,7 @@ fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
         scale,
         window: c.window,
         softcap: c.softcap,
+        v_dim: c.v_dim,
     };
     let mut want = vec![3.0; out_len];
     attention::reference(&shape, &step, &qkv, &k_cache, &v_cache, &mut want);
@@ -227,6 +240,8 @@ fn attention_ragged_steps() {
                 window: 0,
                 softcap: 0.0,
                 f16: false,
+                k_only: false,
+                v_dim: 40,
             },
             // a prompt chunk on a cache beside a decode token, sliding window, soft-cap,
             // blocks of 5 slots (rows straddle blocks)
@@ -240,6 +255,8 @@ fn attention_ragged_steps() {
                 window: 7,
                 softcap: 30.0,
                 f16: false,
+                k_only: false,
+                v_dim: 136,
             },
             // a long prefill from empty over several 64-key blocks, MQA, head_dim 256
             Case {
@@ -252,6 +269,8 @@ fn attention_ragged_steps() {
                 window: 0,
                 softcap: 0.0,
                 f16: false,
+                k_only: false,
+                v_dim: 256,
             },
             // mixed: two prefills and a decode, window shorter than the chunks
             Case {
@@ -264,6 +283,8 @@ fn attention_ragged_steps() {
                 window: 50,
                 softcap: 0.0,
                 f16: false,
+                k_only: false,
+                v_dim: 64,
             },
         ];
         for (i, c) in cases.iter().enumerate() {
@@ -302,7 +323,42 @@ fn attention_tree_masks() {
             window: 0,
             softcap: 0.0,
             f16: false,
+            k_only: false,
+            v_dim: 32,
         };
         run(ctx, &mut rng, &c, &format!("tree attention {name}"));
+    }
+}
+
+/// Latent attention (DeepSeek's MLA, absorbed): one k-only KV head whose rows
+/// are `[latent | rope key]`; the value is the first `v_dim` values of the
+/// same row, the output per head `v_dim` wide. Odd widths, a prompt chunk beside
+/// a decode row, f32 and f16 caches, and the wide-head variant (576, as DeepSeek-V3).
+#[test]
+fn attention_latent_rows() {
+    let contexts = contexts();
+    let mut rng = rng("attention_latent_rows");
+    for (name, ctx) in &contexts {
+        for (heads, head_dim, v_dim, seqs) in [
+            (5u32, 42u32, 29u32, vec![seq(0, 23), seq(37, 1)]),
+            (3, 576, 512, vec![seq(0, 70), seq(9, 1)]),
+        ] {
+            for f16 in [false, true] {
+                let c = Case {
+                    heads,
+                    kv_heads: 1,
+                    head_dim,
+                    block: 16,
+                    num_blocks: 12,
+                    seqs: seqs.iter().map(|s| SeqCase { past: s.past, new: s.new, tree: None }).collect(),
+                    window: 0,
+                    softcap: 0.0,
+                    f16,
+                    k_only: true,
+                    v_dim,
+                };
+                run(ctx, &mut rng, &c, &format!("latent attention {name} d{head_dim} v{v_dim} f16 {f16}"));
+            }
+        }
     }
 }

@@ -128,3 +128,62 @@ fn moe_route_and_combine() {
         assert_close(&format!("moe_combine t={t} e={e}"), &got, &want, &vec![1.0; want.len()], 1e-6);
     }
 }
+
+/// DeepSeek-V3 routing (sigmoid scores, correction bias, group-limited top-k,
+/// scaled weights) against the f64 reference, at odd token counts, with and
+/// without renormalisation; logits in a strided buffer. Also checks that the
+/// bias changes the choice but not the weights' formula: a kept expert's weight
+/// is its sigmoid score (renormalised), never score + bias.
+#[test]
+fn moe_route_sigmoid_grouped() {
+    let Some(ctx) = airllm_gpu::testing::gpu_or_skip() else { return };
+    let mut rng = rng("moe_route_sigmoid_grouped");
+    for (t, e, k, n_group, topk_group, renorm, scaling) in [
+        (37u32, 8u32, 2u32, 4u32, 2u32, true, 2.5f32),
+        (9, 64, 6, 8, 3, false, 1.0),
+        (3, 256, 8, 8, 4, true, 2.5),
+    ] {
+        let stride = e + 3;
+        let logits = randn(&mut rng, (t * stride) as usize, 3.0);
+        let bias = randn(&mut rng, e as usize, 0.5);
+        let (gl, gb) = (ctx.upload_f32("logits", &logits), ctx.upload_f32("bias", &bias));
+        let gw = ctx.create_storage_buffer("weights", u64::from(t * e) * 4);
+        let mut rec = ctx.recorder("moe_grouped");
+        moe::route_grouped(
+            &mut rec,
+            &moe::RouteGrouped {
+                route: Route {
+                    t,
+                    experts: e,
+                    top_k: k,
+                    renormalize: renorm,
+                    logits: Mat { view: BufView::whole(&gl), stride, off: 2 },
+                    weights: BufView::whole(&gw),
+                },
+                bias: BufView::whole(&gb),
+                n_group,
+                topk_group,
+                scaling,
+            },
+        )
+        .expect("route_grouped");
+        rec.submit().expect("submit");
+        let got = read(&ctx, &gw, (t * e) as usize);
+        let dense: Vec<f32> =
+            (0..t as usize).flat_map(|r| logits[r * stride as usize + 2..][..e as usize].to_vec()).collect();
+        let want = moe::route_grouped_reference(t, e, k, renorm, n_group, topk_group, scaling, &bias, &dense);
+        let gs = (e / n_group) as usize;
+        for r in 0..t as usize {
+            let row = &got[r * e as usize..(r + 1) * e as usize];
+            let chosen: Vec<usize> = (0..e as usize).filter(|&j| row[j] != 0.0).collect();
+            assert_eq!(chosen.len(), k as usize, "token {r}: {} experts selected, want {k}", chosen.len());
+            let groups: std::collections::BTreeSet<usize> = chosen.iter().map(|j| j / gs).collect();
+            assert!(groups.len() <= topk_group as usize, "token {r}: experts from {} groups", groups.len());
+            if renorm {
+                let sum: f32 = row.iter().sum();
+                assert!((sum - scaling).abs() < 1e-5, "token {r}: weights sum to {sum}, want {scaling}");
+            }
+        }
+        assert_close(&format!("moe_route_grouped t={t} e={e} k={k}"), &got, &want, &vec![1.0; got.len()], 1e-6);
+    }
+}

@@ -35,7 +35,7 @@ fn kv_compact_moves_the_accepted_path() {
     for (name, ctx) in &contexts() {
         for (f16, kv_heads, head_dim, block) in [(false, 3u32, 40u32, 5u32), (true, 2, 64, 16), (false, 1, 8, 4)] {
             let num_blocks = 12u32;
-            let kl = KvLayout { num_blocks, block, kv_heads, head_dim, f16 };
+            let kl = KvLayout { num_blocks, block, kv_heads, head_dim, f16, k_only: false };
             let n = (kl.tensor_bytes() / kl.elem_bytes()) as usize;
             let round = |v: Vec<f32>| -> Vec<f32> {
                 if f16 { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() } else { v }

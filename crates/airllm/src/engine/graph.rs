@@ -4,7 +4,7 @@
 //! flavour, activation, rotary layout ([`ModelSpec`]), and per layer the
 //! attention span, RoPE, scale, soft-cap and norm layout ([`LayerSpec`]).
 
-use airllm_format::{LayerSpec, MlpSpec, ModelSpec, Role};
+use airllm_format::{LayerSpec, MlaSpec, MlpSpec, ModelSpec, Role};
 
 use super::exec::{Buf, Exec, NormShape, View};
 use crate::error::Result;
@@ -17,14 +17,26 @@ fn hidden_norm(spec: &ModelSpec) -> NormShape {
 pub fn decoder_layer<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Result<()> {
     let n = e.rows();
     let h = spec.hidden_size as u32;
-    let (q_dim, kv_dim) = (spec.q_dim() as u32, spec.kv_dim() as u32);
-    let qkv_w = q_dim + 2 * kv_dim;
-    let x = View::new(Buf::X, n, h);
-    let hv = View::new(Buf::H, n, h);
-    let qkv = |off| View::cols(Buf::Qkv, n, qkv_w, off);
+    let (x, hv) = (View::new(Buf::X, n, h), View::new(Buf::H, n, h));
 
     // Attention block.
     e.norm(Role::AttnNorm, hidden_norm(spec), x, Some(hv))?;
+    if let Some(m) = &spec.mla {
+        mla_attention(e, spec, m, l)?;
+    } else {
+        standard_attention(e, spec, l)?;
+    }
+    mlp_block(e, spec, l)
+}
+
+/// Multi-head attention (MHA/GQA/MQA, fused or separate projections, biases,
+/// q/k norm) of the normed hidden `H`, added into the residual.
+fn standard_attention<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Result<()> {
+    let n = e.rows();
+    let (q_dim, kv_dim) = (spec.q_dim() as u32, spec.kv_dim() as u32);
+    let qkv_w = q_dim + 2 * kv_dim;
+    let hv = View::new(Buf::H, n, spec.hidden_size as u32);
+    let qkv = |off| View::cols(Buf::Qkv, n, qkv_w, off);
     if e.has(Role::Qkv) {
         e.linear(Role::Qkv, Some(Role::QkvBias), hv, qkv(0), false)?;
     } else {
@@ -43,7 +55,63 @@ pub fn decoder_layer<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Res
     e.kv_append(qkv(q_dim), qkv(q_dim + kv_dim))?;
     let attn = View::new(Buf::Attn, n, q_dim);
     e.attention(qkv(0), attn, a)?;
-    residual_out(e, l, Role::O, Some(Role::OBias), attn, Role::PostAttnNorm, spec)?;
+    residual_out(e, l, Role::O, Some(Role::OBias), attn, Role::PostAttnNorm, spec)
+}
+
+// --- DeepSeek-V3 multi-head latent attention --------------------------------
+
+/// Multi-head latent attention in the absorbed form (see `airllm_format::mla`)
+/// of the normed hidden `H`, added into the residual. Buffers:
+/// - `Attn` first holds the compressed query `[rows, q_lora_rank]`, later the
+///   heads' attention outputs (latents) `[rows, heads * kv_lora_rank]`;
+/// - `Qkv` holds the absorbed queries `[rows, heads * (kv_lora + rope)]`
+///   (head h: `[q_lat | q_rope]`), then the cache row `[c_kv | k_rope]`.
+///
+/// The cache row is appended as the layer's one KV head (`head_dim = kv_lora
+/// + rope`), and attention reads the value from its first `kv_lora_rank`
+/// values (`AttentionSpec::v_dim`).
+fn mla_attention<E: Exec>(e: &mut E, spec: &ModelSpec, m: &MlaSpec, l: &LayerSpec) -> Result<()> {
+    let n = e.rows();
+    let h = spec.hidden_size as u32;
+    let (c, r) = (m.kv_lora_rank as u32, m.qk_rope_head_dim as u32);
+    let heads = spec.num_heads as u32;
+    let (q_dim, row) = (spec.q_dim() as u32, spec.head_dim as u32); // heads * (c + r), c + r
+    let qkv_w = q_dim + 2 * spec.kv_dim() as u32;
+    let hv = View::new(Buf::H, n, h);
+    let qkv = |off| View::cols(Buf::Qkv, n, qkv_w, off);
+    // Queries: [q_lat | q_rope] per head.
+    match m.q_lora_rank {
+        Some(q_lora) => {
+            let cq = View::new(Buf::Attn, n, q_lora as u32);
+            e.linear(Role::QA, None, hv, cq, false)?;
+            e.norm(Role::QANorm, NormShape { d: q_lora as u32, heads: 1 }, cq, None)?;
+            e.linear(Role::QAbsorbed, None, cq, qkv(0), false)?;
+        }
+        None => e.linear(Role::QAbsorbed, None, hv, qkv(0), false)?,
+    }
+    // The cache row: latent (normed) then the shared RoPE key.
+    e.linear(Role::KvA, None, hv, qkv(q_dim), false)?;
+    e.norm(Role::KvANorm, NormShape { d: c, heads: 1 }, qkv(q_dim), None)?;
+    // RoPE on the last `r` values of every head: a head's first rotary_dim
+    // values from column `c` on, heads `row` apart.
+    let a = &l.attention;
+    debug_assert_eq!(a.rope.rotary_dim as u32, r);
+    e.rope(qkv(c), heads, &a.rope)?;
+    e.rope(qkv(q_dim + c), 1, &a.rope)?;
+    // One cached row per token; there is no separate value to store.
+    e.kv_append(qkv(q_dim), qkv(q_dim))?;
+    let lat = View::new(Buf::Attn, n, heads * c);
+    e.attention(qkv(0), lat, a)?;
+    debug_assert_eq!(row, c + r);
+    residual_out(e, l, Role::OAbsorbed, None, lat, Role::PostAttnNorm, spec)
+}
+
+/// The MLP block (dense, or routed experts) of layer `l`, added into the residual.
+fn mlp_block<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Result<()> {
+    let n = e.rows();
+    let h = spec.hidden_size as u32;
+    let x = View::new(Buf::X, n, h);
+    let hv = View::new(Buf::H, n, h);
 
     // MLP block.
     e.norm(Role::MlpNorm, hidden_norm(spec), x, Some(hv))?;
@@ -77,6 +145,17 @@ pub fn decoder_layer<E: Exec>(e: &mut E, spec: &ModelSpec, l: &LayerSpec) -> Res
                 e.act_mul(spec.activation, gu, act)?;
                 e.linear(Role::ExpertDown(ex), None, act, out, false)?;
                 e.moe_combine(out, x, weights, ex, ne)?;
+            }
+            // --- DeepSeek-V3: the shared experts, applied to every token and
+            // --- added to the routed output (into the residual directly).
+            if let Some(si) = m.shared_intermediate {
+                let si = si as u32;
+                let gu = View::new(Buf::Gu, n, 2 * si);
+                e.linear(Role::SharedGate, None, hv, View::cols(Buf::Gu, n, 2 * si, 0), false)?;
+                e.linear(Role::SharedUp, None, hv, View::cols(Buf::Gu, n, 2 * si, si), false)?;
+                let act = View::new(Buf::Act, n, si);
+                e.act_mul(spec.activation, gu, act)?;
+                e.linear(Role::SharedDown, None, act, x, true)?;
             }
         }
     }

@@ -837,7 +837,9 @@ impl Engine {
                 let Some(kv) = kv else { continue };
                 let (layout, m) = pick(self.layer_sliding[l]);
                 kv_compact::reference(&layout, m, &mut kv.k);
-                kv_compact::reference(&layout, m, &mut kv.v);
+                if !layout.k_only {
+                    kv_compact::reference(&layout, m, &mut kv.v);
+                }
             }
         }
         if let Some(g) = &self.gpu {

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use airllm_format::shard_file::MappedShard;
 use airllm_format::{
-    Activation, AttentionSpec, DType, ModelSpec, MoeSpec, NormKind, Role, RopeSpec, ShardEntry, StorageFormat,
+    Activation, AttentionSpec, DType, ModelSpec, MoeRouting, MoeSpec, NormKind, Role, RopeSpec, ShardEntry,
+    StorageFormat,
 };
 use airllm_gpu::KvLayout;
 use airllm_gpu::kernels::paged::StepLayout;
@@ -92,7 +93,9 @@ impl CpuKv {
     /// plentiful tier, and f32 keeps transformers' numbers).
     pub fn new(layout: &KvLayout) -> Self {
         let n = (layout.tensor_bytes() / layout.elem_bytes()) as usize;
-        CpuKv { k: vec![0.0; n], v: vec![0.0; n] }
+        // A k-only (latent attention) cache reads its values from `k`.
+        let nv = if layout.k_only { 0 } else { n };
+        CpuKv { k: vec![0.0; n], v: vec![0.0; nv] }
     }
 }
 
@@ -265,6 +268,7 @@ impl Exec for CpuExec<'_> {
             positions,
             inv,
             r.style,
+            r.attention_factor(),
         );
         Ok(())
     }
@@ -299,9 +303,12 @@ impl Exec for CpuExec<'_> {
             scale: a.scale,
             window: a.window.unwrap_or(0) as u32,
             softcap: a.softcap.unwrap_or(0.0),
+            v_dim: a.v_dim.unwrap_or(self.spec.head_dim),
         };
         let mut ob = self.act.take(out.buf);
-        cpu_ops::attention(self.pool, layout, self.step, &args, self.act.get(q.buf), &kv.k, &kv.v, &mut ob);
+        // A k-only (latent attention) cache holds the values inside its k rows.
+        let v_cache = if layout.k_only { &kv.k } else { &kv.v };
+        cpu_ops::attention(self.pool, layout, self.step, &args, self.act.get(q.buf), &kv.k, v_cache, &mut ob);
         self.act.put(out.buf, ob);
         Ok(())
     }
@@ -347,15 +354,39 @@ impl Exec for CpuExec<'_> {
 
     fn moe_route(&mut self, logits: View, weights: View, m: &MoeSpec) -> Result<()> {
         let mut wb = self.act.take(weights.buf);
-        cpu_ops::moe_route(
-            logits.rows as usize,
-            m.num_experts,
-            m.top_k,
-            m.renormalize,
-            self.act.get(logits.buf),
-            (logits.stride as usize, logits.off as usize),
-            &mut wb,
-        );
+        let ls = (logits.stride as usize, logits.off as usize);
+        match m.routing {
+            MoeRouting::Softmax => cpu_ops::moe_route(
+                logits.rows as usize,
+                m.num_experts,
+                m.top_k,
+                m.renormalize,
+                self.act.get(logits.buf),
+                ls,
+                &mut wb,
+            ),
+            // DeepSeek-V3: sigmoid scores, the router's correction bias, group-limited top-k.
+            MoeRouting::SigmoidGrouped { n_group, topk_group, scaling } => {
+                let bias = match vector(self.unit, self.entry, Role::RouterBias) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.act.put(weights.buf, wb);
+                        return Err(e);
+                    }
+                };
+                let g = cpu_ops::GroupedRoute { n_group, topk_group, scaling, bias };
+                cpu_ops::moe_route_grouped(
+                    logits.rows as usize,
+                    m.num_experts,
+                    m.top_k,
+                    m.renormalize,
+                    &g,
+                    self.act.get(logits.buf),
+                    ls,
+                    &mut wb,
+                );
+            }
+        }
         self.act.put(weights.buf, wb);
         Ok(())
     }

@@ -122,12 +122,15 @@ pub fn rope(
     pos: &[u32],
     inv_freq: &[f32],
     style: RopeStyle,
+    mscale: f32,
 ) {
     let half = inv_freq.len();
     for (r, &p) in pos.iter().enumerate().take(rows) {
         for i in 0..half {
-            // The angle in f32 as the kernels and transformers compute it.
+            // The angle in f32 as the kernels and transformers compute it;
+            // cos and sin times YaRN's attention factor (1 without YaRN).
             let (s, c) = (p as f32 * inv_freq[i]).sin_cos();
+            let (s, c) = (s * mscale, c * mscale);
             for h in 0..heads {
                 let base = r * stride + off + h * head_dim;
                 let (ia, ib) = match style {
@@ -143,7 +146,8 @@ pub fn rope(
 }
 
 /// Writes each row's k and v (kv heads at `k_off` / `v_off` of rows `src_stride`
-/// wide) to its slot of the paged cache (`[num_blocks, kv_heads, block, head_dim]`).
+/// wide) to its slot of the paged cache (`[num_blocks, kv_heads, block, head_dim]`);
+/// k only when the layout is `k_only` (latent attention; `v_cache` is then unused).
 #[allow(clippy::too_many_arguments)]
 pub fn kv_append(
     layout: &KvLayout,
@@ -163,7 +167,9 @@ pub fn kv_append(
             let ks = r * src_stride + k_off + h as usize * d;
             let vs = r * src_stride + v_off + h as usize * d;
             k_cache[dst..dst + d].copy_from_slice(&src[ks..ks + d]);
-            v_cache[dst..dst + d].copy_from_slice(&src[vs..vs + d]);
+            if !layout.k_only {
+                v_cache[dst..dst + d].copy_from_slice(&src[vs..vs + d]);
+            }
         }
     }
 }
@@ -183,7 +189,13 @@ pub struct AttnArgs {
     pub window: u32,
     /// Soft-cap (0: none).
     pub softcap: f32,
+    /// Values per head read from each v row and written per output head
+    /// (`head_dim` except for latent attention, where it is `kv_lora_rank`).
+    pub v_dim: usize,
 }
+
+/// Largest head dimension [`attention`] handles (the GPU kernel's too).
+pub const MAX_HEAD_DIM: usize = 1024;
 
 /// Attention of each row over its visible slots (the rule of
 /// [`StepLayout::visible_slots`]), one (row, head) per task, online softmax in
@@ -204,8 +216,9 @@ pub fn attention(
     let rows = step.rows.len();
     let osh = Shared::new(out);
     let tasks = rows * a.heads;
+    let dv = a.v_dim.min(d);
     let work = |range: Range<usize>| {
-        let mut acc = [0f32; 256];
+        let mut acc = [0f32; MAX_HEAD_DIM];
         let mut tree = [0u32; MAX_TREE as usize];
         for task in range {
             let (r, h) = (task / a.heads, task % a.heads);
@@ -224,7 +237,7 @@ pub fn attention(
                     }
                 }
             }
-            let acc = &mut acc[..d];
+            let acc = &mut acc[..dv];
             acc.fill(0.0);
             let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
             let slots = (lo.min(pre_hi)..pre_hi).chain(tree[..n_tree].iter().copied());
@@ -250,13 +263,13 @@ pub fn attention(
                     (x - m).exp()
                 };
                 l += p;
-                let vv = &v_cache[base..base + d];
+                let vv = &v_cache[base..base + dv];
                 for (o, v) in acc.iter_mut().zip(vv) {
                     *o += p * v;
                 }
             }
             // SAFETY: each (row, head) task owns its output head slice.
-            let o = unsafe { osh.range(r * a.out.0 + a.out.1 + h * d, d) };
+            let o = unsafe { osh.range(r * a.out.0 + a.out.1 + h * dv, dv) };
             let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
             for (oi, ai) in o.iter_mut().zip(acc.iter()) {
                 *oi = ai * inv;
@@ -334,6 +347,96 @@ pub fn moe_route(rows: usize, e: usize, k: usize, renorm: bool, logits: &[f32], 
     }
 }
 
+// --- DeepSeek-V3 routing -------------------------------------------------------
+
+/// The parameters of [`moe_route_grouped`] beyond Mixtral's.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupedRoute<'a> {
+    /// Groups the experts split into.
+    pub n_group: usize,
+    /// Groups kept per token.
+    pub topk_group: usize,
+    /// Multiplier of the final weights.
+    pub scaling: f32,
+    /// `e_score_correction_bias`, one per expert.
+    pub bias: &'a [f32],
+}
+
+/// DeepSeek-V3 routing (the rule of `shaders/moe_route.wgsl`'s `SIGMOID_GROUPED`
+/// and transformers' `DeepseekV3TopkRouter`), in f32 like both: sigmoid scores,
+/// choose by score + bias among the `topk_group` best groups (group score: the
+/// sum of its two best), weights = the chosen scores (renormalised by their
+/// sum + 1e-20 if asked) times `scaling`; ties go to the lower index. Dense
+/// `[rows, experts]` weights.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_route_grouped(
+    rows: usize,
+    e: usize,
+    k: usize,
+    renorm: bool,
+    g: &GroupedRoute<'_>,
+    logits: &[f32],
+    ls: (usize, usize),
+    w: &mut [f32],
+) {
+    let gs = e / g.n_group;
+    let mut score = [0f32; 256];
+    let mut choice = [0f32; 256];
+    let mut group_kept = [false; 256];
+    let mut chosen = [false; 256];
+    for r in 0..rows {
+        let l = &logits[r * ls.0 + ls.1..][..e];
+        for j in 0..e {
+            score[j] = 1.0 / (1.0 + (-l[j]).exp());
+            choice[j] = score[j] + g.bias[j];
+        }
+        let group_score = |grp: usize| {
+            let (mut b1, mut b2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+            for &v in &choice[grp * gs..(grp + 1) * gs] {
+                if v > b1 {
+                    b2 = b1;
+                    b1 = v;
+                } else if v > b2 {
+                    b2 = v;
+                }
+            }
+            b1 + b2
+        };
+        group_kept[..g.n_group].fill(false);
+        for _ in 0..g.topk_group {
+            let best = (0..g.n_group).filter(|&x| !group_kept[x]).fold(None, |best: Option<(usize, f32)>, x| {
+                let v = group_score(x);
+                match best {
+                    Some((_, bv)) if bv >= v => best,
+                    _ => Some((x, v)),
+                }
+            });
+            if let Some((x, _)) = best {
+                group_kept[x] = true;
+            }
+        }
+        chosen[..e].fill(false);
+        let mut kept = 0f32;
+        for _ in 0..k {
+            let best = (0..e).filter(|&x| group_kept[x / gs] && !chosen[x]).fold(None, |best: Option<usize>, x| {
+                match best {
+                    Some(b) if choice[b] >= choice[x] => best,
+                    _ => Some(x),
+                }
+            });
+            if let Some(x) = best {
+                chosen[x] = true;
+                kept += score[x];
+            }
+        }
+        let denom = if renorm { kept + 1e-20 } else { 1.0 };
+        let row = &mut w[r * e..(r + 1) * e];
+        for j in 0..e {
+            row[j] = if chosen[j] { score[j] / denom * g.scaling } else { 0.0 };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,9 +494,10 @@ mod tests {
             let mut want = x.clone();
             let gs =
                 if style == RopeStyle::HalfRotation { grope::RopeStyle::Half } else { grope::RopeStyle::Interleaved };
-            grope::reference(&mut want, rows as u32, heads, hd, rot, stride as u32, off, &pos, &inv, gs, 1.0);
+            // A YaRN-like attention factor scales cos and sin.
+            grope::reference(&mut want, rows as u32, heads, hd, rot, stride as u32, off, &pos, &inv, gs, 1.25);
             let mut got = x.clone();
-            rope(&mut got, rows, heads as usize, hd as usize, stride, off as usize, &pos, &inv, style);
+            rope(&mut got, rows, heads as usize, hd as usize, stride, off as usize, &pos, &inv, style, 1.25);
             close("rope", &got, &want, 2e-5);
         }
     }
@@ -401,7 +505,7 @@ mod tests {
     #[test]
     fn attention_matches_the_reference_with_windows_softcap_and_trees() {
         let pool = ThreadPool::new(2).unwrap();
-        let layout = KvLayout { num_blocks: 12, block: 5, kv_heads: 2, head_dim: 24, f16: false };
+        let layout = KvLayout { num_blocks: 12, block: 5, kv_heads: 2, head_dim: 24, f16: false, k_only: false };
         // Sequence 0: a chunk of 4 at 9..13; sequence 1: a 5-node tree on a 7-slot prefix.
         let mut s = StepLayout::default();
         s.block_table = vec![3, 1, 7, 0, 9, 2];
@@ -441,13 +545,71 @@ mod tests {
                 scale: 0.2,
                 window,
                 softcap,
+                v_dim: d as u32,
             };
             let mut want = vec![0f32; q.len()];
             gatt::reference(&shape, &s, &q, &k, &v, &mut want);
             let mut got = vec![0f32; q.len()];
-            let a = AttnArgs { heads, q: (heads * d, 0), out: (heads * d, 0), scale: 0.2, window, softcap };
+            let a = AttnArgs { heads, q: (heads * d, 0), out: (heads * d, 0), scale: 0.2, window, softcap, v_dim: d };
             attention(&pool, &layout, &s, &a, &q, &k, &v, &mut got);
             close("attention", &got, &want, 1e-5);
         }
+    }
+
+    /// DeepSeek-V3 routing agrees with the GPU crate's f64 reference (odd token
+    /// counts, strided logits, with and without renormalisation).
+    #[test]
+    fn grouped_routing_matches_the_reference() {
+        use airllm_gpu::kernels::moe;
+        for (t, e, k, ng, kg, renorm, scaling) in
+            [(7usize, 8usize, 2usize, 4usize, 2usize, true, 2.5f32), (5, 64, 6, 8, 3, false, 1.0), (3, 256, 8, 8, 4, true, 2.5)]
+        {
+            let stride = e + 3;
+            let logits: Vec<f32> = rnd(t * stride, 11).iter().map(|v| v * 4.0).collect();
+            let bias: Vec<f32> = rnd(e, 12).iter().map(|v| v * 0.5).collect();
+            let g = GroupedRoute { n_group: ng, topk_group: kg, scaling, bias: &bias };
+            let mut got = vec![0f32; t * e];
+            moe_route_grouped(t, e, k, renorm, &g, &logits, (stride, 2), &mut got);
+            let dense: Vec<f32> = (0..t).flat_map(|r| logits[r * stride + 2..][..e].to_vec()).collect();
+            let want = moe::route_grouped_reference(
+                t as u32, e as u32, k as u32, renorm, ng as u32, kg as u32, scaling, &bias, &dense,
+            );
+            close("grouped routing", &got, &want, 1e-6);
+        }
+    }
+
+    /// Latent attention on the CPU: a k-only cache whose rows also hold the
+    /// value (first `v_dim` values), as the GPU reference computes it.
+    #[test]
+    fn latent_attention_reads_values_from_the_key_rows() {
+        let pool = ThreadPool::new(2).unwrap();
+        let (heads, d, dv) = (5usize, 42usize, 29usize);
+        let layout = KvLayout { num_blocks: 6, block: 5, kv_heads: 1, head_dim: d as u32, f16: false, k_only: true };
+        let mut s = StepLayout::default();
+        s.block_table = vec![4, 0, 2, 5];
+        s.seqs = vec![StepSeq { bt_off: 0, kv_len: 17, tree_base: 0, tree_len: 0 }];
+        for p in 11..17 {
+            s.rows.push(StepRow { seq: 0, pos: p, slot: p, mask: NO_TREE });
+        }
+        let k = rnd((layout.tensor_bytes() / 4) as usize, 7);
+        let q = rnd(s.rows.len() * heads * d, 8);
+        let shape = gatt::AttentionShape {
+            layout,
+            heads: heads as u32,
+            q_stride: (heads * d) as u32,
+            q_off: 0,
+            out_stride: (heads * dv) as u32,
+            out_off: 0,
+            scale: 0.3,
+            window: 0,
+            softcap: 0.0,
+            v_dim: dv as u32,
+        };
+        let mut want = vec![0f32; s.rows.len() * heads * dv];
+        gatt::reference(&shape, &s, &q, &k, &k, &mut want);
+        let mut got = vec![0f32; want.len()];
+        let a = AttnArgs { heads, q: (heads * d, 0), out: (heads * dv, 0), scale: 0.3, window: 0, softcap: 0.0, v_dim: dv };
+        attention(&pool, &layout, &s, &a, &q, &k, &k, &mut got);
+        close("latent attention", &got, &want, 1e-5);
     }
 }

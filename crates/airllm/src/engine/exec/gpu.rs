@@ -2,7 +2,7 @@
 //! recorder, reading the unit's weights from the VRAM buffer that holds its
 //! shard (resident, or the ring slot it was streamed into).
 
-use airllm_format::{Activation, AttentionSpec, ModelSpec, MoeSpec, NormKind, Role, RopeSpec, RopeStyle};
+use airllm_format::{Activation, AttentionSpec, ModelSpec, MoeRouting, MoeSpec, NormKind, Role, RopeSpec, RopeStyle};
 use airllm_gpu::kernels::act_mul::{self, ActMul};
 use airllm_gpu::kernels::attention::{self, Attention};
 use airllm_gpu::kernels::elementwise::{self, Mat};
@@ -12,7 +12,7 @@ use airllm_gpu::kernels::moe;
 use airllm_gpu::kernels::paged::StepViews;
 use airllm_gpu::kernels::rmsnorm::{self, RmsNorm, RowView};
 use airllm_gpu::kernels::rope::{self, Rope};
-use airllm_gpu::{BufView, KvLayout, Recorder, wgpu};
+use airllm_gpu::{BufView, KvLayout, Recorder, WeightFormat, wgpu};
 
 use super::{Buf, Exec, NormShape, View};
 use crate::engine::weights::UnitWeights;
@@ -184,7 +184,8 @@ impl Exec for GpuExec<'_, '_, '_> {
                 pos: self.positions,
                 inv_freq: BufView::whole(inv),
                 style,
-                mscale: 1.0,
+                // YaRN scales cos and sin (transformers' attention_factor); 1 otherwise.
+                mscale: r.attention_factor(),
             },
         )?;
         Ok(())
@@ -233,6 +234,7 @@ impl Exec for GpuExec<'_, '_, '_> {
                 scale: a.scale,
                 window: a.window.unwrap_or(0) as u32,
                 softcap: a.softcap.unwrap_or(0.0),
+                v_dim: a.v_dim.unwrap_or(self.spec.head_dim) as u32,
             },
         )?;
         Ok(())
@@ -274,17 +276,37 @@ impl Exec for GpuExec<'_, '_, '_> {
 
     fn moe_route(&mut self, logits: View, weights: View, m: &MoeSpec) -> Result<()> {
         let act = self.act;
-        moe::route(
-            self.rec,
-            &moe::Route {
-                t: logits.rows,
-                experts: m.num_experts as u32,
-                top_k: m.top_k as u32,
-                renormalize: m.renormalize,
-                logits: mat(act, logits),
-                weights: view(act, weights),
-            },
-        )?;
+        let route = moe::Route {
+            t: logits.rows,
+            experts: m.num_experts as u32,
+            top_k: m.top_k as u32,
+            renormalize: m.renormalize,
+            logits: mat(act, logits),
+            weights: view(act, weights),
+        };
+        match m.routing {
+            MoeRouting::Softmax => moe::route(self.rec, &route)?,
+            // DeepSeek-V3: the router's correction bias comes with the unit's weights.
+            MoeRouting::SigmoidGrouped { n_group, topk_group, scaling } => {
+                let bias = self.w.need(Role::RouterBias)?;
+                if bias.format != WeightFormat::F32 {
+                    return Err(EngineError::invalid(
+                        self.w.entry.file.clone(),
+                        format!("router bias is stored as {}, not f32; re-run `airllm shard`", bias.format.name()),
+                    ));
+                }
+                moe::route_grouped(
+                    self.rec,
+                    &moe::RouteGrouped {
+                        route,
+                        bias: bias.view,
+                        n_group: n_group as u32,
+                        topk_group: topk_group as u32,
+                        scaling,
+                    },
+                )?
+            }
+        }
         Ok(())
     }
 
