@@ -416,7 +416,8 @@ impl TensorSource for Checkpoint {
         &self.files
     }
     fn read(&self, tensor: &SourceTensor) -> Result<Cow<'_, [u8]>> {
-        if let (Some(mla), Role::QAbsorbed | Role::OAbsorbed, Unit::Layer(l)) = (self.spec.mla, tensor.role, tensor.unit)
+        if let (Some(mla), Role::QAbsorbed | Role::OAbsorbed, Unit::Layer(l)) =
+            (self.spec.mla, tensor.role, tensor.unit)
         {
             let (inputs, ranges) = self.mla_inputs.get(&l).ok_or_else(|| FormatError::MissingTensor {
                 path: self.dir.clone(),

@@ -68,6 +68,8 @@ pub use roles::{Role, Unit};
 pub use shard_dir::ShardDir;
 pub use source::{SourceFile, SourceTensor, TensorSource};
 pub use source_identity::{SourceIdentity, default_shards_dir, ensure_shards};
-pub use spec::{Activation, Family, MlaSpec, ModelSpec, MoeRouting, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle};
+pub use spec::{
+    Activation, Family, MlaSpec, ModelSpec, MoeRouting, MoeSpec, NormKind, RopeScaling, RopeSpec, RopeStyle,
+};
 pub use verify::{VerifyMode, VerifyReport};
 pub use writer::{ShardOptions, ShardReport, write_shards};

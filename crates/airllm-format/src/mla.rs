@@ -224,7 +224,10 @@ pub fn absorb(spec: &ModelSpec, m: &MlaSpec, role: Role, inputs: &AbsorbInputs, 
 }
 
 fn short(t: &SourceTensor) -> FormatError {
-    FormatError::Safetensors { path: Default::default(), reason: format!("tensor {} has fewer bytes than its shape", t.name) }
+    FormatError::Safetensors {
+        path: Default::default(),
+        reason: format!("tensor {} has fewer bytes than its shape", t.name),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +298,10 @@ mod tests {
             }
         }
         // Output: every head's value is W_UV,h · lat here (one latent for all heads).
-        let vals: Vec<f32> = (0..heads).flat_map(|h| (0..v).map(move |k| (h, k))).map(|(h, k)| kv_full[h * (n + v) + n + k] as f32).collect();
+        let vals: Vec<f32> = (0..heads)
+            .flat_map(|h| (0..v).map(move |k| (h, k)))
+            .map(|(h, k)| kv_full[h * (n + v) + n + k] as f32)
+            .collect();
         let o_full = matvec(&o, hidden, heads * v, &vals);
         let lat_all: Vec<f32> = (0..heads).flat_map(|_| lat.iter().copied()).collect();
         let o_abs = matvec(&oa, hidden, heads * c, &lat_all);

@@ -311,9 +311,8 @@ impl RopeSpec {
                 // transformers computes the correction range in Python floats
                 // (f64) and the ramp and blend in f32 tensors.
                 let (dim, theta, orig) = (d as f64, f64::from(self.theta), f64::from(original_max_position_embeddings));
-                let correction_dim = |rotations: f64| {
-                    dim * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
-                };
+                let correction_dim =
+                    |rotations: f64| dim * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
                 let (mut low, mut high) = (correction_dim(f64::from(beta_fast)), correction_dim(f64::from(beta_slow)));
                 if truncate {
                     low = low.floor();
@@ -1072,9 +1071,12 @@ impl Cfg<'_> {
         })?;
         let factor = match self.opt_f64_in(s, "factor")? {
             Some(f) => f,
-            None => self.opt_usize("max_position_embeddings")?.ok_or_else(|| {
-                self.err("rope scaling `yarn` needs `factor` (or `max_position_embeddings` to derive it)")
-            })? as f64 / orig,
+            None => {
+                self.opt_usize("max_position_embeddings")?.ok_or_else(|| {
+                    self.err("rope scaling `yarn` needs `factor` (or `max_position_embeddings` to derive it)")
+                })? as f64
+                    / orig
+            }
         };
         let attention_factor = match self.opt_f64_in(s, "attention_factor")? {
             Some(a) => a,
@@ -1093,7 +1095,9 @@ impl Cfg<'_> {
             None | Some(Value::Null) => true,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
-                return Err(self.err(&format!("rope scaling field `truncate` must be true or false, found {}", excerpt(other))));
+                return Err(
+                    self.err(&format!("rope scaling field `truncate` must be true or false, found {}", excerpt(other)))
+                );
             }
         };
         Ok(RopeScaling::Yarn {

@@ -178,7 +178,8 @@ impl KvCache {
         }
         // A k-only cache's "v" is its k tensor (offset 0).
         let v_offset = if layout.k_only { 0 } else { t.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN };
-        let layers = (0..layers).map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), layout.layer_bytes())).collect();
+        let layers =
+            (0..layers).map(|i| ctx.create_storage_buffer(&format!("kv[{i}]"), layout.layer_bytes())).collect();
         Ok(KvCache { layout, v_offset, layers })
     }
 

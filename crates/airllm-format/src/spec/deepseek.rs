@@ -86,9 +86,10 @@ pub(crate) fn hf_overrides(mut spec: ModelSpec, cfg: &Cfg<'_>) -> Result<ModelSp
     spec.mla = Some(mla);
 
     // Mixture of experts.
-    let experts = cfg.opt_usize("n_routed_experts")?.or(cfg.opt_usize("num_local_experts")?).ok_or_else(|| {
-        cfg.err("required field `n_routed_experts` (routed experts per MoE layer) is missing")
-    })?;
+    let experts = cfg
+        .opt_usize("n_routed_experts")?
+        .or(cfg.opt_usize("num_local_experts")?)
+        .ok_or_else(|| cfg.err("required field `n_routed_experts` (routed experts per MoE layer) is missing"))?;
     let top_k = need("num_experts_per_tok")?;
     let n_group = cfg.opt_usize("n_group")?.unwrap_or(1);
     let topk_group = cfg.opt_usize("topk_group")?.unwrap_or(1);
@@ -121,10 +122,9 @@ pub(crate) fn hf_overrides(mut spec: ModelSpec, cfg: &Cfg<'_>) -> Result<ModelSp
         return Err(cfg.err("field `moe_layer_freq` must be positive"));
     }
     if first_dense > spec.num_layers {
-        return Err(cfg.err(&format!(
-            "first_k_dense_replace {first_dense} is more than num_hidden_layers {}",
-            spec.num_layers
-        )));
+        return Err(
+            cfg.err(&format!("first_k_dense_replace {first_dense} is more than num_hidden_layers {}", spec.num_layers))
+        );
     }
     spec.layers.dense_layers = (0..spec.num_layers).filter(|&l| l < first_dense || !l.is_multiple_of(freq)).collect();
     spec.layers.dense_intermediate_size = Some(spec.intermediate_size);

@@ -97,18 +97,24 @@ pub fn route_grouped(rec: &mut Recorder<'_>, a: &RouteGrouped<'_>) -> Result<()>
     ensure(r.experts > 0 && r.experts <= MAX_EXPERTS, "moe_route", "experts", || {
         format!("{} must be in 1..={MAX_EXPERTS}", r.experts)
     })?;
-    ensure(a.n_group > 0 && r.experts.is_multiple_of(a.n_group) && r.experts / a.n_group >= 2, "moe_route", "n_group", || {
-        format!("{} must divide {} experts into groups of at least 2", a.n_group, r.experts)
-    })?;
+    ensure(
+        a.n_group > 0 && r.experts.is_multiple_of(a.n_group) && r.experts / a.n_group >= 2,
+        "moe_route",
+        "n_group",
+        || format!("{} must divide {} experts into groups of at least 2", a.n_group, r.experts),
+    )?;
     ensure(a.topk_group > 0 && a.topk_group <= a.n_group, "moe_route", "topk_group", || {
         format!("{} must be in 1..={}", a.topk_group, a.n_group)
     })?;
     ensure(r.top_k > 0 && r.top_k <= a.topk_group * (r.experts / a.n_group), "moe_route", "top_k", || {
         format!("{} must be in 1..={} (the kept groups' experts)", r.top_k, a.topk_group * (r.experts / a.n_group))
     })?;
-    ensure(u64::from(r.logits.off) + u64::from(r.experts) <= u64::from(r.logits.stride), "moe_route", "logits", || {
-        "off + experts exceeds the stride".into()
-    })?;
+    ensure(
+        u64::from(r.logits.off) + u64::from(r.experts) <= u64::from(r.logits.stride),
+        "moe_route",
+        "logits",
+        || "off + experts exceeds the stride".into(),
+    )?;
     if r.t == 0 {
         return Ok(());
     }
@@ -119,9 +125,12 @@ pub fn route_grouped(rec: &mut Recorder<'_>, a: &RouteGrouped<'_>) -> Result<()>
     )?;
     r.weights.need_f32("moe_route", "weights", u64::from(r.t) * u64::from(r.experts))?;
     a.bias.need_f32("moe_route", "bias", u64::from(r.experts))?;
-    ensure(r.weights.buffer != r.logits.view.buffer && r.weights.buffer != a.bias.buffer, "moe_route", "weights", || {
-        "weights must be a different buffer from logits and bias".into()
-    })?;
+    ensure(
+        r.weights.buffer != r.logits.view.buffer && r.weights.buffer != a.bias.buffer,
+        "moe_route",
+        "weights",
+        || "weights must be a different buffer from logits and bias".into(),
+    )?;
     let key = PipelineKey::MoeRouteGrouped;
     let groups = groups_for(rec.ctx(), u64::from(r.t), key.workgroup_size())?;
     let p = Params::default()

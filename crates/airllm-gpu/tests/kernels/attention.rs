@@ -86,8 +86,14 @@ fn layout(rng: &mut StdRng, c: &Case) -> StepLayout {
 /// qkv buffer with kv_append, runs attention, and checks both against the
 /// references.
 fn run(ctx: &GpuContext, rng: &mut StdRng, c: &Case, what: &str) {
-    let kl =
-        KvLayout { num_blocks: c.num_blocks, block: c.block, kv_heads: c.kv_heads, head_dim: c.head_dim, f16: c.f16, k_only: c.k_only };
+    let kl = KvLayout {
+        num_blocks: c.num_blocks,
+        block: c.block,
+        kv_heads: c.kv_heads,
+        head_dim: c.head_dim,
+        f16: c.f16,
+        k_only: c.k_only,
+    };
     let step = layout(rng, c);
     let rows = step.rows.len() as u32;
     let d = c.head_dim;
@@ -339,10 +345,9 @@ fn attention_latent_rows() {
     let contexts = contexts();
     let mut rng = rng("attention_latent_rows");
     for (name, ctx) in &contexts {
-        for (heads, head_dim, v_dim, seqs) in [
-            (5u32, 42u32, 29u32, vec![seq(0, 23), seq(37, 1)]),
-            (3, 576, 512, vec![seq(0, 70), seq(9, 1)]),
-        ] {
+        for (heads, head_dim, v_dim, seqs) in
+            [(5u32, 42u32, 29u32, vec![seq(0, 23), seq(37, 1)]), (3, 576, 512, vec![seq(0, 70), seq(9, 1)])]
+        {
             for f16 in [false, true] {
                 let c = Case {
                     heads,

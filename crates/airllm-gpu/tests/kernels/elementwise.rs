@@ -138,11 +138,9 @@ fn moe_route_and_combine() {
 fn moe_route_sigmoid_grouped() {
     let Some(ctx) = airllm_gpu::testing::gpu_or_skip() else { return };
     let mut rng = rng("moe_route_sigmoid_grouped");
-    for (t, e, k, n_group, topk_group, renorm, scaling) in [
-        (37u32, 8u32, 2u32, 4u32, 2u32, true, 2.5f32),
-        (9, 64, 6, 8, 3, false, 1.0),
-        (3, 256, 8, 8, 4, true, 2.5),
-    ] {
+    for (t, e, k, n_group, topk_group, renorm, scaling) in
+        [(37u32, 8u32, 2u32, 4u32, 2u32, true, 2.5f32), (9, 64, 6, 8, 3, false, 1.0), (3, 256, 8, 8, 4, true, 2.5)]
+    {
         let stride = e + 3;
         let logits = randn(&mut rng, (t * stride) as usize, 3.0);
         let bias = randn(&mut rng, e as usize, 0.5);

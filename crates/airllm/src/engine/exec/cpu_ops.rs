@@ -418,12 +418,11 @@ pub fn moe_route_grouped(
         chosen[..e].fill(false);
         let mut kept = 0f32;
         for _ in 0..k {
-            let best = (0..e).filter(|&x| group_kept[x / gs] && !chosen[x]).fold(None, |best: Option<usize>, x| {
-                match best {
+            let best =
+                (0..e).filter(|&x| group_kept[x / gs] && !chosen[x]).fold(None, |best: Option<usize>, x| match best {
                     Some(b) if choice[b] >= choice[x] => best,
                     _ => Some(x),
-                }
-            });
+                });
             if let Some(x) = best {
                 chosen[x] = true;
                 kept += score[x];
@@ -561,9 +560,11 @@ mod tests {
     #[test]
     fn grouped_routing_matches_the_reference() {
         use airllm_gpu::kernels::moe;
-        for (t, e, k, ng, kg, renorm, scaling) in
-            [(7usize, 8usize, 2usize, 4usize, 2usize, true, 2.5f32), (5, 64, 6, 8, 3, false, 1.0), (3, 256, 8, 8, 4, true, 2.5)]
-        {
+        for (t, e, k, ng, kg, renorm, scaling) in [
+            (7usize, 8usize, 2usize, 4usize, 2usize, true, 2.5f32),
+            (5, 64, 6, 8, 3, false, 1.0),
+            (3, 256, 8, 8, 4, true, 2.5),
+        ] {
             let stride = e + 3;
             let logits: Vec<f32> = rnd(t * stride, 11).iter().map(|v| v * 4.0).collect();
             let bias: Vec<f32> = rnd(e, 12).iter().map(|v| v * 0.5).collect();
@@ -608,7 +609,8 @@ mod tests {
         let mut want = vec![0f32; s.rows.len() * heads * dv];
         gatt::reference(&shape, &s, &q, &k, &k, &mut want);
         let mut got = vec![0f32; want.len()];
-        let a = AttnArgs { heads, q: (heads * d, 0), out: (heads * dv, 0), scale: 0.3, window: 0, softcap: 0.0, v_dim: dv };
+        let a =
+            AttnArgs { heads, q: (heads * d, 0), out: (heads * dv, 0), scale: 0.3, window: 0, softcap: 0.0, v_dim: dv };
         attention(&pool, &layout, &s, &a, &q, &k, &k, &mut got);
         close("latent attention", &got, &want, 1e-5);
     }
